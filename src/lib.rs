@@ -13,3 +13,6 @@
 //! - `watch/`: pure extraction of games from JSON bodies and change detection.
 //! - `demo/`: the built-in reference odds API simulator.
 #![forbid(unsafe_code)]
+
+pub mod server;
+pub mod shutdown;
