@@ -65,9 +65,10 @@ pub async fn serve<M, S, B>(
         .header_read_timeout(limits.header_read_timeout)
         // hyper's floor for the read buffer is 8 KiB.
         .max_buf_size(limits.max_header_bytes.max(8192));
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(
-        u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
-    );
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
     info!(listener = name, addr = ?local, "listening");
@@ -97,7 +98,10 @@ pub async fn serve<M, S, B>(
         });
     }
     drop(listener);
-    info!(listener = name, "stopped accepting; draining in-flight requests");
+    info!(
+        listener = name,
+        "stopped accepting; draining in-flight requests"
+    );
     tokio::select! {
         _ = graceful.shutdown() => debug!(listener = name, "drained"),
         _ = tokio::time::sleep(grace) => warn!(listener = name, ?grace, "shutdown grace expired; closing remaining connections"),

@@ -1,0 +1,563 @@
+//! The configuration contract (SPEC §1, §3): the TOML file, the CLI/env
+//! overrides layered on top, and validation that runs before any port is
+//! bound.
+//!
+//! Loading never stops at the first problem: every section is deserialized
+//! on its own and every semantic check runs, so `oddscache check` can list
+//! all problems at once, each naming its key (`cache.max_bytes: ...`).
+
+mod route;
+mod types;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use route::{CompiledRoute, RouteMatch, Routes, Template};
+pub use types::{Dur, Size};
+
+/// The config shipped in the repository, also used by `demo` and as the
+/// fallback when the default path does not exist.
+pub const SHIPPED: &str = include_str!("../../config.toml");
+
+/// One problem, with the key it concerns.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything wrong with a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub cache: CacheConfig,
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    pub watch: WatchConfig,
+    pub invalidation: InvalidationConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Names this replica in events and logs; from `--replica-id`, else the hostname.
+    pub replica_id: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub upstream: String,
+    /// Bounds the wait for the upstream's whole response head.
+    pub upstream_timeout: Dur,
+    pub max_header_bytes: Size,
+    /// A client that has not sent its request head by then is dropped.
+    pub header_read_timeout: Dur,
+    pub shutdown_grace: Dur,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: ([0, 0, 0, 0], 8080).into(),
+            upstream: "http://127.0.0.1:8000".into(),
+            upstream_timeout: Dur::secs(10),
+            max_header_bytes: Size::kib(16),
+            header_read_timeout: Dur::secs(30),
+            shutdown_grace: Dur::secs(10),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub events_capacity: usize,
+    pub mutations_per_second: u32,
+    /// Only ever from `ODDSCACHE_ADMIN_TOKEN`: a token in a committed file leaks.
+    #[serde(skip)]
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: ([127, 0, 0, 1], 9090).into(),
+            events_capacity: 1000,
+            mutations_per_second: 10,
+            token: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub max_bytes: Size,
+    pub max_object_bytes: Size,
+    pub default_ttl: Dur,
+    pub honor_origin_cache_control: bool,
+    pub stale_if_error: Dur,
+    pub stale_while_revalidate: Dur,
+    pub coalesce_timeout: Dur,
+    pub ttl_by_status: TtlByStatus,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: Size::mib(256),
+            max_object_bytes: Size::mib(1),
+            default_ttl: Dur::secs(30),
+            honor_origin_cache_control: true,
+            stale_if_error: Dur::secs(300),
+            stale_while_revalidate: Dur::secs(0),
+            coalesce_timeout: Dur::secs(10),
+            ttl_by_status: TtlByStatus::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TtlByStatus {
+    pub scheduled: Dur,
+    pub live: Dur,
+    pub finished: Dur,
+    pub cancelled: Dur,
+    pub postponed: Dur,
+    pub unknown: Dur,
+}
+
+impl Default for TtlByStatus {
+    fn default() -> Self {
+        TtlByStatus {
+            scheduled: Dur::secs(60),
+            live: Dur::secs(5),
+            finished: Dur::secs(3600),
+            cancelled: Dur::secs(3600),
+            postponed: Dur::secs(600),
+            unknown: Dur::secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    pub path: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_while_revalidate: Option<Dur>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    pub games: Vec<String>,
+    pub game_id: String,
+    pub status: String,
+    pub sport_id: String,
+    pub league_id: String,
+    pub odds: String,
+    pub odds_movement_threshold: f64,
+    pub status_map: BTreeMap<String, String>,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            games: vec!["".into(), "/games/*".into()],
+            game_id: "/game_id".into(),
+            status: "/status".into(),
+            sport_id: "/sport_id".into(),
+            league_id: "/league_id".into(),
+            odds: "/odds".into(),
+            odds_movement_threshold: 0.10,
+            status_map: [
+                ("pre_game", "scheduled"),
+                ("in_progress", "live"),
+                ("halftime", "live"),
+                ("suspended", "live"),
+                ("final", "finished"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InvalidationConfig {
+    pub alert_per_minute: u32,
+    pub game_key_patterns: Vec<String>,
+}
+
+impl Default for InvalidationConfig {
+    fn default() -> Self {
+        InvalidationConfig {
+            alert_per_minute: 100,
+            game_key_patterns: vec!["odds:{status}:{game_id}".into()],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Without a URL (here, `--redis-url` or `ODDSCACHE_REDIS_URL`) the sidecar runs local-only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    pub key_prefix: String,
+    pub registry_ttl: Dur,
+    pub channel: String,
+    pub store_responses: bool,
+    pub command_timeout: Dur,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            key_prefix: "oddscache:".into(),
+            registry_ttl: Dur::secs(86_400),
+            channel: "oddscache:invalidations".into(),
+            store_responses: false,
+            command_timeout: Dur::millis(250),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub per_second: u32,
+    pub burst: u32,
+    /// Key on the first `X-Forwarded-For` hop instead of the socket peer;
+    /// only safe behind a proxy that sets it.
+    #[serde(default)]
+    pub trust_forwarded_for: bool,
+}
+
+/// Values from flags and environment variables, which override the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub upstream: Option<String>,
+    pub redis_url: Option<String>,
+    pub replica_id: Option<String>,
+    pub admin_token: Option<String>,
+}
+
+/// The top level of the file, kept as raw TOML so each section can be
+/// deserialized (and fail) on its own.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    proxy: Option<toml::Value>,
+    admin: Option<toml::Value>,
+    cache: Option<toml::Value>,
+    route: Option<toml::Value>,
+    watch: Option<toml::Value>,
+    invalidation: Option<toml::Value>,
+    redis: Option<toml::Value>,
+    rate_limit: Option<toml::Value>,
+}
+
+impl Config {
+    /// Reads `path`; `explicit` says whether the user named it. A missing
+    /// default file falls back to the shipped defaults.
+    pub fn load(path: &Path, explicit: bool, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(path = %path.display(), "no config file; using the shipped defaults");
+                SHIPPED.to_string()
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        Config::from_toml(&text, overrides)
+    }
+
+    /// Parses and validates a whole file, collecting every problem.
+    pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let raw: RawFile = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let key = e
+                    .span()
+                    .map(|s| format!("line {}", text[..s.start].lines().count().max(1)))
+                    .unwrap_or_else(|| "file".into());
+                return Err(ConfigError::Invalid(vec![Problem::new(
+                    key,
+                    e.message().to_string(),
+                )]));
+            }
+        };
+        let mut cfg = Config {
+            proxy: section("proxy", raw.proxy, &mut problems),
+            admin: section("admin", raw.admin, &mut problems),
+            cache: section("cache", raw.cache, &mut problems),
+            routes: section("route", raw.route, &mut problems),
+            watch: section("watch", raw.watch, &mut problems),
+            invalidation: section("invalidation", raw.invalidation, &mut problems),
+            redis: raw.redis.map(|v| section("redis", Some(v), &mut problems)),
+            rate_limit: raw
+                .rate_limit
+                .and_then(|v| optional_section("rate_limit", v, &mut problems)),
+            replica_id: String::new(),
+        };
+        cfg.apply(overrides);
+        cfg.validate(&mut problems);
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(listen) = o.listen {
+            self.proxy.listen = listen;
+        }
+        if let Some(listen) = o.admin_listen {
+            self.admin.listen = listen;
+        }
+        if let Some(upstream) = &o.upstream {
+            self.proxy.upstream = upstream.clone();
+        }
+        if let Some(url) = &o.redis_url {
+            self.redis.get_or_insert_with(RedisConfig::default).url = Some(url.clone());
+        }
+        self.admin.token = o.admin_token.clone().filter(|t| !t.is_empty());
+        self.replica_id = o
+            .replica_id
+            .clone()
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    }
+
+    fn validate(&self, problems: &mut Vec<Problem>) {
+        let mut check = |ok: bool, key: &str, message: &str| {
+            if !ok {
+                problems.push(Problem::new(key, message));
+            }
+        };
+        check(
+            self.proxy.upstream_timeout.get() > std::time::Duration::ZERO,
+            "proxy.upstream_timeout",
+            "must be greater than 0s",
+        );
+        check(
+            self.proxy.max_header_bytes.bytes() >= 1024,
+            "proxy.max_header_bytes",
+            "must be at least 1KiB",
+        );
+        check(
+            self.cache.max_bytes.bytes() > 0,
+            "cache.max_bytes",
+            "must be greater than 0",
+        );
+        check(
+            self.cache.max_object_bytes <= self.cache.max_bytes,
+            "cache.max_object_bytes",
+            "must not exceed cache.max_bytes",
+        );
+        check(
+            self.admin.events_capacity > 0 && self.admin.events_capacity <= 1_000_000,
+            "admin.events_capacity",
+            "must be between 1 and 1000000",
+        );
+        check(
+            self.admin.mutations_per_second > 0,
+            "admin.mutations_per_second",
+            "must be greater than 0",
+        );
+        check(
+            self.invalidation.alert_per_minute > 0,
+            "invalidation.alert_per_minute",
+            "must be greater than 0",
+        );
+        if let Err(message) = upstream_authority(&self.proxy.upstream) {
+            problems.push(Problem::new("proxy.upstream", message));
+        }
+        for (i, pattern) in self.invalidation.game_key_patterns.iter().enumerate() {
+            if let Err(message) = route::check_key_pattern(pattern) {
+                problems.push(Problem::new(
+                    format!("invalidation.game_key_patterns[{i}]"),
+                    message,
+                ));
+            }
+        }
+        if let Err(mut more) = Routes::compile(&self.routes) {
+            problems.append(&mut more);
+        }
+        if let Some(redis) = &self.redis {
+            validate_redis(redis, problems);
+        }
+        if let Some(rl) = &self.rate_limit {
+            if rl.per_second == 0 {
+                problems.push(Problem::new(
+                    "rate_limit.per_second",
+                    "must be greater than 0",
+                ));
+            }
+            if rl.burst == 0 {
+                problems.push(Problem::new("rate_limit.burst", "must be greater than 0"));
+            }
+        }
+    }
+
+    /// Whether the Redis tier is on: a `[redis]` table with a URL.
+    pub fn redis_enabled(&self) -> Option<&RedisConfig> {
+        self.redis.as_ref().filter(|r| r.url.is_some())
+    }
+
+    /// The effective config as TOML, for `oddscache check`.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        if let Some(redis) = shown.redis.as_mut() {
+            redis.url = redis.url.as_deref().map(redact_url);
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn validate_redis(redis: &RedisConfig, problems: &mut Vec<Problem>) {
+    if let Some(url) = &redis.url {
+        if let Err(e) = redis::Client::open(url.as_str()) {
+            problems.push(Problem::new("redis.url", format!("invalid Redis URL: {e}")));
+        }
+    }
+    if redis.channel.is_empty() {
+        problems.push(Problem::new("redis.channel", "must not be empty"));
+    }
+    if redis
+        .key_prefix
+        .chars()
+        .any(|c| c.is_whitespace() || c == '*')
+    {
+        problems.push(Problem::new(
+            "redis.key_prefix",
+            "must not contain whitespace or '*'",
+        ));
+    }
+    if redis.registry_ttl.get().as_secs() == 0 {
+        problems.push(Problem::new("redis.registry_ttl", "must be at least 1s"));
+    }
+    if redis.command_timeout.get().is_zero() {
+        problems.push(Problem::new(
+            "redis.command_timeout",
+            "must be greater than 0s",
+        ));
+    }
+}
+
+/// Hides a password in a Redis URL before it is printed.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Validates `http://host:port[/]` and returns the authority.
+pub fn upstream_authority(upstream: &str) -> Result<http::uri::Authority, String> {
+    let uri: http::Uri = upstream
+        .parse()
+        .map_err(|e| format!("invalid URL {upstream:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(
+                "https is not supported: the upstream runs in the same pod, speak http to it"
+                    .into(),
+            )
+        }
+        _ => return Err(format!("{upstream:?} must start with http://")),
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("{upstream:?} must not have a path or query"));
+    }
+    uri.authority()
+        .cloned()
+        .ok_or_else(|| format!("{upstream:?} has no host"))
+}
+
+fn section<T: DeserializeOwned + Default>(
+    name: &str,
+    value: Option<toml::Value>,
+    problems: &mut Vec<Problem>,
+) -> T {
+    match value {
+        None => T::default(),
+        Some(v) => optional_section(name, v, problems).unwrap_or_default(),
+    }
+}
+
+fn optional_section<T: DeserializeOwned>(
+    name: &str,
+    value: toml::Value,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let path = e.path().to_string();
+            let key = if path == "." {
+                name.to_string()
+            } else if path.starts_with('[') {
+                format!("{name}{path}")
+            } else {
+                format!("{name}.{path}")
+            };
+            problems.push(Problem::new(key, e.into_inner().message().to_string()));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

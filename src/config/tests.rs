@@ -1,0 +1,170 @@
+use super::*;
+
+fn load(text: &str) -> Result<Config, Vec<Problem>> {
+    Config::from_toml(text, &Overrides::default()).map_err(|e| match e {
+        ConfigError::Invalid(p) => p,
+        other => panic!("unexpected {other}"),
+    })
+}
+
+fn keys(problems: &[Problem]) -> Vec<&str> {
+    problems.iter().map(|p| p.key.as_str()).collect()
+}
+
+#[test]
+fn shipped_config_is_valid_and_matches_defaults() {
+    let cfg = load(SHIPPED).unwrap();
+    let defaults = load("").unwrap();
+    assert_eq!(cfg.proxy.listen, defaults.proxy.listen);
+    assert_eq!(cfg.cache.ttl_by_status, defaults.cache.ttl_by_status);
+    assert_eq!(cfg.watch, defaults.watch);
+    assert_eq!(cfg.invalidation, defaults.invalidation);
+    assert_eq!(cfg.cache.max_bytes, Size::mib(256));
+    assert_eq!(cfg.routes.len(), 4);
+    assert_eq!(cfg.routes[3].stale_while_revalidate, Some(Dur::secs(60)));
+    assert!(
+        cfg.redis_enabled().is_none(),
+        "shipped config is local-only"
+    );
+}
+
+#[test]
+fn every_problem_names_its_key() {
+    let problems = load(
+        r#"
+        [proxy]
+        upstream_timeout = "soon"
+        [cache]
+        max_bytes = "lots"
+        [admin]
+        events_capacity = 0
+        [[route]]
+        name = "x"
+        path = "/a/{id}"
+        tags = ["game:{nope}"]
+        "#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        [
+            "proxy.upstream_timeout",
+            "cache.max_bytes",
+            "admin.events_capacity",
+            "route[0].tags[0]"
+        ]
+    );
+    assert!(
+        problems[0].message.contains("invalid duration"),
+        "{}",
+        problems[0]
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let problems = load("[cache]\nmax_byte = \"1MiB\"\n").unwrap_err();
+    assert_eq!(keys(&problems), ["cache.max_byte"]);
+    assert!(problems[0].message.contains("max_byte"), "{}", problems[0]);
+
+    let problems = load("[cache.ttl_by_status]\nlive = \"5s\"\nlivee = \"5s\"\n").unwrap_err();
+    assert_eq!(keys(&problems), ["cache.ttl_by_status.livee"]);
+
+    let problems = load("[prxy]\nlisten = \"0.0.0.0:1\"\n").unwrap_err();
+    assert!(problems[0].message.contains("prxy"), "{}", problems[0]);
+}
+
+#[test]
+fn syntax_errors_point_at_a_line() {
+    let problems = load("[proxy]\nlisten = \n").unwrap_err();
+    assert_eq!(keys(&problems), ["line 2"]);
+}
+
+#[test]
+fn upstream_must_be_plain_http() {
+    for (url, ok) in [
+        ("http://127.0.0.1:8000", true),
+        ("http://api:8000/", true),
+        ("https://api", false),
+        ("http://api/base", false),
+        ("api:8000", false),
+        ("", false),
+    ] {
+        let result = load(&format!("[proxy]\nupstream = \"{url}\"\n"));
+        assert_eq!(result.is_ok(), ok, "{url}: {result:?}");
+        if let Err(p) = result {
+            assert_eq!(keys(&p), ["proxy.upstream"]);
+        }
+    }
+}
+
+#[test]
+fn overrides_beat_the_file() {
+    let overrides = Overrides {
+        listen: Some("127.0.0.1:1234".parse().unwrap()),
+        upstream: Some("http://127.0.0.1:9".into()),
+        redis_url: Some("redis://127.0.0.1:6390".into()),
+        replica_id: Some("pod-a".into()),
+        admin_token: Some("s3cret".into()),
+        ..Overrides::default()
+    };
+    let cfg = Config::from_toml(SHIPPED, &overrides).unwrap();
+    assert_eq!(cfg.proxy.listen.port(), 1234);
+    assert_eq!(cfg.proxy.upstream, "http://127.0.0.1:9");
+    assert_eq!(
+        cfg.redis_enabled().unwrap().url.as_deref(),
+        Some("redis://127.0.0.1:6390")
+    );
+    assert_eq!(cfg.replica_id, "pod-a");
+    assert_eq!(cfg.admin.token.as_deref(), Some("s3cret"));
+    assert!(
+        !cfg.to_toml().contains("s3cret"),
+        "the token is never printed"
+    );
+}
+
+#[test]
+fn effective_config_round_trips_and_hides_passwords() {
+    let overrides = Overrides {
+        redis_url: Some("redis://user:hunter2@127.0.0.1:6379".into()),
+        ..Overrides::default()
+    };
+    let cfg = Config::from_toml(SHIPPED, &overrides).unwrap();
+    let text = cfg.to_toml();
+    assert!(!text.contains("hunter2"), "{text}");
+    // The printed config is itself a valid config (replica_id aside).
+    let reparsed = text
+        .lines()
+        .filter(|l| !l.starts_with("replica_id"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let again = load(&reparsed).unwrap();
+    assert_eq!(again.cache.ttl_by_status, cfg.cache.ttl_by_status);
+    assert_eq!(again.routes, cfg.routes);
+}
+
+#[test]
+fn redis_and_rate_limit_sections_are_validated() {
+    let problems = load(
+        "[redis]\nurl = \"nope://x\"\nchannel = \"\"\nregistry_ttl = \"0s\"\n[rate_limit]\nper_second = 0\nburst = 1\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        [
+            "redis.url",
+            "redis.channel",
+            "redis.registry_ttl",
+            "rate_limit.per_second"
+        ]
+    );
+    let problems = load("[rate_limit]\nper_second = 5\n").unwrap_err();
+    assert_eq!(keys(&problems), ["rate_limit"]);
+}
+
+#[test]
+fn max_object_bytes_cannot_exceed_max_bytes() {
+    let problems =
+        load("[cache]\nmax_bytes = \"1MiB\"\nmax_object_bytes = \"2MiB\"\n").unwrap_err();
+    assert_eq!(keys(&problems), ["cache.max_object_bytes"]);
+}
