@@ -14,6 +14,7 @@
 //! - `demo/`: the built-in reference odds API simulator.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod config;
 pub mod server;
 pub mod shutdown;

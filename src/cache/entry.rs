@@ -1,0 +1,214 @@
+//! A stored response and the clock arithmetic around it.
+//!
+//! Everything a hit needs is computed once, when the entry is filled: the
+//! response headers including `X-Cache` and `Cache-Status` are prebuilt, and
+//! the body is a `Bytes` that each hit clones by reference count.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, AGE, ETAG, LAST_MODIFIED};
+use http::{HeaderMap, StatusCode};
+
+pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Distinguishes two entries stored under one key, so an eviction notice
+/// for the old one never unindexes the new one.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug)]
+pub struct Entry {
+    pub id: u64,
+    pub key: Arc<str>,
+    pub status: StatusCode,
+    /// Origin headers without hop-by-hop fields; the base of revalidation.
+    pub headers: HeaderMap,
+    /// `headers` plus `X-Cache: HIT`, `Cache-Status` and an `Age` slot.
+    pub hit_headers: HeaderMap,
+    pub body: Bytes,
+    pub stored_at: Instant,
+    /// Age the response already had when it arrived (RFC 9111 §4.2.3).
+    pub initial_age: Duration,
+    /// Freshness lifetime, measured from the origin's point of view.
+    pub lifetime: Duration,
+    pub stale_if_error: Duration,
+    pub stale_while_revalidate: Duration,
+    /// `no-cache` / `must-revalidate`: never served stale without asking.
+    pub must_revalidate: bool,
+    pub tags: Box<[Arc<str>]>,
+    pub weight: u32,
+}
+
+/// How an entry stands at a given instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    Fresh,
+    /// Expired, but within `stale-while-revalidate`.
+    StaleRevalidate,
+    /// Expired; usable only when the upstream fails, or to revalidate.
+    Stale,
+}
+
+pub struct NewEntry {
+    pub key: Arc<str>,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub initial_age: Duration,
+    pub lifetime: Duration,
+    pub stale_if_error: Duration,
+    pub stale_while_revalidate: Duration,
+    pub must_revalidate: bool,
+    pub tags: Vec<Arc<str>>,
+}
+
+impl Entry {
+    pub fn new(n: NewEntry, now: Instant) -> Entry {
+        let mut hit_headers = n.headers.clone();
+        hit_headers.insert(X_CACHE.clone(), HeaderValue::from_static("HIT"));
+        hit_headers.insert(
+            CACHE_STATUS.clone(),
+            HeaderValue::from_static("oddscache; hit"),
+        );
+        hit_headers.insert(AGE, age_value(Duration::ZERO));
+        let header_bytes: usize = n
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        let weight = n.body.len() + 2 * header_bytes + n.key.len() + 256;
+        Entry {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            key: n.key,
+            status: n.status,
+            headers: n.headers,
+            hit_headers,
+            body: n.body,
+            stored_at: now,
+            initial_age: n.initial_age,
+            lifetime: n.lifetime,
+            stale_if_error: n.stale_if_error,
+            stale_while_revalidate: n.stale_while_revalidate,
+            must_revalidate: n.must_revalidate,
+            tags: n.tags.into_boxed_slice(),
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
+        }
+    }
+
+    pub fn age(&self, now: Instant) -> Duration {
+        self.initial_age + now.saturating_duration_since(self.stored_at)
+    }
+
+    /// Time left before the entry expires (zero when stale).
+    pub fn ttl(&self, now: Instant) -> Duration {
+        self.lifetime.saturating_sub(self.age(now))
+    }
+
+    pub fn freshness(&self, now: Instant) -> Freshness {
+        let age = self.age(now);
+        if age < self.lifetime {
+            Freshness::Fresh
+        } else if !self.must_revalidate && age < self.lifetime + self.stale_while_revalidate {
+            Freshness::StaleRevalidate
+        } else {
+            Freshness::Stale
+        }
+    }
+
+    /// Whether an expired copy may stand in for a failed upstream.
+    pub fn usable_on_error(&self, now: Instant) -> bool {
+        self.age(now) < self.lifetime + self.stale_if_error
+    }
+
+    pub fn etag(&self) -> Option<&HeaderValue> {
+        self.headers.get(ETAG)
+    }
+
+    pub fn last_modified(&self) -> Option<&HeaderValue> {
+        self.headers.get(LAST_MODIFIED)
+    }
+
+    pub fn has_validators(&self) -> bool {
+        self.etag().is_some() || self.last_modified().is_some()
+    }
+
+    /// How long moka keeps the entry: its freshness plus every window in
+    /// which an expired copy is still useful.
+    pub fn retention(&self) -> Duration {
+        let revalidate = if self.has_validators() {
+            self.lifetime
+                .clamp(Duration::from_secs(10), Duration::from_secs(600))
+        } else {
+            Duration::ZERO
+        };
+        let grace = self
+            .stale_if_error
+            .max(self.stale_while_revalidate)
+            .max(revalidate);
+        (self.lifetime + grace).saturating_sub(self.initial_age)
+    }
+}
+
+/// `Age` values are prebuilt for the first hour so a hit formats nothing.
+pub fn age_value(age: Duration) -> HeaderValue {
+    const PREBUILT: usize = 3600;
+    static TABLE: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    let secs = age.as_secs();
+    let table = TABLE.get_or_init(|| (0..PREBUILT as u64).map(HeaderValue::from).collect());
+    usize::try_from(secs)
+        .ok()
+        .and_then(|s| table.get(s))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(lifetime: u64, swr: u64, sie: u64) -> Entry {
+        Entry::new(
+            NewEntry {
+                key: "/k".into(),
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: Bytes::from_static(b"{}"),
+                initial_age: Duration::from_secs(2),
+                lifetime: Duration::from_secs(lifetime),
+                stale_if_error: Duration::from_secs(sie),
+                stale_while_revalidate: Duration::from_secs(swr),
+                must_revalidate: false,
+                tags: vec![],
+            },
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn freshness_windows() {
+        let e = entry(10, 5, 60);
+        let t0 = e.stored_at;
+        assert_eq!(e.freshness(t0), Freshness::Fresh);
+        assert_eq!(e.age(t0 + Duration::from_secs(3)).as_secs(), 5);
+        assert_eq!(
+            e.freshness(t0 + Duration::from_secs(8)),
+            Freshness::StaleRevalidate
+        );
+        assert_eq!(e.freshness(t0 + Duration::from_secs(13)), Freshness::Stale);
+        assert!(e.usable_on_error(t0 + Duration::from_secs(60)));
+        assert!(!e.usable_on_error(t0 + Duration::from_secs(70)));
+        assert_eq!(e.retention(), Duration::from_secs(68));
+    }
+
+    #[test]
+    fn prebuilt_hit_headers_and_age() {
+        let e = entry(10, 0, 0);
+        assert_eq!(e.hit_headers[&X_CACHE], "HIT");
+        assert_eq!(e.hit_headers[&CACHE_STATUS], "oddscache; hit");
+        assert_eq!(age_value(Duration::from_secs(42)), "42");
+        assert_eq!(age_value(Duration::from_secs(100_000)), "100000");
+    }
+}

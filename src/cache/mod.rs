@@ -1,0 +1,10 @@
+//! The in-process cache (L1): keys, stored entries, the moka store with its
+//! tag index, invalidation epochs and fill locks, and the HTTP caching
+//! rules that decide what may be stored and for how long.
+
+pub mod entry;
+pub mod key;
+pub mod store;
+
+pub use entry::{Entry, Freshness, NewEntry};
+pub use store::{Fill, FillState, Lookup, Store};

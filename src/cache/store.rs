@@ -1,0 +1,547 @@
+//! The L1: a moka cache weighed in bytes, the local tag → keys index, the
+//! invalidation epochs that keep a slow fetch from storing something an
+//! invalidation already removed, and the fill locks that coalesce misses.
+//!
+//! Invalidation is visible at once: the tag's keys are removed from moka
+//! before `invalidate_tags` returns, so the next lookup misses.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderName};
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
+use tokio::sync::watch;
+
+use super::entry::Entry;
+use super::key;
+
+/// What moka holds under a key.
+#[derive(Clone, Debug)]
+pub enum Slot {
+    Entry(Arc<Entry>),
+    /// The response varies on these request headers; its variants live
+    /// under [`key::variant`] keys.
+    Vary(Arc<[HeaderName]>),
+}
+
+/// Prefix of the tag every entry gets for its own URI, so an unsafe method
+/// can drop all of that URI's variants (RFC 9111 §4.4). Local only: it is
+/// never mirrored to Redis.
+pub const URI_TAG_PREFIX: &str = "#uri ";
+
+pub fn uri_tag(primary: &str) -> Arc<str> {
+    format!("{URI_TAG_PREFIX}{primary}").into()
+}
+
+pub fn is_local_tag(tag: &str) -> bool {
+    tag.starts_with(URI_TAG_PREFIX)
+}
+
+pub struct Store {
+    cache: Cache<Arc<str>, Slot>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// tag → (key → id of the entry indexed under it).
+    tags: Mutex<HashMap<Arc<str>, HashMap<Arc<str>, u64>>>,
+    epochs: Mutex<Epochs>,
+    /// Bumped by every invalidation; fetches remember it when they start.
+    seq: AtomicU64,
+    fills: Mutex<HashMap<Arc<str>, watch::Receiver<FillState>>>,
+}
+
+#[derive(Default)]
+struct Epochs {
+    /// Sequence number of the last invalidation of each tag, kept only as
+    /// long as a fetch that started before it is still in flight.
+    by_tag: HashMap<Arc<str>, u64>,
+    /// Every tagged entry was dropped at this sequence (after a Redis
+    /// resubscribe): nothing fetched earlier may be stored.
+    flush: u64,
+    /// Start sequences of fetches in flight, with their counts.
+    inflight: BTreeMap<u64, usize>,
+}
+
+#[derive(Clone, Debug)]
+pub enum FillState {
+    Pending,
+    Filled(Arc<Entry>),
+    /// The response could not be shared; waiters fetch for themselves.
+    NotStored,
+    /// The leader went away (client gone, error); one waiter takes over.
+    Abandoned,
+}
+
+pub enum Lookup {
+    Found(Arc<Entry>),
+    Miss,
+}
+
+impl Store {
+    pub fn new(max_bytes: u64) -> Store {
+        let shared = Arc::new(Shared {
+            tags: Mutex::default(),
+            epochs: Mutex::default(),
+            seq: AtomicU64::new(0),
+            fills: Mutex::default(),
+        });
+        let listener_shared = Arc::clone(&shared);
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &Arc<str>, v: &Slot| match v {
+                Slot::Entry(e) => e.weight,
+                Slot::Vary(names) => (k.len() + 64 * names.len() + 128) as u32,
+            })
+            .expire_after(SlotExpiry)
+            .eviction_listener(move |key, slot, cause| {
+                // A replacement re-indexes the key itself; unindexing here
+                // could drop the new entry's tags.
+                if cause == RemovalCause::Replaced {
+                    return;
+                }
+                if let Slot::Entry(e) = slot {
+                    listener_shared.unindex(&key, &e);
+                }
+            })
+            .build();
+        Store { cache, shared }
+    }
+
+    /// Finds the entry for a request, following a `Vary` slot to its variant.
+    /// Returns the key that a fill for this request must use.
+    pub fn lookup<'k>(&self, primary: &'k str, headers: &HeaderMap) -> (Lookup, KeyRef<'k>) {
+        match self.cache.get(primary) {
+            Some(Slot::Entry(e)) => (Lookup::Found(e), KeyRef::Primary(primary)),
+            Some(Slot::Vary(names)) => {
+                let vkey = key::variant(primary, &names, headers);
+                let found = match self.cache.get(vkey.as_str()) {
+                    Some(Slot::Entry(e)) => Lookup::Found(e),
+                    _ => Lookup::Miss,
+                };
+                (found, KeyRef::Variant(vkey))
+            }
+            None => (Lookup::Miss, KeyRef::Primary(primary)),
+        }
+    }
+
+    /// Starts a fetch: the ticket remembers which invalidations it predates.
+    pub fn begin_fetch(&self) -> FetchTicket {
+        let mut ep = self.shared.lock_epochs();
+        let start = self.shared.seq.load(Ordering::SeqCst);
+        *ep.inflight.entry(start).or_default() += 1;
+        FetchTicket {
+            start,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Whether an invalidation of any of `tags` (or a flush) happened after
+    /// the ticket's fetch began; such a response may predate the change.
+    pub fn superseded(&self, ticket: &FetchTicket, tags: &[Arc<str>]) -> bool {
+        let ep = self.shared.lock_epochs();
+        if ep.flush > ticket.start && !tags.is_empty() {
+            return true;
+        }
+        tags.iter()
+            .any(|t| ep.by_tag.get(t).is_some_and(|&seq| seq > ticket.start))
+    }
+
+    /// Stores `entry` unless the fetch was superseded. `vary` names the
+    /// request headers the response varies on (empty for none).
+    pub fn insert(
+        &self,
+        ticket: &FetchTicket,
+        primary: &str,
+        vary: &[HeaderName],
+        entry: Arc<Entry>,
+    ) -> bool {
+        if self.superseded(ticket, &entry.tags) {
+            return false;
+        }
+        {
+            let mut tags = self.shared.lock_tags();
+            for tag in entry.tags.iter() {
+                tags.entry(Arc::clone(tag))
+                    .or_default()
+                    .insert(Arc::clone(&entry.key), entry.id);
+            }
+        }
+        if !vary.is_empty() {
+            self.cache
+                .insert(Arc::from(primary), Slot::Vary(vary.into()));
+        }
+        self.cache
+            .insert(Arc::clone(&entry.key), Slot::Entry(entry));
+        true
+    }
+
+    /// Removes every entry filed under any of `tags`; returns how many.
+    pub fn invalidate_tags<T: AsRef<str>>(&self, tags: &[T]) -> usize {
+        let keys: Vec<(Arc<str>, u64)> = {
+            let mut ep = self.shared.lock_epochs();
+            let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
+            ep.prune();
+            for t in tags {
+                ep.by_tag.insert(Arc::from(t.as_ref()), seq);
+            }
+            let mut index = self.shared.lock_tags();
+            tags.iter()
+                .filter_map(|t| index.remove(t.as_ref()))
+                .flat_map(|m| m.into_iter())
+                .collect()
+        };
+        self.remove_keys(keys)
+    }
+
+    /// Drops one key (an explicit key from a peer's event).
+    pub fn invalidate_key(&self, key: &str) -> bool {
+        let existed = self.cache.contains_key(key);
+        self.cache.invalidate(key);
+        existed
+    }
+
+    /// Drops every entry that carries a tag (after a Redis resubscribe, when
+    /// invalidations may have been missed); returns how many.
+    pub fn flush_tagged(&self) -> usize {
+        let keys: Vec<(Arc<str>, u64)> = {
+            let mut ep = self.shared.lock_epochs();
+            let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
+            ep.flush = seq;
+            ep.prune();
+            let mut index = self.shared.lock_tags();
+            index
+                .drain()
+                .filter(|(tag, _)| !is_local_tag(tag))
+                .flat_map(|(_, m)| m.into_iter())
+                .collect()
+        };
+        self.remove_keys(keys)
+    }
+
+    fn remove_keys(&self, mut keys: Vec<(Arc<str>, u64)>) -> usize {
+        keys.sort_unstable();
+        keys.dedup_by(|a, b| a.0 == b.0);
+        let mut removed = 0;
+        for (key, id) in keys {
+            // Only the entry that was indexed: a newer one under the same
+            // key was stored after this invalidation and is current.
+            if let Some(Slot::Entry(e)) = self.cache.get(&key) {
+                if e.id == id {
+                    self.cache.invalidate(&key);
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    /// Claims the right to fill `key`, or joins the fill in progress.
+    pub fn fill(&self, key: &str) -> Fill {
+        let mut fills = self.shared.lock_fills();
+        if let Some(rx) = fills.get(key) {
+            return Fill::Wait(rx.clone());
+        }
+        let (tx, rx) = watch::channel(FillState::Pending);
+        let key: Arc<str> = key.into();
+        fills.insert(Arc::clone(&key), rx);
+        Fill::Lead(FillGuard {
+            key,
+            tx,
+            shared: Arc::clone(&self.shared),
+            done: false,
+        })
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    /// Applies pending moka maintenance (tests and stats want exact counts).
+    pub fn sync(&self) {
+        self.cache.run_pending_tasks();
+    }
+
+    /// Keys currently indexed under `tag` (for tests and the admin API).
+    pub fn keys_for_tag(&self, tag: &str) -> Vec<Arc<str>> {
+        self.shared
+            .lock_tags()
+            .get(tag)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The key a lookup resolved to.
+pub enum KeyRef<'k> {
+    Primary(&'k str),
+    Variant(String),
+}
+
+impl KeyRef<'_> {
+    pub fn as_str(&self) -> &str {
+        match self {
+            KeyRef::Primary(k) => k,
+            KeyRef::Variant(k) => k,
+        }
+    }
+}
+
+pub enum Fill {
+    Lead(FillGuard),
+    Wait(watch::Receiver<FillState>),
+}
+
+/// Held by the one request filling a key; waiters hear how it ended.
+pub struct FillGuard {
+    key: Arc<str>,
+    tx: watch::Sender<FillState>,
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl FillGuard {
+    pub fn finish(mut self, state: FillState) {
+        self.release(state);
+    }
+
+    fn release(&mut self, state: FillState) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.shared.lock_fills().remove(&self.key);
+        self.tx.send_replace(state);
+    }
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        self.release(FillState::Abandoned);
+    }
+}
+
+/// Waits for a fill to end; `None` when `timeout` passes first.
+pub async fn wait_fill(mut rx: watch::Receiver<FillState>, timeout: Duration) -> Option<FillState> {
+    let waited =
+        tokio::time::timeout(timeout, rx.wait_for(|s| !matches!(s, FillState::Pending))).await;
+    match waited {
+        Ok(Ok(state)) => Some(state.clone()),
+        // The sender is gone without a verdict: treat as abandoned.
+        Ok(Err(_)) => Some(FillState::Abandoned),
+        Err(_) => None,
+    }
+}
+
+/// Registered while a fetch is in flight, so epochs it may need are kept.
+pub struct FetchTicket {
+    start: u64,
+    shared: Arc<Shared>,
+}
+
+impl Drop for FetchTicket {
+    fn drop(&mut self) {
+        let mut ep = self.shared.lock_epochs();
+        if let Some(n) = ep.inflight.get_mut(&self.start) {
+            *n -= 1;
+            if *n == 0 {
+                ep.inflight.remove(&self.start);
+            }
+        }
+    }
+}
+
+impl Epochs {
+    /// Forgets epochs no in-flight fetch can predate, keeping the map small.
+    fn prune(&mut self) {
+        match self.inflight.keys().next().copied() {
+            None => self.by_tag.clear(),
+            Some(oldest) => self.by_tag.retain(|_, seq| *seq > oldest),
+        }
+    }
+}
+
+impl Shared {
+    fn lock_tags(&self) -> MutexGuard<'_, HashMap<Arc<str>, HashMap<Arc<str>, u64>>> {
+        self.tags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_epochs(&self) -> MutexGuard<'_, Epochs> {
+        self.epochs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_fills(&self) -> MutexGuard<'_, HashMap<Arc<str>, watch::Receiver<FillState>>> {
+        self.fills.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unindex(&self, key: &Arc<str>, entry: &Entry) {
+        let mut tags = self.lock_tags();
+        for tag in entry.tags.iter() {
+            if let Some(keys) = tags.get_mut(tag) {
+                if keys.get(key) == Some(&entry.id) {
+                    keys.remove(key);
+                    if keys.is_empty() {
+                        tags.remove(tag);
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct SlotExpiry;
+
+impl moka::Expiry<Arc<str>, Slot> for SlotExpiry {
+    fn expire_after_create(&self, _key: &Arc<str>, value: &Slot, _at: Instant) -> Option<Duration> {
+        Some(slot_retention(value))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &Arc<str>,
+        value: &Slot,
+        _at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(slot_retention(value))
+    }
+}
+
+fn slot_retention(slot: &Slot) -> Duration {
+    match slot {
+        Slot::Entry(e) => e.retention(),
+        // Outlives any variant; a stale marker only costs a second lookup.
+        Slot::Vary(_) => Duration::from_secs(24 * 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::NewEntry;
+    use bytes::Bytes;
+    use http::StatusCode;
+
+    fn entry(key: &str, tags: &[&str]) -> Arc<Entry> {
+        Arc::new(Entry::new(
+            NewEntry {
+                key: key.into(),
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: Bytes::from_static(b"{}"),
+                initial_age: Duration::ZERO,
+                lifetime: Duration::from_secs(60),
+                stale_if_error: Duration::ZERO,
+                stale_while_revalidate: Duration::ZERO,
+                must_revalidate: false,
+                tags: tags.iter().map(|t| Arc::from(*t)).collect(),
+            },
+            Instant::now(),
+        ))
+    }
+
+    fn found(store: &Store, key: &str) -> bool {
+        matches!(store.lookup(key, &HeaderMap::new()).0, Lookup::Found(_))
+    }
+
+    #[test]
+    fn tag_invalidation_removes_only_tagged_keys() {
+        let store = Store::new(1 << 20);
+        let t = store.begin_fetch();
+        assert!(store.insert(&t, "/a", &[], entry("/a", &["game:1", "sidebar"])));
+        assert!(store.insert(&t, "/b", &[], entry("/b", &["game:2"])));
+        assert_eq!(store.invalidate_tags(&["game:1"]), 1);
+        assert!(!found(&store, "/a"));
+        assert!(found(&store, "/b"));
+        // The other tag of the removed entry no longer points at it.
+        store.sync();
+        assert!(store.keys_for_tag("sidebar").is_empty());
+    }
+
+    #[test]
+    fn a_fetch_that_predates_an_invalidation_is_not_stored() {
+        let store = Store::new(1 << 20);
+        let early = store.begin_fetch();
+        store.invalidate_tags(&["game:1"]);
+        assert!(!store.insert(&early, "/a", &[], entry("/a", &["game:1"])));
+        assert!(store.insert(&early, "/b", &[], entry("/b", &["game:2"])));
+        let late = store.begin_fetch();
+        assert!(store.insert(&late, "/a", &[], entry("/a", &["game:1"])));
+    }
+
+    #[test]
+    fn flush_drops_tagged_entries_and_blocks_older_fetches() {
+        let store = Store::new(1 << 20);
+        let t = store.begin_fetch();
+        store.insert(&t, "/a", &[], entry("/a", &["game:1"]));
+        store.insert(&t, "/plain", &[], entry("/plain", &[]));
+        assert_eq!(store.flush_tagged(), 1);
+        assert!(!found(&store, "/a"));
+        assert!(found(&store, "/plain"));
+        assert!(!store.insert(&t, "/a", &[], entry("/a", &["game:1"])));
+    }
+
+    #[test]
+    fn replacing_an_entry_keeps_it_indexed() {
+        let store = Store::new(1 << 20);
+        let t = store.begin_fetch();
+        store.insert(&t, "/a", &[], entry("/a", &["game:1"]));
+        store.insert(&t, "/a", &[], entry("/a", &["game:1"]));
+        store.sync();
+        assert_eq!(store.invalidate_tags(&["game:1"]), 1);
+        assert!(!found(&store, "/a"));
+    }
+
+    #[test]
+    fn vary_slots_lead_to_variants() {
+        let store = Store::new(1 << 20);
+        let t = store.begin_fetch();
+        let names = [HeaderName::from_static("accept-language")];
+        let mut en = HeaderMap::new();
+        en.insert("accept-language", "en".parse().unwrap());
+        let vkey = key::variant("/v", &names, &en);
+        store.insert(&t, "/v", &names, entry(&vkey, &[]));
+        assert!(matches!(store.lookup("/v", &en).0, Lookup::Found(_)));
+        let mut de = HeaderMap::new();
+        de.insert("accept-language", "de".parse().unwrap());
+        let (miss, k) = store.lookup("/v", &de);
+        assert!(matches!(miss, Lookup::Miss));
+        assert_ne!(k.as_str(), vkey);
+    }
+
+    #[tokio::test]
+    async fn one_leader_per_key_and_waiters_hear_the_outcome() {
+        let store = Store::new(1 << 20);
+        let Fill::Lead(guard) = store.fill("/k") else {
+            panic!("first is leader")
+        };
+        let Fill::Wait(rx) = store.fill("/k") else {
+            panic!("second waits")
+        };
+        let e = entry("/k", &[]);
+        guard.finish(FillState::Filled(Arc::clone(&e)));
+        match wait_fill(rx, Duration::from_secs(5)).await {
+            Some(FillState::Filled(got)) => assert_eq!(got.id, e.id),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A dropped leader releases waiters as abandoned.
+        let Fill::Lead(guard) = store.fill("/k") else {
+            panic!("lock was released")
+        };
+        let Fill::Wait(rx) = store.fill("/k") else {
+            panic!()
+        };
+        drop(guard);
+        assert!(matches!(
+            wait_fill(rx, Duration::from_secs(5)).await,
+            Some(FillState::Abandoned)
+        ));
+    }
+}
