@@ -16,5 +16,6 @@
 
 pub mod cache;
 pub mod config;
+pub mod metrics;
 pub mod server;
 pub mod shutdown;

@@ -32,8 +32,8 @@ pub struct Entry {
     pub stored_at: Instant,
     /// Age the response already had when it arrived (RFC 9111 §4.2.3).
     pub initial_age: Duration,
-    /// Freshness lifetime, measured from the origin's point of view.
-    pub lifetime: Duration,
+    /// How long after `stored_at` the entry is fresh.
+    pub fresh_for: Duration,
     pub stale_if_error: Duration,
     pub stale_while_revalidate: Duration,
     /// `no-cache` / `must-revalidate`: never served stale without asking.
@@ -58,7 +58,7 @@ pub struct NewEntry {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub initial_age: Duration,
-    pub lifetime: Duration,
+    pub fresh_for: Duration,
     pub stale_if_error: Duration,
     pub stale_while_revalidate: Duration,
     pub must_revalidate: bool,
@@ -89,7 +89,7 @@ impl Entry {
             body: n.body,
             stored_at: now,
             initial_age: n.initial_age,
-            lifetime: n.lifetime,
+            fresh_for: n.fresh_for,
             stale_if_error: n.stale_if_error,
             stale_while_revalidate: n.stale_while_revalidate,
             must_revalidate: n.must_revalidate,
@@ -98,20 +98,26 @@ impl Entry {
         }
     }
 
-    pub fn age(&self, now: Instant) -> Duration {
-        self.initial_age + now.saturating_duration_since(self.stored_at)
+    fn resident(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.stored_at)
     }
 
-    /// Time left before the entry expires (zero when stale).
-    pub fn ttl(&self, now: Instant) -> Duration {
-        self.lifetime.saturating_sub(self.age(now))
+    /// The `Age` the entry is served with (RFC 9111 §4.2.3).
+    pub fn age(&self, now: Instant) -> Duration {
+        self.initial_age + self.resident(now)
+    }
+
+    /// Seconds of freshness left; negative once stale (for `Cache-Status`).
+    pub fn ttl_secs(&self, now: Instant) -> i64 {
+        let fresh = self.fresh_for.as_secs() as i64;
+        fresh - self.resident(now).as_secs() as i64
     }
 
     pub fn freshness(&self, now: Instant) -> Freshness {
-        let age = self.age(now);
-        if age < self.lifetime {
+        let resident = self.resident(now);
+        if resident < self.fresh_for {
             Freshness::Fresh
-        } else if !self.must_revalidate && age < self.lifetime + self.stale_while_revalidate {
+        } else if !self.must_revalidate && resident < self.fresh_for + self.stale_while_revalidate {
             Freshness::StaleRevalidate
         } else {
             Freshness::Stale
@@ -120,7 +126,7 @@ impl Entry {
 
     /// Whether an expired copy may stand in for a failed upstream.
     pub fn usable_on_error(&self, now: Instant) -> bool {
-        self.age(now) < self.lifetime + self.stale_if_error
+        self.resident(now) < self.fresh_for + self.stale_if_error
     }
 
     pub fn etag(&self) -> Option<&HeaderValue> {
@@ -139,7 +145,7 @@ impl Entry {
     /// which an expired copy is still useful.
     pub fn retention(&self) -> Duration {
         let revalidate = if self.has_validators() {
-            self.lifetime
+            self.fresh_for
                 .clamp(Duration::from_secs(10), Duration::from_secs(600))
         } else {
             Duration::ZERO
@@ -148,7 +154,7 @@ impl Entry {
             .stale_if_error
             .max(self.stale_while_revalidate)
             .max(revalidate);
-        (self.lifetime + grace).saturating_sub(self.initial_age)
+        self.fresh_for + grace
     }
 }
 
@@ -169,7 +175,7 @@ pub fn age_value(age: Duration) -> HeaderValue {
 mod tests {
     use super::*;
 
-    fn entry(lifetime: u64, swr: u64, sie: u64) -> Entry {
+    fn entry(fresh_for: u64, swr: u64, sie: u64) -> Entry {
         Entry::new(
             NewEntry {
                 key: "/k".into(),
@@ -177,7 +183,7 @@ mod tests {
                 headers: HeaderMap::new(),
                 body: Bytes::from_static(b"{}"),
                 initial_age: Duration::from_secs(2),
-                lifetime: Duration::from_secs(lifetime),
+                fresh_for: Duration::from_secs(fresh_for),
                 stale_if_error: Duration::from_secs(sie),
                 stale_while_revalidate: Duration::from_secs(swr),
                 must_revalidate: false,
@@ -193,14 +199,16 @@ mod tests {
         let t0 = e.stored_at;
         assert_eq!(e.freshness(t0), Freshness::Fresh);
         assert_eq!(e.age(t0 + Duration::from_secs(3)).as_secs(), 5);
+        assert_eq!(e.ttl_secs(t0 + Duration::from_secs(3)), 7);
         assert_eq!(
-            e.freshness(t0 + Duration::from_secs(8)),
+            e.freshness(t0 + Duration::from_secs(11)),
             Freshness::StaleRevalidate
         );
-        assert_eq!(e.freshness(t0 + Duration::from_secs(13)), Freshness::Stale);
-        assert!(e.usable_on_error(t0 + Duration::from_secs(60)));
+        assert_eq!(e.freshness(t0 + Duration::from_secs(15)), Freshness::Stale);
+        assert_eq!(e.ttl_secs(t0 + Duration::from_secs(15)), -5);
+        assert!(e.usable_on_error(t0 + Duration::from_secs(69)));
         assert!(!e.usable_on_error(t0 + Duration::from_secs(70)));
-        assert_eq!(e.retention(), Duration::from_secs(68));
+        assert_eq!(e.retention(), Duration::from_secs(70));
     }
 
     #[test]

@@ -437,7 +437,7 @@ mod tests {
                 headers: HeaderMap::new(),
                 body: Bytes::from_static(b"{}"),
                 initial_age: Duration::ZERO,
-                lifetime: Duration::from_secs(60),
+                fresh_for: Duration::from_secs(60),
                 stale_if_error: Duration::ZERO,
                 stale_while_revalidate: Duration::ZERO,
                 must_revalidate: false,

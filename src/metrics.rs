@@ -1,0 +1,220 @@
+//! Prometheus metrics (SPEC §7), with typed label sets and one registry
+//! that `run` creates and passes down: no globals.
+//!
+//! Hot-path counters are resolved once at start-up, so counting a hit is
+//! one atomic add, not a label lookup.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The cache outcome of one request, as in `X-Cache`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CacheOutcome {
+    hit,
+    miss,
+    stale,
+    bypass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabel {
+    pub cache: CacheOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// The upstream's status code, or `error` / `timeout` when none came.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhyLabel {
+    pub why: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OriginLabel {
+    pub origin: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub hits: Counter,
+    pub misses: Counter,
+    pub stale: Counter,
+    pub bypass: Counter,
+    pub coalesced: Counter,
+    pub upstream_requests: Family<StatusLabel, Counter>,
+    pub upstream_duration: Histogram,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
+    pub invalidations: Family<ReasonLabel, Counter>,
+    pub keys_deleted: Counter,
+    pub invalidations_per_minute: Gauge,
+    pub propagation: Histogram,
+    pub redis_up: Gauge,
+    pub redis_errors: Counter,
+    pub registrations_dropped: Counter,
+    pub watch_skipped: Family<WhyLabel, Counter>,
+    pub rate_limited: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("oddscache");
+        let requests = Family::<CacheLabel, Counter>::default();
+        registry.register(
+            "requests",
+            "Proxied requests by cache outcome",
+            requests.clone(),
+        );
+        let outcome = |cache| requests.get_or_create(&CacheLabel { cache }).clone();
+        let (hits, misses, stale, bypass) = (
+            outcome(CacheOutcome::hit),
+            outcome(CacheOutcome::miss),
+            outcome(CacheOutcome::stale),
+            outcome(CacheOutcome::bypass),
+        );
+        let coalesced = Counter::default();
+        registry.register(
+            "coalesced",
+            "Misses served by another request's fill",
+            coalesced.clone(),
+        );
+        let upstream_requests = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "Upstream requests by status",
+            upstream_requests.clone(),
+        );
+        let upstream_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "upstream_duration_seconds",
+            "Time to the upstream's response head",
+            upstream_duration.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "cache_entries",
+            "Entries in the L1 cache",
+            cache_entries.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "cache_bytes",
+            "Weighed bytes in the L1 cache",
+            cache_bytes.clone(),
+        );
+        let invalidations = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "invalidations",
+            "Invalidations by reason",
+            invalidations.clone(),
+        );
+        let keys_deleted = Counter::default();
+        registry.register(
+            "invalidation_keys_deleted",
+            "Keys deleted by invalidations",
+            keys_deleted.clone(),
+        );
+        let invalidations_per_minute = Gauge::default();
+        registry.register(
+            "invalidations_per_minute",
+            "Invalidations in the last 60 seconds",
+            invalidations_per_minute.clone(),
+        );
+        let propagation = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "invalidation_propagation_seconds",
+            "From a peer event's timestamp to local eviction",
+            propagation.clone(),
+        );
+        let redis_up = Gauge::default();
+        registry.register(
+            "redis_up",
+            "1 when the Redis connection and subscription are up",
+            redis_up.clone(),
+        );
+        let redis_errors = Counter::default();
+        registry.register(
+            "redis_errors",
+            "Failed Redis commands and connections",
+            redis_errors.clone(),
+        );
+        let registrations_dropped = Counter::default();
+        registry.register(
+            "registrations_dropped",
+            "Registry writes dropped because Redis was slow or down",
+            registrations_dropped.clone(),
+        );
+        let watch_skipped = Family::<WhyLabel, Counter>::default();
+        registry.register(
+            "watch_skipped",
+            "Bodies the watcher could not read",
+            watch_skipped.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "rate_limited",
+            "Proxy requests refused by the rate limit",
+            rate_limited.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            hits,
+            misses,
+            stale,
+            bypass,
+            coalesced,
+            upstream_requests,
+            upstream_duration,
+            cache_entries,
+            cache_bytes,
+            invalidations,
+            keys_deleted,
+            invalidations_per_minute,
+            propagation,
+            redis_up,
+            redis_errors,
+            registrations_dropped,
+            watch_skipped,
+            rate_limited,
+        })
+    }
+
+    pub fn upstream_status(&self, status: &str) {
+        self.upstream_requests
+            .get_or_create(&StatusLabel {
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn watch_skipped(&self, why: &str) {
+        self.watch_skipped
+            .get_or_create(&WhyLabel {
+                why: why.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
