@@ -1,9 +1,12 @@
 //! The in-process cache (L1): keys, stored entries, the moka store with its
 //! tag index, invalidation epochs and fill locks, and the HTTP caching
-//! rules that decide what may be stored and for how long.
+//! rules that decide what may be stored and for how long. [`policy`] is
+//! pure: it reads headers and returns decisions, and never touches storage,
+//! clocks or the network.
 
 pub mod entry;
 pub mod key;
+pub mod policy;
 pub mod store;
 
 pub use entry::{Entry, Freshness, NewEntry};
