@@ -17,5 +17,66 @@
 pub mod cache;
 pub mod config;
 pub mod metrics;
+pub mod proxy;
 pub mod server;
 pub mod shutdown;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+
+/// The sockets `run` serves, bound by the caller so tests can use
+/// `127.0.0.1:0` and `main` can fail before anything starts.
+pub struct Listeners {
+    pub proxy: TcpListener,
+}
+
+/// Errors that stop the sidecar from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Runs the sidecar until `shutdown` resolves, then drains in-flight
+/// requests for up to `proxy.shutdown_grace`.
+pub async fn run<F>(config: Config, listeners: Listeners, shutdown: F) -> Result<(), RunError>
+where
+    F: Future<Output = ()> + Send,
+{
+    let metrics = metrics::Metrics::new();
+    let store = Arc::new(cache::Store::new(config.cache.max_bytes.bytes()));
+    let proxy = proxy::Proxy::new(
+        &config,
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        proxy::Inspector::default(),
+    )
+    .map_err(RunError::Config)?;
+    let proxy = Arc::new(proxy);
+    let (trigger, signal) = shutdown::channel();
+    let limits = server::HttpLimits {
+        max_header_bytes: config.proxy.max_header_bytes.as_usize(),
+        header_read_timeout: config.proxy.header_read_timeout.get(),
+    };
+    let grace = config.proxy.shutdown_grace.get();
+    let proxy_server = tokio::spawn(server::serve(
+        "proxy",
+        listeners.proxy,
+        move |peer| {
+            let proxy = Arc::clone(&proxy);
+            hyper::service::service_fn(move |req| Arc::clone(&proxy).serve(req, peer))
+        },
+        limits,
+        signal.clone(),
+        grace,
+    ));
+    shutdown.await;
+    tracing::info!("shutdown requested");
+    trigger.fire();
+    let _ = proxy_server.await;
+    Ok(())
+}

@@ -45,9 +45,11 @@ pub struct Store {
     shared: Arc<Shared>,
 }
 
+/// tag → (key → id of the entry indexed under it).
+type TagIndex = HashMap<Arc<str>, HashMap<Arc<str>, u64>>;
+
 struct Shared {
-    /// tag → (key → id of the entry indexed under it).
-    tags: Mutex<HashMap<Arc<str>, HashMap<Arc<str>, u64>>>,
+    tags: Mutex<TagIndex>,
     epochs: Mutex<Epochs>,
     /// Bumped by every invalidation; fetches remember it when they start.
     seq: AtomicU64,
@@ -369,7 +371,7 @@ impl Epochs {
 }
 
 impl Shared {
-    fn lock_tags(&self) -> MutexGuard<'_, HashMap<Arc<str>, HashMap<Arc<str>, u64>>> {
+    fn lock_tags(&self) -> MutexGuard<'_, TagIndex> {
         self.tags.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -1,0 +1,302 @@
+//! The request path of the proxy port.
+//!
+//! admit → key → lookup → hit, or upstream → inspect → store. GET and HEAD
+//! are looked up; concurrent misses for one key share one upstream fetch
+//! (the fill lock); every other method is forwarded and, when it succeeds,
+//! drops the cached entries of its URI (RFC 9111 §4.4).
+
+pub mod body;
+mod fill;
+pub mod respond;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RANGE, TRANSFER_ENCODING};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tracing::debug;
+
+use crate::cache::entry::Freshness;
+use crate::cache::key;
+use crate::cache::policy::{CacheStatus, Fwd};
+use crate::cache::store::{wait_fill, Fill, FillState, Lookup, Store};
+use crate::config::{Config, Routes};
+use crate::metrics::Metrics;
+use body::ProxyBody;
+use respond::XCache;
+use upstream::Upstream;
+
+/// The settings of `[cache]` the request path reads, resolved once.
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    pub max_object_bytes: usize,
+    pub default_ttl: Duration,
+    pub honor_origin: bool,
+    pub stale_if_error: Duration,
+    pub stale_while_revalidate: Duration,
+    pub coalesce_timeout: Duration,
+}
+
+pub struct Proxy {
+    store: Arc<Store>,
+    upstream: Upstream,
+    routes: Routes,
+    settings: CacheSettings,
+    metrics: Arc<Metrics>,
+    inspector: fill::Inspector,
+}
+
+impl Proxy {
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        inspector: fill::Inspector,
+    ) -> Result<Proxy, String> {
+        let routes = Routes::compile(&config.routes).map_err(|p| format!("{p:?}"))?;
+        let c = &config.cache;
+        Ok(Proxy {
+            store,
+            upstream: Upstream::new(&config.proxy.upstream, config.proxy.upstream_timeout.get())?,
+            routes,
+            settings: CacheSettings {
+                max_object_bytes: c.max_object_bytes.as_usize(),
+                default_ttl: c.default_ttl.get(),
+                honor_origin: c.honor_origin_cache_control,
+                stale_if_error: c.stale_if_error.get(),
+                stale_while_revalidate: c.stale_while_revalidate.get(),
+                coalesce_timeout: c.coalesce_timeout.get(),
+            },
+            metrics,
+            inspector,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The hyper entry point: one request from `peer`.
+    pub async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = debug_path(&req);
+        let resp = self.handle(req, peer).await;
+        debug!(
+            %peer,
+            %method,
+            path = %path,
+            status = resp.status().as_u16(),
+            cache = resp.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or(""),
+            micros = started.elapsed().as_micros() as u64,
+            "request"
+        );
+        Ok(resp)
+    }
+
+    async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        if let Some(resp) = reject_framing(&req) {
+            return resp;
+        }
+        match *req.method() {
+            // A Range request is not filled (no 206 storage), but a hit may
+            // answer it whole, which RFC 9110 §14.2 allows.
+            Method::GET | Method::HEAD => self.lookup(req, peer).await,
+            _ => self.forward_unsafe(req, peer).await,
+        }
+    }
+
+    async fn lookup(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        loop {
+            let now = Instant::now();
+            let (stale, key, primary) = {
+                let primary = key::primary(req.uri());
+                let (found, key) = self.store.lookup(&primary, req.headers());
+                let stale = match found {
+                    Lookup::Found(e) => match e.freshness(now) {
+                        Freshness::Fresh => {
+                            self.metrics.hits.inc();
+                            return respond::hit(req.method(), req.headers(), &e, now);
+                        }
+                        Freshness::StaleRevalidate => {
+                            self.metrics.stale.inc();
+                            self.refresh_in_background(&req, key.as_str(), &primary);
+                            let status = CacheStatus {
+                                hit: true,
+                                ttl: Some(e.ttl_secs(now)),
+                                detail: Some("stale-while-revalidate"),
+                                ..CacheStatus::default()
+                            };
+                            return respond::from_entry(
+                                req.method(),
+                                req.headers(),
+                                &e,
+                                now,
+                                XCache::Stale,
+                                status,
+                            );
+                        }
+                        Freshness::Stale => Some(e),
+                    },
+                    Lookup::Miss => None,
+                };
+                (
+                    stale,
+                    Arc::<str>::from(key.as_str()),
+                    Arc::<str>::from(primary.as_ref()),
+                )
+            };
+            if req.method() == Method::HEAD || req.headers().contains_key(RANGE) {
+                return self.pass(req, peer, XCache::Miss, Fwd::UriMiss).await;
+            }
+            match self.store.fill(&key) {
+                Fill::Lead(guard) => {
+                    return self
+                        .fetch(req, peer, fill::Target { primary, stale }, Some(guard))
+                        .await
+                }
+                Fill::Wait(rx) => match wait_fill(rx, self.settings.coalesce_timeout).await {
+                    Some(FillState::Filled(e)) if e.key == key => {
+                        self.metrics.coalesced.inc();
+                        self.metrics.hits.inc();
+                        let now = Instant::now();
+                        let status = CacheStatus {
+                            hit: true,
+                            detail: Some("coalesced"),
+                            ..CacheStatus::default()
+                        };
+                        return respond::from_entry(
+                            req.method(),
+                            req.headers(),
+                            &e,
+                            now,
+                            XCache::Hit,
+                            status,
+                        );
+                    }
+                    // Filled under another Vary variant, or the leader went
+                    // away: look again, and maybe lead the next fill.
+                    Some(FillState::Filled(_)) | Some(FillState::Abandoned) => continue,
+                    Some(FillState::NotStored) | Some(FillState::Pending) | None => {
+                        return self
+                            .fetch(req, peer, fill::Target { primary, stale }, None)
+                            .await
+                    }
+                },
+            }
+        }
+    }
+
+    /// Serves a STALE copy now and refreshes it with one background fetch.
+    fn refresh_in_background(self: &Arc<Self>, req: &Request<Incoming>, key: &str, primary: &str) {
+        let Fill::Lead(guard) = self.store.fill(key) else {
+            return; // someone is already refreshing it
+        };
+        let mut parts = Request::new(()).into_parts().0;
+        parts.method = Method::GET;
+        parts.uri = req.uri().clone();
+        parts.headers = req.headers().clone();
+        let target = fill::Target {
+            primary: primary.into(),
+            stale: None,
+        };
+        let this = Arc::clone(self);
+        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        tokio::spawn(async move {
+            let req = Request::from_parts(
+                parts,
+                http_body_util::Either::Right(http_body_util::Empty::new()),
+            );
+            let _ = this.fetch_parts(req, peer, target, Some(guard)).await;
+        });
+    }
+
+    /// Forwards a request that this cache does not answer, unchanged.
+    async fn pass(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        x_cache: XCache,
+        fwd: Fwd,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
+        self.upstream.prepare(&mut parts, peer);
+        let req = Request::from_parts(parts, http_body_util::Either::Left(body));
+        match self.upstream.send(req, &self.metrics).await {
+            Ok(resp) => {
+                self.count(x_cache);
+                let status = CacheStatus {
+                    fwd: Some(fwd),
+                    fwd_status: Some(resp.status().as_u16()),
+                    ..CacheStatus::default()
+                };
+                let (mut rparts, rbody) = resp.into_parts();
+                respond::clean_upstream_headers(&mut rparts.headers);
+                respond::label(&mut rparts.headers, x_cache, status);
+                Response::from_parts(rparts, ProxyBody::stream(None, rbody))
+            }
+            Err(e) => {
+                self.count(x_cache);
+                self.upstream.error_response(&e)
+            }
+        }
+    }
+
+    fn count(&self, x: XCache) {
+        match x {
+            XCache::Hit => self.metrics.hits.inc(),
+            XCache::Miss => self.metrics.misses.inc(),
+            XCache::Stale => self.metrics.stale.inc(),
+            XCache::Bypass => self.metrics.bypass.inc(),
+        };
+    }
+}
+
+/// RFC 9112 §6.3: a request with both `Transfer-Encoding` and
+/// `Content-Length` is a smuggling attempt until proven otherwise.
+fn reject_framing(req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    let h = req.headers();
+    let bad = if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
+        Some("conflicting Content-Length and Transfer-Encoding")
+    } else if h.get_all(CONTENT_LENGTH).iter().count() > 1 {
+        Some("more than one Content-Length")
+    } else {
+        None
+    };
+    bad.map(|why| json_error(StatusCode::BAD_REQUEST, why))
+}
+
+pub fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn debug_path(req: &Request<Incoming>) -> String {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        req.uri().path().to_string()
+    } else {
+        String::new()
+    }
+}
+
+pub use fill::Inspector;

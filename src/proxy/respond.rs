@@ -1,0 +1,147 @@
+//! Building client responses: hits from prebuilt entries, 304s, STALE
+//! copies, and MISS/BYPASS answers from the upstream's head.
+
+use std::time::Instant;
+
+use http::header::{
+    HeaderValue, AGE, CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY,
+};
+use http::{HeaderMap, Method, Response, StatusCode};
+
+use super::body::ProxyBody;
+use super::upstream::append_via;
+use crate::cache::entry::{age_value, CACHE_STATUS, X_CACHE};
+use crate::cache::policy::{not_modified, strip_hop_by_hop, CacheStatus};
+use crate::cache::Entry;
+
+/// The `X-Cache` value of an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XCache {
+    Hit,
+    Miss,
+    Stale,
+    Bypass,
+}
+
+impl XCache {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XCache::Hit => "HIT",
+            XCache::Miss => "MISS",
+            XCache::Stale => "STALE",
+            XCache::Bypass => "BYPASS",
+        }
+    }
+
+    fn value(self) -> HeaderValue {
+        HeaderValue::from_static(self.as_str())
+    }
+}
+
+/// A fresh hit: prebuilt headers, one `Age` and a `Bytes` clone. Answers
+/// 304 when the client's validators match.
+pub fn hit(
+    method: &Method,
+    req_headers: &HeaderMap,
+    entry: &Entry,
+    now: Instant,
+) -> Response<ProxyBody> {
+    if has_conditionals(req_headers)
+        && not_modified(req_headers, entry.etag(), entry.last_modified())
+    {
+        return not_modified_response(entry, now, XCache::Hit, None);
+    }
+    let mut headers = entry.hit_headers.clone();
+    headers.insert(AGE, age_value(entry.age(now)));
+    let body = if method == Method::HEAD {
+        ProxyBody::empty()
+    } else {
+        ProxyBody::full(entry.body.clone())
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = entry.status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// An entry served with a non-HIT status line (STALE, or a MISS that just
+/// filled it), honouring the client's validators too.
+pub fn from_entry(
+    method: &Method,
+    req_headers: &HeaderMap,
+    entry: &Entry,
+    now: Instant,
+    x_cache: XCache,
+    status: CacheStatus,
+) -> Response<ProxyBody> {
+    if has_conditionals(req_headers)
+        && not_modified(req_headers, entry.etag(), entry.last_modified())
+    {
+        return not_modified_response(entry, now, x_cache, Some(status));
+    }
+    let mut headers = entry.headers.clone();
+    headers.insert(AGE, age_value(entry.age(now)));
+    headers.insert(X_CACHE.clone(), x_cache.value());
+    headers.insert(CACHE_STATUS.clone(), status.to_header_value());
+    let body = if method == Method::HEAD {
+        ProxyBody::empty()
+    } else {
+        ProxyBody::full(entry.body.clone())
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = entry.status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+fn has_conditionals(h: &HeaderMap) -> bool {
+    h.contains_key(http::header::IF_NONE_MATCH) || h.contains_key(http::header::IF_MODIFIED_SINCE)
+}
+
+/// RFC 9110 §15.4.5: a 304 carries the fields a 200 would have that help
+/// the client update its copy, and no body.
+fn not_modified_response(
+    entry: &Entry,
+    now: Instant,
+    x_cache: XCache,
+    status: Option<CacheStatus>,
+) -> Response<ProxyBody> {
+    let mut headers = HeaderMap::with_capacity(10);
+    for name in [
+        CACHE_CONTROL,
+        CONTENT_LOCATION,
+        DATE,
+        ETAG,
+        EXPIRES,
+        LAST_MODIFIED,
+        VARY,
+    ] {
+        for v in entry.headers.get_all(&name) {
+            headers.append(name.clone(), v.clone());
+        }
+    }
+    headers.insert(AGE, age_value(entry.age(now)));
+    headers.insert(X_CACHE.clone(), x_cache.value());
+    let cs = status.map_or_else(
+        || entry.hit_headers[&CACHE_STATUS].clone(),
+        |s| s.to_header_value(),
+    );
+    headers.insert(CACHE_STATUS.clone(), cs);
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// The headers stored with an entry and sent on a MISS: the upstream's,
+/// without hop-by-hop fields, plus `Via`.
+pub fn clean_upstream_headers(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    append_via(headers);
+}
+
+/// Labels an answer that came straight from the upstream.
+pub fn label(headers: &mut HeaderMap, x_cache: XCache, status: CacheStatus) {
+    headers.insert(X_CACHE.clone(), x_cache.value());
+    headers.insert(CACHE_STATUS.clone(), status.to_header_value());
+}

@@ -1,0 +1,185 @@
+//! The pooled client to the upstream API and the rewriting of requests on
+//! their way there: hop-by-hop fields dropped, `X-Forwarded-*` and `Via`
+//! set, the response head bounded by `upstream_timeout`.
+//!
+//! Errors are tagged with their source, which decides what the client
+//! gets: a refused connection is a 502, a timeout a 504.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, VIA};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderName, Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::body::ProxyBody;
+use crate::cache::policy::strip_hop_by_hop;
+use crate::metrics::Metrics;
+
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const VIA_VALUE: &str = "1.1 oddscache";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to upstream: {0}")]
+    Connect(String),
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("upstream failed: {0}")]
+    Failed(String),
+    #[error("upstream body failed: {0}")]
+    Body(String),
+}
+
+impl UpstreamError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            UpstreamError::Timeout(_) => "timeout",
+            _ => "error",
+        }
+    }
+}
+
+pub struct Upstream {
+    client: Client<HttpConnector, UpstreamBody>,
+    authority: Authority,
+    /// As configured, for error bodies and logs.
+    url: String,
+    timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(url: &str, timeout: Duration) -> Result<Upstream, String> {
+        let authority = crate::config::upstream_authority(url)?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Upstream {
+            client,
+            authority,
+            url: url.trim_end_matches('/').to_string(),
+            timeout,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Rewrites a client request in place for the upstream.
+    pub fn prepare(&self, parts: &mut http::request::Parts, peer: SocketAddr) {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build();
+        if let Ok(u) = uri.as_mut() {
+            parts.uri = std::mem::take(u);
+        }
+        parts.version = http::Version::HTTP_11;
+        let h = &mut parts.headers;
+        strip_hop_by_hop(h);
+        // HTTP/2 clients send :authority instead of Host.
+        if !h.contains_key(http::header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(self.authority.as_str()) {
+                h.insert(http::header::HOST, v);
+            }
+        }
+        let ip = peer.ip().to_string();
+        let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+            _ => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        // An ingress in front may already know the scheme was https.
+        if !h.contains_key(&X_FORWARDED_PROTO) {
+            h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        }
+        append_via(h);
+    }
+
+    /// Sends a prepared request; the timeout covers the whole response head.
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+        metrics: &Metrics,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(source_chain(&e))),
+            Ok(Err(e)) => Err(UpstreamError::Failed(source_chain(&e))),
+            Ok(Ok(resp)) => Ok(resp),
+        };
+        metrics
+            .upstream_duration
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(resp) => metrics.upstream_status(resp.status().as_str()),
+            Err(e) => metrics.upstream_status(e.label()),
+        }
+        result
+    }
+
+    /// The JSON answer for a failed upstream with no stale copy to serve.
+    pub fn error_response(&self, err: &UpstreamError) -> Response<ProxyBody> {
+        let body = serde_json::json!({ "error": err.to_string(), "upstream": self.url });
+        let mut resp = Response::new(ProxyBody::full(body.to_string()));
+        *resp.status_mut() = err.status();
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp
+    }
+}
+
+pub fn append_via(h: &mut http::HeaderMap) {
+    let via = match h.get(VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {VIA_VALUE}")).ok(),
+        None => Some(HeaderValue::from_static(VIA_VALUE)),
+    };
+    if let Some(v) = via {
+        h.insert(VIA, v);
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
