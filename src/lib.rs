@@ -10,9 +10,10 @@
 //! - [`shutdown`]: the signal that drains both listeners.
 //! - `proxy/`: the request path and the upstream client.
 //! - `cache/`: keys, HTTP caching rules, the moka L1 and its tag index.
-//! - `watch/`: pure extraction of games from JSON bodies and change detection.
+//! - [`watch`]: pure extraction of games from JSON bodies and change detection.
 //! - `demo/`: the built-in reference odds API simulator.
 #![forbid(unsafe_code)]
 
 pub mod server;
 pub mod shutdown;
+pub mod watch;
