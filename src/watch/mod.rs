@@ -20,9 +20,11 @@
 //! This file owns the vocabulary the steps share: [`Status`], [`GameId`],
 //! [`GameSnapshot`] and [`SkipReason`].
 
+mod extract;
 mod pointer;
 mod rules;
 
+pub use extract::Extraction;
 pub use rules::{WatchConfigError, WatchRules, WatchSpec};
 
 use std::borrow::Borrow;
