@@ -20,11 +20,13 @@
 //! This file owns the vocabulary the steps share: [`Status`], [`GameId`],
 //! [`GameSnapshot`] and [`SkipReason`].
 
+mod decode;
 mod diff;
 mod extract;
 mod pointer;
 mod rules;
 
+pub use decode::decode;
 pub use diff::{diff, next_state, Change, GameState, Reason, UnknownReason};
 pub use extract::Extraction;
 pub use rules::{WatchConfigError, WatchRules, WatchSpec};
