@@ -5,10 +5,7 @@
 //! caller can decide the transition atomically elsewhere (a compare-and-set
 //! in Redis, SPEC §6) and still use the same rules on every replica.
 
-use std::fmt;
-use std::str::FromStr;
-
-use super::{GameSnapshot, Lines, Status};
+use super::{GameSnapshot, Lines, Reason, Status};
 
 /// Relative slack on the threshold, far below the precision odds are quoted
 /// in, so that `2.00 -> 2.20` reads as the exact 10% it is and not as
@@ -32,61 +29,6 @@ pub struct GameState {
 
 fn yes() -> bool {
     true
-}
-
-/// Why entries were invalidated; public interface (SPEC §7).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Reason {
-    StatusChange,
-    OddsMovement,
-    Cancelled,
-    Postponed,
-    Manual,
-    SidebarRefresh,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 6] = [
-        Reason::StatusChange,
-        Reason::OddsMovement,
-        Reason::Cancelled,
-        Reason::Postponed,
-        Reason::Manual,
-        Reason::SidebarRefresh,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::StatusChange => "STATUS_CHANGE",
-            Reason::OddsMovement => "ODDS_MOVEMENT",
-            Reason::Cancelled => "CANCELLED",
-            Reason::Postponed => "POSTPONED",
-            Reason::Manual => "MANUAL",
-            Reason::SidebarRefresh => "SIDEBAR_REFRESH",
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A reason name that is not one of the six.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown reason {0:?} (expected one of STATUS_CHANGE, ODDS_MOVEMENT, CANCELLED, POSTPONED, MANUAL, SIDEBAR_REFRESH)")]
-pub struct UnknownReason(pub String);
-
-impl FromStr for Reason {
-    type Err = UnknownReason;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Reason::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| UnknownReason(s.to_owned()))
-    }
 }
 
 /// A change worth invalidating for.
@@ -451,18 +393,6 @@ mod tests {
             next_state(Some(&known), &later, false).status,
             Status::Finished
         );
-    }
-
-    #[test]
-    fn reasons_round_trip() {
-        for r in Reason::ALL {
-            assert_eq!(r.as_str().parse::<Reason>(), Ok(r));
-            let json = serde_json::to_string(&r).unwrap();
-            assert_eq!(json, format!("\"{r}\""));
-            assert_eq!(serde_json::from_str::<Reason>(&json).unwrap(), r);
-        }
-        assert!("manual".parse::<Reason>().is_err());
-        assert_eq!(Reason::SidebarRefresh.as_str(), "SIDEBAR_REFRESH");
     }
 
     #[test]

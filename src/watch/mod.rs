@@ -17,8 +17,9 @@
 //! - [`diff()`] and [`next_state`] (`diff.rs`): compare a game with what was
 //!   known about it, and decide what to remember.
 //!
-//! This file owns the vocabulary the steps share: [`Status`], [`GameId`],
-//! [`GameSnapshot`] and [`SkipReason`].
+//! This file owns the vocabulary the steps and their callers share:
+//! [`Status`], [`GameId`], [`GameSnapshot`], [`SkipReason`] and the
+//! invalidation [`Reason`].
 
 mod decode;
 mod diff;
@@ -27,13 +28,14 @@ mod pointer;
 mod rules;
 
 pub use decode::decode;
-pub use diff::{diff, next_state, Change, GameState, Reason, UnknownReason};
+pub use diff::{diff, next_state, Change, GameState};
 pub use extract::Extraction;
 pub use rules::{WatchConfigError, WatchRules, WatchSpec};
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::str::FromStr;
 
 /// Canonical game status.
 #[derive(
@@ -235,6 +237,61 @@ impl fmt::Display for SkipReason {
     }
 }
 
+/// Why entries were invalidated; public interface (SPEC §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Reason {
+    StatusChange,
+    OddsMovement,
+    Cancelled,
+    Postponed,
+    Manual,
+    SidebarRefresh,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::StatusChange,
+        Reason::OddsMovement,
+        Reason::Cancelled,
+        Reason::Postponed,
+        Reason::Manual,
+        Reason::SidebarRefresh,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::StatusChange => "STATUS_CHANGE",
+            Reason::OddsMovement => "ODDS_MOVEMENT",
+            Reason::Cancelled => "CANCELLED",
+            Reason::Postponed => "POSTPONED",
+            Reason::Manual => "MANUAL",
+            Reason::SidebarRefresh => "SIDEBAR_REFRESH",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reason name that is not one of the six.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown reason {0:?} (expected one of STATUS_CHANGE, ODDS_MOVEMENT, CANCELLED, POSTPONED, MANUAL, SIDEBAR_REFRESH)")]
+pub struct UnknownReason(pub String);
+
+impl FromStr for Reason {
+    type Err = UnknownReason;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Reason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownReason(s.to_owned()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +339,18 @@ mod tests {
         map.insert(GameId::try_from("g-1").unwrap(), 1);
         assert_eq!(map.get("g-1"), Some(&1));
         assert_eq!(GameId::try_from("g-1").unwrap().to_string(), "g-1");
+    }
+
+    #[test]
+    fn reasons_round_trip() {
+        for r in Reason::ALL {
+            assert_eq!(r.as_str().parse::<Reason>(), Ok(r));
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{r}\""));
+            assert_eq!(serde_json::from_str::<Reason>(&json).unwrap(), r);
+        }
+        assert!("manual".parse::<Reason>().is_err());
+        assert_eq!(Reason::SidebarRefresh.as_str(), "SIDEBAR_REFRESH");
     }
 
     #[test]
