@@ -10,7 +10,7 @@
 //! - [`shutdown`]: the signal that drains both listeners.
 //! - `proxy/`: the request path and the upstream client.
 //! - `cache/`: keys, HTTP caching rules, the moka L1 and its tag index.
-//! - `watch/`: pure extraction of games from JSON bodies and change detection.
+//! - [`watch`]: pure extraction of games from JSON bodies and change detection.
 //! - `demo/`: the built-in reference odds API simulator.
 #![forbid(unsafe_code)]
 
@@ -80,3 +80,4 @@ where
     let _ = proxy_server.await;
     Ok(())
 }
+pub mod watch;

@@ -1,0 +1,510 @@
+//! Extraction: every game object in a decoded body, read through the rules.
+//!
+//! The body is parsed once into a `serde_json::Value` and everything after
+//! walks references into it. Nothing here assumes the reference API's field
+//! names: they all come from [`WatchRules`].
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::pointer::{push_segment, Pointer};
+use super::{is_valid_id, GameId, GameSnapshot, Lines, SkipReason, Status, WatchRules};
+
+/// Deeper odds than this are ignored rather than walked: real odds are a few
+/// levels deep, and the cap bounds the work a hostile body can cause.
+const MAX_ODDS_DEPTH: usize = 32;
+
+/// Enough to recognise a value in a log line; see `GameSnapshot::raw_status`.
+const MAX_RAW_STATUS: usize = 64;
+
+/// What one body yielded.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extraction {
+    /// In pointer order, then array order; one per game id.
+    pub games: Vec<GameSnapshot>,
+    /// Set exactly when `games` is empty.
+    pub skipped: Option<SkipReason>,
+}
+
+impl Extraction {
+    pub fn skip(why: SkipReason) -> Self {
+        Extraction {
+            games: Vec::new(),
+            skipped: Some(why),
+        }
+    }
+}
+
+impl WatchRules {
+    /// Finds every game in an already decoded `body`.
+    ///
+    /// Each `games` pointer is followed in order, `*` fanning out over array
+    /// elements in order; a pointer that lands on an array is not expanded
+    /// unless it ends in `/*`. What it lands on is a game when it is an
+    /// object with a valid id; the first sighting of an id wins.
+    pub fn extract(&self, body: &[u8]) -> Extraction {
+        // serde_json caps nesting at 128, so hostile depth is a parse error
+        // here rather than a stack overflow later.
+        let Ok(root) = serde_json::from_slice::<Value>(body) else {
+            return Extraction::skip(SkipReason::NotJson);
+        };
+        let mut games = Vec::new();
+        // Borrows ids from `root`, so deduplication costs no copies.
+        let mut seen = HashSet::new();
+        for pointer in &self.games {
+            pointer.each_match(&root, &mut |candidate| {
+                let Some(id) = self.game_id_of(candidate) else {
+                    return;
+                };
+                if !seen.contains(&id) {
+                    games.push(self.snapshot(candidate, GameId(id.to_string())));
+                    seen.insert(id);
+                }
+            });
+        }
+        let skipped = games.is_empty().then_some(SkipReason::NoGames);
+        Extraction { games, skipped }
+    }
+
+    /// The validated id of a candidate game object; anything else is no game.
+    fn game_id_of<'v>(&self, candidate: &'v Value) -> Option<Cow<'v, str>> {
+        if !candidate.is_object() {
+            return None;
+        }
+        let id = id_text(self.game_id.get(candidate)?)?;
+        is_valid_id(&id).then_some(id)
+    }
+
+    fn snapshot(&self, game: &Value, game_id: GameId) -> GameSnapshot {
+        let (status, raw_status) = self.status_of(self.status.get(game));
+        let odds = self.odds.get(game);
+        let mut lines = Lines::new();
+        if let Some(odds) = odds {
+            walk_lines(odds, &mut String::new(), 0, &mut lines);
+        }
+        GameSnapshot {
+            game_id,
+            status,
+            raw_status,
+            sport_id: self.label(game, &self.sport_id),
+            league_id: self.label(game, &self.league_id),
+            lines,
+            has_odds: odds.is_some(),
+        }
+    }
+
+    fn label(&self, game: &Value, pointer: &Pointer) -> Option<String> {
+        let text = id_text(pointer.get(game)?)?;
+        is_valid_id(&text).then(|| text.into_owned())
+    }
+
+    fn status_of(&self, raw: Option<&Value>) -> (Status, Option<String>) {
+        let raw = match raw {
+            Some(Value::String(s)) => Cow::Borrowed(s.as_str()),
+            Some(Value::Number(n)) => Cow::Owned(n.to_string()),
+            _ => return (Status::Unknown, None),
+        };
+        if let Some(&status) = self.status_map.get(raw.as_ref()) {
+            return (status, None);
+        }
+        if let Some(status) = Status::parse_canonical(&raw) {
+            return (status, None);
+        }
+        let mut raw = raw.into_owned();
+        if raw.len() > MAX_RAW_STATUS {
+            let mut end = MAX_RAW_STATUS;
+            while !raw.is_char_boundary(end) {
+                end -= 1;
+            }
+            raw.truncate(end);
+        }
+        (Status::Unknown, Some(raw))
+    }
+}
+
+/// A string as is, or an integer as its decimal string. Floats are refused:
+/// `1001.0` and `1001` would otherwise name two different games.
+fn id_text(v: &Value) -> Option<Cow<'_, str>> {
+    match v {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(Cow::Owned(n.to_string())),
+        _ => None,
+    }
+}
+
+/// Collects every finite number below `v`, named by its pointer; `name` is a
+/// scratch buffer shared by the whole walk.
+fn walk_lines(v: &Value, name: &mut String, depth: usize, out: &mut Lines) {
+    let len = name.len();
+    match v {
+        Value::Number(n) => {
+            if let Some(x) = n.as_f64().filter(|x| x.is_finite()) {
+                out.insert(name.clone(), x);
+            }
+        }
+        Value::Object(map) if depth < MAX_ODDS_DEPTH => {
+            for (key, item) in map {
+                push_segment(name, key);
+                walk_lines(item, name, depth + 1, out);
+                name.truncate(len);
+            }
+        }
+        Value::Array(items) if depth < MAX_ODDS_DEPTH => {
+            for (i, item) in items.iter().enumerate() {
+                let _ = write!(name, "/{i}");
+                walk_lines(item, name, depth + 1, out);
+                name.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::WatchSpec;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// The game object of SPEC §2.
+    const GAME: &str = r#"{"game_id": "g-1001", "sport_id": "soccer", "league_id": "epl",
+     "status": "live", "start_time": "2026-11-25T20:00:00Z",
+     "home": "Arsenal", "away": "Chelsea",
+     "odds": {"moneyline": {"home": 2.10, "draw": 3.30, "away": 3.60},
+              "spread": {"line": -0.5, "home": 1.95, "away": 1.90},
+              "total":  {"line": 2.5, "over": 1.85, "under": 2.00}},
+     "updated_at": "2026-11-25T20:31:07Z"}"#;
+
+    fn rules() -> WatchRules {
+        WatchRules::new(&WatchSpec::default()).unwrap()
+    }
+
+    fn game(id: Value, status: Value) -> Value {
+        json!({"game_id": id, "status": status, "sport_id": "soccer", "league_id": "epl",
+               "odds": {"moneyline": {"home": 2.0}}})
+    }
+
+    fn extract(v: &Value) -> Extraction {
+        rules().extract(&serde_json::to_vec(v).unwrap())
+    }
+
+    fn ids(x: &Extraction) -> Vec<&str> {
+        x.games.iter().map(|g| g.game_id.as_str()).collect()
+    }
+
+    #[test]
+    fn reads_the_reference_game() {
+        let x = rules().extract(GAME.as_bytes());
+        assert_eq!(x.skipped, None);
+        let [g] = &x.games[..] else { panic!("{x:?}") };
+        assert_eq!(g.game_id.as_str(), "g-1001");
+        assert_eq!((g.status, g.raw_status.as_deref()), (Status::Live, None));
+        assert_eq!(g.sport_id.as_deref(), Some("soccer"));
+        assert_eq!(g.league_id.as_deref(), Some("epl"));
+        assert!(g.has_odds);
+        let lines: Vec<(&str, f64)> = g.lines.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(
+            lines,
+            [
+                ("/moneyline/away", 3.60),
+                ("/moneyline/draw", 3.30),
+                ("/moneyline/home", 2.10),
+                ("/spread/away", 1.90),
+                ("/spread/home", 1.95),
+                ("/spread/line", -0.5),
+                ("/total/line", 2.5),
+                ("/total/over", 1.85),
+                ("/total/under", 2.00),
+            ]
+        );
+    }
+
+    #[test]
+    fn reads_the_games_list_in_order() {
+        let list = json!({"games": [game(json!("g-2"), json!("scheduled")),
+                                    game(json!("g-1"), json!("final"))]});
+        let x = extract(&list);
+        assert_eq!(ids(&x), ["g-2", "g-1"]);
+        assert_eq!(x.games[1].status, Status::Finished);
+    }
+
+    #[test]
+    fn sidebar_summaries_have_no_odds() {
+        let mut summary: Value = serde_json::from_str(GAME).unwrap();
+        summary.as_object_mut().unwrap().remove("odds");
+        let sidebar = json!({"sport_id": "soccer", "league_id": "epl", "games": [summary]});
+        let x = extract(&sidebar);
+        let [g] = &x.games[..] else { panic!("{x:?}") };
+        assert_eq!(g.game_id.as_str(), "g-1001");
+        assert!(g.lines.is_empty());
+        assert!(!g.has_odds);
+        // Odds present but null or empty are "no lines", not "no odds".
+        let x = extract(&json!({"game_id": "g", "odds": null}));
+        assert!(x.games[0].has_odds && x.games[0].lines.is_empty());
+    }
+
+    #[test]
+    fn maps_statuses() {
+        let cases = [
+            ("scheduled", Status::Scheduled),
+            ("pre_game", Status::Scheduled),
+            ("live", Status::Live),
+            ("in_progress", Status::Live),
+            ("halftime", Status::Live),
+            ("suspended", Status::Live),
+            ("final", Status::Finished),
+            ("finished", Status::Finished),
+            ("cancelled", Status::Cancelled),
+            ("postponed", Status::Postponed),
+            ("unknown", Status::Unknown),
+        ];
+        for (raw, status) in cases {
+            let g = &extract(&game(json!("g"), json!(raw))).games[0];
+            assert_eq!((g.status, g.raw_status.as_deref()), (status, None), "{raw}");
+        }
+    }
+
+    #[test]
+    fn unmapped_statuses_are_unknown_and_kept_for_logging() {
+        let status = |v: Value| {
+            let g = extract(&game(json!("g"), v)).games.remove(0);
+            (g.status, g.raw_status)
+        };
+        assert_eq!(
+            status(json!("Live")),
+            (Status::Unknown, Some("Live".into()))
+        );
+        assert_eq!(status(json!(7)), (Status::Unknown, Some("7".into())));
+        assert_eq!(status(json!(true)), (Status::Unknown, None));
+        assert_eq!(status(json!(null)), (Status::Unknown, None));
+        let (_, raw) = status(json!("é".repeat(100)));
+        assert_eq!(raw.unwrap(), "é".repeat(32));
+        let g = extract(&json!({"game_id": "g"})).games.remove(0);
+        assert_eq!((g.status, g.raw_status), (Status::Unknown, None));
+    }
+
+    #[test]
+    fn status_map_wins_and_takes_numbers() {
+        let mut spec = WatchSpec::default();
+        spec.status_map.insert("3".into(), "finished".into());
+        spec.status_map.insert("live".into(), "postponed".into());
+        let rules = WatchRules::new(&spec).unwrap();
+        let status = |v: Value| {
+            let body = serde_json::to_vec(&game(json!("g"), v)).unwrap();
+            rules.extract(&body).games[0].status
+        };
+        assert_eq!(status(json!(3)), Status::Finished);
+        assert_eq!(status(json!("live")), Status::Postponed);
+    }
+
+    #[test]
+    fn hostile_ids_are_no_game() {
+        let hostile = [
+            json!("*"),
+            json!("a:b"),
+            json!("a\nb"),
+            json!("x".repeat(10_000)),
+            json!(""),
+            json!("{tag}"),
+            json!(1.5),
+            json!(true),
+            json!(null),
+            json!({"id": 1}),
+            json!(["g-1"]),
+        ];
+        for id in &hostile {
+            let x = extract(&game(id.clone(), json!("live")));
+            assert_eq!(x.skipped, Some(SkipReason::NoGames), "{id}");
+        }
+        let mut list: Vec<Value> = hostile
+            .iter()
+            .map(|id| game(id.clone(), json!("live")))
+            .collect();
+        list.insert(3, game(json!("ok"), json!("live")));
+        list.push(json!("not an object"));
+        assert_eq!(ids(&extract(&json!({ "games": list }))), ["ok"]);
+    }
+
+    #[test]
+    fn numeric_ids_are_decimal_strings() {
+        let list = json!({"games": [game(json!(1001), json!("live")),
+                                    game(json!(-5), json!("live")),
+                                    game(json!(u64::MAX), json!("live"))]});
+        assert_eq!(ids(&extract(&list)), ["1001", "-5", "18446744073709551615"]);
+    }
+
+    #[test]
+    fn dedupes_keeping_the_first_sighting() {
+        let mut body = game(json!("g-1"), json!("live"));
+        body["games"] = json!([
+            game(json!("g-1"), json!("final")),
+            game(json!("g-2"), json!("live")),
+            game(json!("g-2"), json!("final"))
+        ]);
+        let x = extract(&body);
+        assert_eq!(ids(&x), ["g-1", "g-2"]);
+        assert_eq!(
+            (x.games[0].status, x.games[1].status),
+            (Status::Live, Status::Live)
+        );
+    }
+
+    #[test]
+    fn arrays_expand_only_with_a_wildcard() {
+        let spec = WatchSpec {
+            games: vec!["/games".into()],
+            ..WatchSpec::default()
+        };
+        let body =
+            serde_json::to_vec(&json!({"games": [game(json!("g"), json!("live"))]})).unwrap();
+        let x = WatchRules::new(&spec).unwrap().extract(&body);
+        assert_eq!(x.skipped, Some(SkipReason::NoGames));
+    }
+
+    #[test]
+    fn skips_say_why() {
+        let r = rules();
+        for body in [&b"<html>"[..], b"", b"{\"game_id\": \"g\"", b"\xff\xfe"] {
+            assert_eq!(r.extract(body), Extraction::skip(SkipReason::NotJson));
+        }
+        for body in [
+            &b"[]"[..],
+            b"{}",
+            b"null",
+            b"{\"games\": {}}",
+            b"{\"games\": [1, []]}",
+        ] {
+            assert_eq!(r.extract(body), Extraction::skip(SkipReason::NoGames));
+        }
+    }
+
+    #[test]
+    fn lines_cover_every_finite_number_below_odds() {
+        let body = json!({"game_id": "g", "odds": {
+            "props": [1.5, {"x": 2}, "n/a", null, true],
+            "a/b~c": 3, "label": "closed", "": 4}});
+        let lines = extract(&body).games.remove(0).lines;
+        let names: Vec<&str> = lines.keys().map(String::as_str).collect();
+        assert_eq!(names, ["/", "/a~1b~0c", "/props/0", "/props/1/x"]);
+        // A bare number under `odds` is one line named by the empty pointer.
+        let lines = extract(&json!({"game_id": "g", "odds": 2.5}))
+            .games
+            .remove(0)
+            .lines;
+        assert_eq!(lines.get(""), Some(&2.5));
+    }
+
+    #[test]
+    fn odds_depth_is_capped() {
+        let mut deep = json!(1.0);
+        for _ in 0..60 {
+            deep = json!({ "d": deep });
+        }
+        let body = json!({"game_id": "g", "odds": {"shallow": 2.0, "deep": deep}});
+        let lines = extract(&body).games.remove(0).lines;
+        assert_eq!(lines.keys().collect::<Vec<_>>(), ["/shallow"]);
+    }
+
+    #[test]
+    fn labels_are_checked_like_ids() {
+        let body = json!({"game_id": "g", "sport_id": "a:b", "league_id": 7});
+        let g = extract(&body).games.remove(0);
+        assert_eq!((g.sport_id, g.league_id), (None, Some("7".into())));
+    }
+
+    #[test]
+    fn custom_pointers_with_escapes() {
+        let spec = WatchSpec {
+            games: vec!["/data/leagues/*/events/*".into()],
+            game_id: "/ids/a~1b".into(),
+            status: "/state/0".into(),
+            odds: "/markets~0x".into(),
+            ..WatchSpec::default()
+        };
+        let body = json!({"data": {"leagues": [
+            {"events": [{"ids": {"a/b": "e1"}, "state": ["in_progress"], "markets~x": {"w": 1.9}}]},
+            {"events": [{"ids": {"a/b": "e2"}}]}]}});
+        let x = WatchRules::new(&spec)
+            .unwrap()
+            .extract(&serde_json::to_vec(&body).unwrap());
+        assert_eq!(ids(&x), ["e1", "e2"]);
+        assert_eq!(x.games[0].status, Status::Live);
+        assert_eq!(x.games[0].lines.get("/w"), Some(&1.9));
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("game_id".to_owned()),
+            Just("games".to_owned()),
+            Just("status".to_owned()),
+            Just("odds".to_owned()),
+            Just("sport_id".to_owned()),
+            "[a-z~/*:]{0,4}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f)
+                .map(Value::Number)),
+            prop_oneof![
+                Just("g-1".to_owned()),
+                Just("live".to_owned()),
+                "[ -~]{0,8}"
+            ]
+            .prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 64, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((key.clone(), inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn check_invariants(x: &Extraction) {
+        assert_eq!(x.skipped.is_some(), x.games.is_empty());
+        let mut seen = HashSet::new();
+        for g in &x.games {
+            assert!(is_valid_id(g.game_id.as_str()));
+            assert!(seen.insert(g.game_id.clone()), "duplicate {}", g.game_id);
+            assert!(g.lines.values().all(|v| v.is_finite()));
+            assert!(g
+                .raw_status
+                .as_ref()
+                .is_none_or(|r| r.len() <= MAX_RAW_STATUS));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            check_invariants(&rules().extract(&body));
+        }
+
+        #[test]
+        fn arbitrary_json_is_deterministic(doc in arb_json()) {
+            let body = serde_json::to_vec(&doc).unwrap();
+            let r = rules();
+            let first = r.extract(&body);
+            check_invariants(&first);
+            prop_assert_eq!(&first, &r.extract(&body));
+            // Wrapped as a list, the same games come out in the same order.
+            let list = serde_json::to_vec(&json!({"games": [doc.clone(), doc]})).unwrap();
+            let listed = r.extract(&list);
+            check_invariants(&listed);
+            prop_assert_eq!(&listed, &r.extract(&list));
+        }
+
+        #[test]
+        fn an_id_is_a_game_exactly_when_valid(id in "[ -~\n]{0,10}|[A-Za-z0-9._-]{1,130}") {
+            let x = extract(&game(json!(id.clone()), json!("live")));
+            prop_assert_eq!(x.games.len() == 1, GameId::try_from(id.as_str()).is_ok());
+        }
+    }
+}
