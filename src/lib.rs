@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod shutdown;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -80,4 +81,3 @@ where
     let _ = proxy_server.await;
     Ok(())
 }
-pub mod watch;

@@ -9,7 +9,6 @@
 mod route;
 mod types;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -182,42 +181,8 @@ pub struct RouteConfig {
     pub stale_while_revalidate: Option<Dur>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct WatchConfig {
-    pub games: Vec<String>,
-    pub game_id: String,
-    pub status: String,
-    pub sport_id: String,
-    pub league_id: String,
-    pub odds: String,
-    pub odds_movement_threshold: f64,
-    pub status_map: BTreeMap<String, String>,
-}
-
-impl Default for WatchConfig {
-    fn default() -> Self {
-        WatchConfig {
-            games: vec!["".into(), "/games/*".into()],
-            game_id: "/game_id".into(),
-            status: "/status".into(),
-            sport_id: "/sport_id".into(),
-            league_id: "/league_id".into(),
-            odds: "/odds".into(),
-            odds_movement_threshold: 0.10,
-            status_map: [
-                ("pre_game", "scheduled"),
-                ("in_progress", "live"),
-                ("halftime", "live"),
-                ("suspended", "live"),
-                ("final", "finished"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        }
-    }
-}
+/// `[watch]` is owned by the watcher, which validates it too.
+pub type WatchConfig = crate::watch::WatchSpec;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -427,6 +392,13 @@ impl Config {
                     format!("invalidation.game_key_patterns[{i}]"),
                     message,
                 ));
+            }
+        }
+        if let Err(errors) = crate::watch::WatchRules::check(&self.watch) {
+            for e in errors {
+                let text = e.to_string();
+                let (key, message) = text.split_once(": ").unwrap_or(("watch", &text));
+                problems.push(Problem::new(key, message));
             }
         }
         if let Err(mut more) = Routes::compile(&self.routes) {

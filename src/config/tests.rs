@@ -168,3 +168,15 @@ fn max_object_bytes_cannot_exceed_max_bytes() {
         load("[cache]\nmax_bytes = \"1MiB\"\nmax_object_bytes = \"2MiB\"\n").unwrap_err();
     assert_eq!(keys(&problems), ["cache.max_object_bytes"]);
 }
+
+#[test]
+fn watch_section_is_validated_with_keys() {
+    let problems = load("[watch]\ngames = [\"games/*\"]\nodds_movement_threshold = -1.0\n[watch.status_map]\nfoo = \"bar\"\n").unwrap_err();
+    let keys = keys(&problems);
+    assert!(keys.contains(&"watch.games[0]"), "{problems:?}");
+    assert!(
+        keys.contains(&"watch.odds_movement_threshold"),
+        "{problems:?}"
+    );
+    assert!(keys.contains(&"watch.status_map.foo"), "{problems:?}");
+}
