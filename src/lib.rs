@@ -16,6 +16,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod invalidate;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

@@ -6,7 +6,7 @@
 //! on its own and every semantic check runs, so `oddscache check` can list
 //! all problems at once, each naming its key (`cache.max_bytes: ...`).
 
-mod route;
+pub mod route;
 mod types;
 
 use std::net::SocketAddr;

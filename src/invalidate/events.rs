@@ -1,0 +1,317 @@
+//! What invalidations are remembered as: the event record, the bounded
+//! ring of recent events, the counters behind the stats endpoint, the
+//! sliding 60-second rate with its alert, and the live broadcast for SSE.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::watch::Reason;
+
+/// Where an invalidation came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// This replica's watcher or an unsafe method.
+    Local,
+    /// Another replica, through Redis pub/sub.
+    Peer,
+    /// The admin API.
+    Api,
+}
+
+/// One invalidation, as the admin API and pub/sub carry it (SPEC §7).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    /// RFC 3339, UTC, with milliseconds.
+    pub at: String,
+    /// Unix milliseconds of `at`, for propagation measurements.
+    #[serde(default)]
+    pub at_ms: u64,
+    pub reason: Reason,
+    pub game_id: Option<String>,
+    pub tags: Vec<String>,
+    pub keys_deleted: u64,
+    pub origin: Origin,
+    pub replica: String,
+    pub detail: String,
+}
+
+/// Counters and the sliding window, as the stats endpoint shows them.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatsSnapshot {
+    pub total_invalidations: u64,
+    pub keys_deleted: u64,
+    pub by_reason: serde_json::Map<String, serde_json::Value>,
+    pub invalidations_last_minute: u64,
+    pub alert_threshold_per_minute: u64,
+    pub alerting: bool,
+    pub since: String,
+}
+
+/// The sliding 60-second window, in one-second buckets: O(1) memory at any rate.
+struct Window {
+    buckets: [u64; 60],
+    /// The second (since `origin`) the newest bucket belongs to.
+    head: u64,
+    origin: Instant,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            buckets: [0; 60],
+            head: 0,
+            origin: Instant::now(),
+        }
+    }
+
+    fn advance(&mut self, now: Instant) {
+        let sec = now.saturating_duration_since(self.origin).as_secs();
+        if sec <= self.head {
+            return;
+        }
+        let gap = (sec - self.head).min(60);
+        for i in 1..=gap {
+            self.buckets[((self.head + i) % 60) as usize] = 0;
+        }
+        self.head = sec;
+    }
+
+    fn add(&mut self, now: Instant) {
+        self.advance(now);
+        self.buckets[(self.head % 60) as usize] += 1;
+    }
+
+    fn total(&mut self, now: Instant) -> u64 {
+        self.advance(now);
+        self.buckets.iter().sum()
+    }
+}
+
+pub struct Journal {
+    replica: String,
+    capacity: usize,
+    alert_per_minute: u64,
+    since: String,
+    next_id: AtomicU64,
+    inner: Mutex<Inner>,
+    live: broadcast::Sender<std::sync::Arc<Event>>,
+}
+
+struct Inner {
+    ring: VecDeque<std::sync::Arc<Event>>,
+    total: u64,
+    keys_deleted: u64,
+    by_reason: [u64; 6],
+    window: Window,
+    alerting: bool,
+}
+
+impl Journal {
+    pub fn new(replica: &str, capacity: usize, alert_per_minute: u32) -> Journal {
+        Journal {
+            replica: replica.to_string(),
+            capacity: capacity.max(1),
+            alert_per_minute: u64::from(alert_per_minute),
+            since: rfc3339(SystemTime::now()),
+            next_id: AtomicU64::new(1),
+            inner: Mutex::new(Inner {
+                ring: VecDeque::with_capacity(capacity.min(4096)),
+                total: 0,
+                keys_deleted: 0,
+                by_reason: [0; 6],
+                window: Window::new(),
+                alerting: false,
+            }),
+            // Lagging subscribers lose events rather than grow this buffer.
+            live: broadcast::channel(256).0,
+        }
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// A fresh event of this replica, not yet recorded.
+    pub fn new_event(&self, reason: Reason, game_id: Option<String>, tags: Vec<String>, origin: Origin, detail: String) -> Event {
+        let now = SystemTime::now();
+        let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Event {
+            id: format!("{}-{}-{seq}", self.replica, unix_ms(now)),
+            at: rfc3339(now),
+            at_ms: unix_ms(now),
+            reason,
+            game_id,
+            tags,
+            keys_deleted: 0,
+            origin,
+            replica: self.replica.clone(),
+            detail,
+        }
+    }
+
+    /// Records an event: ring, counters, window, alert, live subscribers.
+    /// Returns the per-minute rate after it.
+    pub fn record(&self, event: Event) -> (std::sync::Arc<Event>, u64) {
+        let event = std::sync::Arc::new(event);
+        let now = Instant::now();
+        let rate = {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if inner.ring.len() == self.capacity {
+                inner.ring.pop_back();
+            }
+            inner.ring.push_front(std::sync::Arc::clone(&event));
+            inner.total += 1;
+            inner.keys_deleted += event.keys_deleted;
+            let idx = Reason::ALL.iter().position(|r| *r == event.reason).unwrap_or(0);
+            inner.by_reason[idx] += 1;
+            inner.window.add(now);
+            let rate = inner.window.total(now);
+            let above = rate > self.alert_per_minute;
+            if above && !inner.alerting {
+                tracing::warn!(
+                    rate_per_minute = rate,
+                    threshold = self.alert_per_minute,
+                    "invalidation rate crossed the alert threshold"
+                );
+            } else if !above && inner.alerting {
+                tracing::info!(rate_per_minute = rate, "invalidation rate back below the alert threshold");
+            }
+            inner.alerting = above;
+            rate
+        };
+        // No subscribers is fine.
+        let _ = self.live.send(std::sync::Arc::clone(&event));
+        (event, rate)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<std::sync::Arc<Event>> {
+        self.live.subscribe()
+    }
+
+    /// Newest first, filtered, at most `limit`.
+    pub fn recent(&self, limit: usize, reason: Option<Reason>, game_id: Option<&str>) -> Vec<std::sync::Arc<Event>> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .ring
+            .iter()
+            .filter(|e| reason.is_none_or(|r| e.reason == r))
+            .filter(|e| game_id.is_none_or(|g| e.game_id.as_deref() == Some(g)))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let rate = inner.window.total(Instant::now());
+        let alerting = rate > self.alert_per_minute;
+        if inner.alerting && !alerting {
+            tracing::info!(rate_per_minute = rate, "invalidation rate back below the alert threshold");
+        }
+        inner.alerting = alerting;
+        StatsSnapshot {
+            total_invalidations: inner.total,
+            keys_deleted: inner.keys_deleted,
+            by_reason: Reason::ALL
+                .iter()
+                .zip(inner.by_reason)
+                .map(|(r, n)| (r.as_str().to_string(), n.into()))
+                .collect(),
+            invalidations_last_minute: rate,
+            alert_threshold_per_minute: self.alert_per_minute,
+            alerting,
+            since: self.since.clone(),
+        }
+    }
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(j: &Journal, reason: Reason, game: &str) -> Event {
+        j.new_event(reason, Some(game.into()), vec![format!("game:{game}")], Origin::Local, String::new())
+    }
+
+    #[test]
+    fn ring_keeps_the_newest_and_counts_everything() {
+        let j = Journal::new("r1", 3, 100);
+        for (i, reason) in [Reason::Manual, Reason::StatusChange, Reason::Cancelled, Reason::OddsMovement]
+            .into_iter()
+            .enumerate()
+        {
+            let mut e = event(&j, reason, &format!("g{i}"));
+            e.keys_deleted = 2;
+            j.record(e);
+        }
+        let recent = j.recent(10, None, None);
+        assert_eq!(recent.len(), 3);
+        assert_eq!(recent[0].game_id.as_deref(), Some("g3"));
+        assert_eq!(j.recent(10, Some(Reason::Cancelled), None).len(), 1);
+        assert_eq!(j.recent(10, None, Some("g1")).len(), 1);
+        assert_eq!(j.recent(1, None, None).len(), 1);
+        let s = j.snapshot();
+        assert_eq!(s.total_invalidations, 4);
+        assert_eq!(s.keys_deleted, 8);
+        assert_eq!(s.by_reason.len(), 6);
+        assert_eq!(s.by_reason["MANUAL"], 1);
+        assert_eq!(s.by_reason["POSTPONED"], 0);
+        assert_eq!(s.invalidations_last_minute, 4);
+    }
+
+    #[test]
+    fn alerting_follows_the_window() {
+        let j = Journal::new("r1", 10, 3);
+        for _ in 0..3 {
+            j.record(event(&j, Reason::Manual, "g"));
+        }
+        assert!(!j.snapshot().alerting);
+        j.record(event(&j, Reason::Manual, "g"));
+        assert!(j.snapshot().alerting);
+    }
+
+    #[test]
+    fn window_forgets_after_a_minute() {
+        let mut w = Window::new();
+        let t0 = w.origin;
+        for _ in 0..5 {
+            w.add(t0);
+        }
+        w.add(t0 + std::time::Duration::from_secs(30));
+        assert_eq!(w.total(t0 + std::time::Duration::from_secs(59)), 6);
+        assert_eq!(w.total(t0 + std::time::Duration::from_secs(61)), 1);
+        assert_eq!(w.total(t0 + std::time::Duration::from_secs(200)), 0);
+    }
+
+    #[test]
+    fn events_serialize_with_the_spec_names() {
+        let j = Journal::new("pod-a", 10, 100);
+        let e = event(&j, Reason::StatusChange, "g-1");
+        let v = serde_json::to_value(&e).unwrap();
+        for k in ["id", "at", "reason", "game_id", "tags", "keys_deleted", "origin", "replica", "detail"] {
+            assert!(v.get(k).is_some(), "{k} missing in {v}");
+        }
+        assert_eq!(v["reason"], "STATUS_CHANGE");
+        assert_eq!(v["origin"], "local");
+    }
+}

@@ -1,0 +1,112 @@
+//! The pub/sub message: a versioned JSON envelope around one event, the
+//! cache keys it deleted, and the game state it leaves behind. Pure.
+
+use serde::{Deserialize, Serialize};
+
+use super::events::Event;
+use crate::watch::GameState;
+
+pub const VERSION: u32 = 1;
+/// Larger messages are refused unread: a peer never sends one.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// Keys listed in one message; tags cover the rest.
+pub const MAX_KEYS: usize = 1000;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub v: u32,
+    pub event: Event,
+    /// Cache keys (not Redis names) deleted, for peers whose index missed them.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// The game's state after the change, so peers share one baseline.
+    #[serde(default)]
+    pub state: Option<GameState>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("message of {0} bytes is over the limit")]
+    TooLarge(usize),
+    #[error("unsupported message version {0}")]
+    Version(u32),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+pub fn encode(msg: &Message) -> Vec<u8> {
+    // Serializing plain data into a Vec cannot fail.
+    serde_json::to_vec(msg).unwrap_or_default()
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    #[derive(Deserialize)]
+    struct Versioned {
+        v: u32,
+    }
+    let v: Versioned = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if v.v != VERSION {
+        return Err(DecodeError::Version(v.v));
+    }
+    let mut msg: Message = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    msg.keys.truncate(MAX_KEYS);
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::invalidate::events::Origin;
+    use crate::watch::{Reason, Status};
+    use proptest::prelude::*;
+
+    fn message() -> Message {
+        Message {
+            v: VERSION,
+            event: Event {
+                id: "r1-1".into(),
+                at: "2026-11-25T20:31:07.000Z".into(),
+                at_ms: 1,
+                reason: Reason::StatusChange,
+                game_id: Some("g-1".into()),
+                tags: vec!["game:g-1".into()],
+                keys_deleted: 3,
+                origin: Origin::Local,
+                replica: "r1".into(),
+                detail: "status scheduled -> live".into(),
+            },
+            keys: vec!["/api/v1/games/g-1/odds".into()],
+            state: Some(GameState {
+                status: Status::Live,
+                baseline: [("/moneyline/home".to_string(), 2.1)].into_iter().collect(),
+                baseline_known: true,
+            }),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let m = message();
+        assert_eq!(decode(&encode(&m)).unwrap(), m);
+    }
+
+    #[test]
+    fn refuses_other_versions_and_junk() {
+        let mut m = message();
+        m.v = 2;
+        assert_eq!(decode(&encode(&m)), Err(DecodeError::Version(2)));
+        assert!(matches!(decode(b"{"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(decode(b"{\"v\":1}"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(decode(&vec![b' '; MAX_MESSAGE_BYTES + 1]), Err(DecodeError::TooLarge(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+    }
+}
