@@ -14,5 +14,6 @@
 //! - `demo/`: the built-in reference odds API simulator.
 #![forbid(unsafe_code)]
 
+pub mod demo;
 pub mod server;
 pub mod shutdown;
