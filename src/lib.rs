@@ -19,6 +19,7 @@ pub mod config;
 pub mod invalidate;
 pub mod metrics;
 pub mod proxy;
+pub mod demo;
 pub mod server;
 pub mod shutdown;
 pub mod watch;
