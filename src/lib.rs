@@ -16,10 +16,10 @@
 
 pub mod cache;
 pub mod config;
+pub mod demo;
 pub mod invalidate;
 pub mod metrics;
 pub mod proxy;
-pub mod demo;
 pub mod server;
 pub mod shutdown;
 pub mod watch;
@@ -52,15 +52,40 @@ where
 {
     let metrics = metrics::Metrics::new();
     let store = Arc::new(cache::Store::new(config.cache.max_bytes.bytes()));
-    let proxy = proxy::Proxy::new(
+    let (trigger, signal) = shutdown::channel();
+    let redis = match config.redis_enabled() {
+        Some(rc) => Some(
+            invalidate::redis::RedisTier::start(rc, Arc::clone(&metrics), signal.clone())
+                .map_err(|e| RunError::Config(format!("redis.url: {e}")))?,
+        ),
+        None => None,
+    };
+    let known = invalidate::detect::known_games();
+    let invalidator = Arc::new(invalidate::Invalidator::new(
         &config,
         Arc::clone(&store),
         Arc::clone(&metrics),
-        proxy::Inspector::default(),
-    )
-    .map_err(RunError::Config)?;
+        redis.clone(),
+        known.clone(),
+    ));
+    if let Some(redis) = &redis {
+        redis.spawn_subscriber(Arc::clone(&invalidator), signal.clone());
+    }
+    let rules =
+        watch::WatchRules::new(&config.watch).map_err(|e| RunError::Config(e.to_string()))?;
+    let detector = Arc::new(invalidate::detect::Detector::new(
+        rules,
+        config.cache.ttl_by_status,
+        known,
+        Arc::clone(&invalidator),
+        Arc::clone(&metrics),
+        // Decoded bodies get the same bound as stored ones, times a margin
+        // for compression.
+        config.cache.max_object_bytes.as_usize().saturating_mul(8),
+    ));
+    let proxy = proxy::Proxy::new(&config, Arc::clone(&store), Arc::clone(&metrics), detector)
+        .map_err(RunError::Config)?;
     let proxy = Arc::new(proxy);
-    let (trigger, signal) = shutdown::channel();
     let limits = server::HttpLimits {
         max_header_bytes: config.proxy.max_header_bytes.as_usize(),
         header_read_timeout: config.proxy.header_read_timeout.get(),

@@ -1,1 +1,230 @@
-fn main() {}
+//! The `oddscache` binary: parse arguments, start telemetry, load and
+//! validate the config (exit 64 on a bad one, before any port is bound),
+//! then run until SIGTERM or SIGINT.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use oddscache::config::{Config, ConfigError, Overrides, SHIPPED};
+use oddscache::{shutdown, Listeners};
+use tokio::net::TcpListener;
+
+/// Sidecar reverse-proxy cache for live-odds APIs.
+#[derive(Parser, Debug)]
+#[command(name = "oddscache", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate the config, print the effective config, exit 0 (2 on errors).
+    Check(RunArgs),
+    /// Run the built-in odds API simulator with the sidecar in front of it.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    /// Config file [default: config.toml].
+    #[arg(long, env = "ODDSCACHE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Proxy listen address [default: 0.0.0.0:8080].
+    #[arg(long, env = "ODDSCACHE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Admin listen address [default: 127.0.0.1:9090].
+    #[arg(long, env = "ODDSCACHE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Upstream odds API, http://host:port [default: http://127.0.0.1:8000].
+    #[arg(long, env = "ODDSCACHE_UPSTREAM")]
+    upstream: Option<String>,
+    /// Redis URL; without it the sidecar runs local-only.
+    #[arg(long, env = "ODDSCACHE_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Names this replica in events [default: the hostname].
+    #[arg(long, env = "ODDSCACHE_REPLICA_ID")]
+    replica_id: Option<String>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+struct LogArgs {
+    /// Log format [default: json when stdout is not a terminal, else text].
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct DemoArgs {
+    /// Where the sidecar listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where the simulator listens (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    sim_listen: SocketAddr,
+    /// Optional Redis URL, to try the fleet features.
+    #[arg(long, env = "ODDSCACHE_REDIS_URL")]
+    redis_url: Option<String>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+const EXIT_CONFIG: u8 = 64;
+const EXIT_CHECK_FAILED: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check(args)) => check(&args),
+        Some(Command::Demo(args)) => {
+            init_logs(args.log.log_format);
+            report(runtime().and_then(|rt| rt.block_on(demo(args))))
+        }
+        None => {
+            init_logs(cli.run.log.log_format);
+            let config = match load(&cli.run) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("oddscache: invalid configuration:\n{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            report(runtime().and_then(|rt| rt.block_on(serve(config))))
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("oddscache: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+}
+
+fn overrides(args: &RunArgs) -> Overrides {
+    Overrides {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        upstream: args.upstream.clone(),
+        redis_url: args.redis_url.clone(),
+        replica_id: args.replica_id.clone(),
+        admin_token: std::env::var("ODDSCACHE_ADMIN_TOKEN").ok(),
+    }
+}
+
+fn load(args: &RunArgs) -> Result<Config, ConfigError> {
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("config.toml"));
+    Config::load(&path, args.config.is_some(), &overrides(args))
+}
+
+fn check(args: &RunArgs) -> ExitCode {
+    match load(args) {
+        Ok(config) => {
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CHECK_FAILED)
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let proxy = TcpListener::bind(config.proxy.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (proxy.listen)", config.proxy.listen))?;
+    oddscache::run(config, Listeners { proxy }, shutdown::os_signal()).await?;
+    Ok(())
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    use oddscache::demo::{SimConfig, Simulator};
+    let sim_listener = TcpListener::bind(args.sim_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--sim-listen)", args.sim_listen))?;
+    let sim_addr = sim_listener.local_addr()?;
+    let overrides = Overrides {
+        listen: Some(args.listen),
+        upstream: Some(format!("http://{sim_addr}")),
+        redis_url: args.redis_url.clone(),
+        admin_token: std::env::var("ODDSCACHE_ADMIN_TOKEN").ok(),
+        ..Overrides::default()
+    };
+    let config = Config::from_toml(SHIPPED, &overrides).context("the shipped config is invalid")?;
+    let proxy = TcpListener::bind(args.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (--listen); is another demo running?",
+            args.listen
+        )
+    })?;
+    let sim = Simulator::new(SimConfig::default());
+    let (sim_trigger, sim_signal) = shutdown::channel();
+    let sim_task = tokio::spawn(oddscache::demo::serve(
+        sim.clone(),
+        sim_listener,
+        sim_signal,
+    ));
+    let base = format!("http://{}", args.listen);
+    let game = sim
+        .game_ids()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "g-1001".into());
+    println!("oddscache demo: simulator on http://{sim_addr}, sidecar on {base}");
+    println!("try:");
+    println!("  curl -i {base}/api/v1/games/{game}/odds      # MISS, then HIT");
+    println!("  curl -i '{base}/api/v1/games?sport_id=soccer'");
+    println!("  curl -i {base}/api/v1/sidebar/soccer/epl");
+    println!("  curl -i {base}/api/v1/sports");
+    println!("statuses and odds move every few seconds; watch X-Cache and Age. Ctrl-C stops.");
+    oddscache::run(config, Listeners { proxy }, shutdown::os_signal()).await?;
+    sim_trigger.fire();
+    let _ = sim_task.await;
+    Ok(())
+}
+
+fn init_logs(format: Option<LogFormat>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Text) => false,
+        None => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -82,7 +82,10 @@ impl Detector {
         }
         for g in &extraction.games {
             if let Some(raw) = &g.raw_status {
-                let mut logged = self.logged_unknown.lock().unwrap_or_else(|p| p.into_inner());
+                let mut logged = self
+                    .logged_unknown
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 if logged.len() < LOGGED_UNKNOWN && logged.insert(raw.clone()) {
                     tracing::warn!(status = %raw, game_id = %g.game_id, "unmapped upstream status; treated as unknown (add it to [watch.status_map])");
                 }
@@ -150,7 +153,10 @@ impl Detector {
                 return;
             };
             if let Some(redis) = self.invalidator.redis() {
-                match redis.compare_and_set(&g.game_id, known.as_ref(), &next).await {
+                match redis
+                    .compare_and_set(&g.game_id, known.as_ref(), &next)
+                    .await
+                {
                     Ok(super::redis::Cas::Set) => {}
                     Ok(super::redis::Cas::Current(current)) => {
                         // A peer recorded a transition first: judge again

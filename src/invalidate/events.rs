@@ -139,7 +139,14 @@ impl Journal {
     }
 
     /// A fresh event of this replica, not yet recorded.
-    pub fn new_event(&self, reason: Reason, game_id: Option<String>, tags: Vec<String>, origin: Origin, detail: String) -> Event {
+    pub fn new_event(
+        &self,
+        reason: Reason,
+        game_id: Option<String>,
+        tags: Vec<String>,
+        origin: Origin,
+        detail: String,
+    ) -> Event {
         let now = SystemTime::now();
         let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
         Event {
@@ -169,7 +176,10 @@ impl Journal {
             inner.ring.push_front(std::sync::Arc::clone(&event));
             inner.total += 1;
             inner.keys_deleted += event.keys_deleted;
-            let idx = Reason::ALL.iter().position(|r| *r == event.reason).unwrap_or(0);
+            let idx = Reason::ALL
+                .iter()
+                .position(|r| *r == event.reason)
+                .unwrap_or(0);
             inner.by_reason[idx] += 1;
             inner.window.add(now);
             let rate = inner.window.total(now);
@@ -181,7 +191,10 @@ impl Journal {
                     "invalidation rate crossed the alert threshold"
                 );
             } else if !above && inner.alerting {
-                tracing::info!(rate_per_minute = rate, "invalidation rate back below the alert threshold");
+                tracing::info!(
+                    rate_per_minute = rate,
+                    "invalidation rate back below the alert threshold"
+                );
             }
             inner.alerting = above;
             rate
@@ -196,7 +209,12 @@ impl Journal {
     }
 
     /// Newest first, filtered, at most `limit`.
-    pub fn recent(&self, limit: usize, reason: Option<Reason>, game_id: Option<&str>) -> Vec<std::sync::Arc<Event>> {
+    pub fn recent(
+        &self,
+        limit: usize,
+        reason: Option<Reason>,
+        game_id: Option<&str>,
+    ) -> Vec<std::sync::Arc<Event>> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner
             .ring
@@ -217,7 +235,10 @@ impl Journal {
         let rate = inner.window.total(Instant::now());
         let alerting = rate > self.alert_per_minute;
         if inner.alerting && !alerting {
-            tracing::info!(rate_per_minute = rate, "invalidation rate back below the alert threshold");
+            tracing::info!(
+                rate_per_minute = rate,
+                "invalidation rate back below the alert threshold"
+            );
         }
         inner.alerting = alerting;
         StatsSnapshot {
@@ -237,7 +258,8 @@ impl Journal {
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// RFC 3339 with milliseconds, UTC.
@@ -250,15 +272,26 @@ mod tests {
     use super::*;
 
     fn event(j: &Journal, reason: Reason, game: &str) -> Event {
-        j.new_event(reason, Some(game.into()), vec![format!("game:{game}")], Origin::Local, String::new())
+        j.new_event(
+            reason,
+            Some(game.into()),
+            vec![format!("game:{game}")],
+            Origin::Local,
+            String::new(),
+        )
     }
 
     #[test]
     fn ring_keeps_the_newest_and_counts_everything() {
         let j = Journal::new("r1", 3, 100);
-        for (i, reason) in [Reason::Manual, Reason::StatusChange, Reason::Cancelled, Reason::OddsMovement]
-            .into_iter()
-            .enumerate()
+        for (i, reason) in [
+            Reason::Manual,
+            Reason::StatusChange,
+            Reason::Cancelled,
+            Reason::OddsMovement,
+        ]
+        .into_iter()
+        .enumerate()
         {
             let mut e = event(&j, reason, &format!("g{i}"));
             e.keys_deleted = 2;
@@ -308,7 +341,17 @@ mod tests {
         let j = Journal::new("pod-a", 10, 100);
         let e = event(&j, Reason::StatusChange, "g-1");
         let v = serde_json::to_value(&e).unwrap();
-        for k in ["id", "at", "reason", "game_id", "tags", "keys_deleted", "origin", "replica", "detail"] {
+        for k in [
+            "id",
+            "at",
+            "reason",
+            "game_id",
+            "tags",
+            "keys_deleted",
+            "origin",
+            "replica",
+            "detail",
+        ] {
             assert!(v.get(k).is_some(), "{k} missing in {v}");
         }
         assert_eq!(v["reason"], "STATUS_CHANGE");

@@ -50,13 +50,20 @@ impl Target {
             } => {
                 let id = game_id.as_str();
                 let mut tags = vec![format!("game:{id}")];
-                tags.extend(Status::ALL.iter().map(|s| format!("odds:{}:{id}", s.as_str())));
+                tags.extend(
+                    Status::ALL
+                        .iter()
+                        .map(|s| format!("odds:{}:{id}", s.as_str())),
+                );
                 if let (true, Some(sport), Some(league)) = (with_sidebar, sport_id, league_id) {
                     tags.push(format!("sidebar:{sport}:{league}"));
                 }
                 tags
             }
-            Target::Sidebar { sport_id, league_id } => match (sport_id, league_id) {
+            Target::Sidebar {
+                sport_id,
+                league_id,
+            } => match (sport_id, league_id) {
                 (None, _) => vec!["sidebar".to_string()],
                 (Some(sport), None) => vec![format!("sidebar:{sport}")],
                 (Some(sport), Some(league)) => vec![format!("sidebar:{sport}:{league}")],
@@ -182,7 +189,11 @@ impl Invalidator {
             return None; // our own, already applied
         }
         let mut removed = self.store.invalidate_tags(&msg.event.tags) as u64;
-        removed += msg.keys.iter().filter(|k| self.store.invalidate_key(k)).count() as u64;
+        removed += msg
+            .keys
+            .iter()
+            .filter(|k| self.store.invalidate_key(k))
+            .count() as u64;
         let now_ms = events::unix_ms(SystemTime::now());
         self.metrics
             .propagation

@@ -85,7 +85,11 @@ pub struct RedisTier {
 impl RedisTier {
     /// Starts the connector and the registration writer; connecting happens
     /// in the background, so a Redis that is down does not stop start-up.
-    pub fn start(cfg: &RedisConfig, metrics: Arc<Metrics>, shutdown: shutdown::Signal) -> Result<Arc<RedisTier>, RedisError> {
+    pub fn start(
+        cfg: &RedisConfig,
+        metrics: Arc<Metrics>,
+        shutdown: shutdown::Signal,
+    ) -> Result<Arc<RedisTier>, RedisError> {
         let url = cfg.url.as_deref().ok_or(RedisError::NotConnected)?;
         let client = redis::Client::open(url)?;
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -118,7 +122,10 @@ impl RedisTier {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     async fn connect_loop(self: Arc<Self>, mut shutdown: shutdown::Signal) {
@@ -153,12 +160,16 @@ impl RedisTier {
     }
 
     /// Runs one round trip under `command_timeout`, counting failures.
-    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, RedisError> {
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisError> {
         let mut conn = self.connection()?;
-        let result = match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
-            Err(_) => Err(RedisError::Timeout(self.timeout)),
-            Ok(r) => r.map_err(RedisError::from),
-        };
+        let result =
+            match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
+                Err(_) => Err(RedisError::Timeout(self.timeout)),
+                Ok(r) => r.map_err(RedisError::from),
+            };
         if result.is_err() {
             self.metrics.redis_errors.inc();
         }
@@ -176,7 +187,11 @@ impl RedisTier {
         }
     }
 
-    async fn write_registrations(self: Arc<Self>, mut rx: mpsc::Receiver<Registration>, mut shutdown: shutdown::Signal) {
+    async fn write_registrations(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<Registration>,
+        mut shutdown: shutdown::Signal,
+    ) {
         let mut batch = Vec::with_capacity(BATCH);
         loop {
             batch.clear();
@@ -209,7 +224,11 @@ impl RedisTier {
 
     /// Deletes the registry members of `tags`, the `patterns` keys and the
     /// registry sets: two round trips whatever the number of keys.
-    pub async fn delete(&self, tags: &[String], patterns: &[String]) -> Result<Deleted, RedisError> {
+    pub async fn delete(
+        &self,
+        tags: &[String],
+        patterns: &[String],
+    ) -> Result<Deleted, RedisError> {
         let registries: Vec<String> = tags
             .iter()
             .filter(|t| !is_local_tag(t))
@@ -223,7 +242,11 @@ impl RedisTier {
             }
             let sets: Vec<Vec<String>> = self.query(&pipe).await?;
             let mut seen = HashSet::new();
-            members = sets.into_iter().flatten().filter(|m| seen.insert(m.clone())).collect();
+            members = sets
+                .into_iter()
+                .flatten()
+                .filter(|m| seen.insert(m.clone()))
+                .collect();
         }
         let mut pipe = redis::pipe();
         for chunk in members.chunks(UNLINK_CHUNK) {
@@ -235,7 +258,8 @@ impl RedisTier {
         if !registries.is_empty() {
             pipe.cmd("UNLINK").arg(&registries).ignore();
         }
-        let counts: Vec<u64> = if members.is_empty() && patterns.is_empty() && registries.is_empty() {
+        let counts: Vec<u64> = if members.is_empty() && patterns.is_empty() && registries.is_empty()
+        {
             Vec::new()
         } else {
             self.query(&pipe).await?
@@ -254,7 +278,10 @@ impl RedisTier {
 
     pub async fn publish(&self, msg: &wire::Message) -> Result<(), RedisError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("PUBLISH").arg(&self.channel).arg(wire::encode(msg)).ignore();
+        pipe.cmd("PUBLISH")
+            .arg(&self.channel)
+            .arg(wire::encode(msg))
+            .ignore();
         self.query::<()>(&pipe).await
     }
 
@@ -267,12 +294,25 @@ impl RedisTier {
     }
 
     /// Atomically replaces the game's state if it is still `expected`.
-    pub async fn compare_and_set(&self, id: &GameId, expected: Option<&GameState>, new: &GameState) -> Result<Cas, RedisError> {
+    pub async fn compare_and_set(
+        &self,
+        id: &GameId,
+        expected: Option<&GameState>,
+        new: &GameState,
+    ) -> Result<Cas, RedisError> {
         let expected = expected.map(encode_state).unwrap_or_default();
         let mut conn = self.connection()?;
         let mut invocation = self.cas.key(self.game_key(id));
-        invocation.arg(expected).arg(encode_state(new)).arg(self.registry_ttl);
-        let result = match tokio::time::timeout(self.timeout, invocation.invoke_async::<(i64, String)>(&mut conn)).await {
+        invocation
+            .arg(expected)
+            .arg(encode_state(new))
+            .arg(self.registry_ttl);
+        let result = match tokio::time::timeout(
+            self.timeout,
+            invocation.invoke_async::<(i64, String)>(&mut conn),
+        )
+        .await
+        {
             Err(_) => Err(RedisError::Timeout(self.timeout)),
             Ok(r) => r.map_err(RedisError::from),
         };
@@ -289,12 +329,20 @@ impl RedisTier {
 
     /// Subscribes to the channel and applies peers' events, resubscribing
     /// with backoff; after any resubscribe the tagged L1 entries are dropped.
-    pub fn spawn_subscriber(self: &Arc<Self>, invalidator: Arc<Invalidator>, shutdown: shutdown::Signal) {
+    pub fn spawn_subscriber(
+        self: &Arc<Self>,
+        invalidator: Arc<Invalidator>,
+        shutdown: shutdown::Signal,
+    ) {
         let tier = Arc::clone(self);
         tokio::spawn(async move { tier.subscribe_loop(invalidator, shutdown).await });
     }
 
-    async fn subscribe_loop(self: Arc<Self>, invalidator: Arc<Invalidator>, mut shutdown: shutdown::Signal) {
+    async fn subscribe_loop(
+        self: Arc<Self>,
+        invalidator: Arc<Invalidator>,
+        mut shutdown: shutdown::Signal,
+    ) {
         let mut backoff = Duration::from_millis(50);
         let mut missed_some = false;
         loop {

@@ -47,11 +47,13 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     struct Versioned {
         v: u32,
     }
-    let v: Versioned = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let v: Versioned =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if v.v != VERSION {
         return Err(DecodeError::Version(v.v));
     }
-    let mut msg: Message = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let mut msg: Message =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     msg.keys.truncate(MAX_KEYS);
     Ok(msg)
 }
@@ -99,8 +101,14 @@ mod tests {
         m.v = 2;
         assert_eq!(decode(&encode(&m)), Err(DecodeError::Version(2)));
         assert!(matches!(decode(b"{"), Err(DecodeError::Malformed(_))));
-        assert!(matches!(decode(b"{\"v\":1}"), Err(DecodeError::Malformed(_))));
-        assert!(matches!(decode(&vec![b' '; MAX_MESSAGE_BYTES + 1]), Err(DecodeError::TooLarge(_))));
+        assert!(matches!(
+            decode(b"{\"v\":1}"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode(&vec![b' '; MAX_MESSAGE_BYTES + 1]),
+            Err(DecodeError::TooLarge(_))
+        ));
     }
 
     proptest! {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, IF_MODIFIED_SINCE, IF_NONE_MATCH};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, IF_MODIFIED_SINCE, IF_NONE_MATCH};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
@@ -21,7 +21,8 @@ use crate::cache::entry::NewEntry;
 use crate::cache::policy::{self, CacheStatus, FreshnessRules, Fwd};
 use crate::cache::store::{uri_tag, FetchTicket, FillGuard, FillState};
 use crate::cache::{key, Entry};
-use crate::config::RouteMatch;
+use crate::invalidate::detect::Detector;
+use crate::watch::GameSnapshot;
 
 /// What a fetch fills: the URI's primary key (the stored key follows from
 /// it and the response's `Vary`), and the expired entry it may revalidate
@@ -29,31 +30,6 @@ use crate::config::RouteMatch;
 pub struct Target {
     pub primary: Arc<str>,
     pub stale: Option<Arc<Entry>>,
-}
-
-/// Reads a filled body before it is stored: the tags it is filed under
-/// and, for bodies with games, the status-derived TTL.
-#[derive(Clone, Debug, Default)]
-pub struct Inspector {}
-
-/// What inspecting a body found.
-#[derive(Debug, Default)]
-pub struct Inspection {
-    pub tags: Vec<Arc<str>>,
-    pub status_ttl: Option<std::time::Duration>,
-}
-
-impl Inspector {
-    pub fn inspect(&self, primary: &str, route: Option<&RouteMatch<'_>>) -> Inspection {
-        let mut tags: Vec<Arc<str>> = route
-            .map(|r| r.tags().into_iter().map(Arc::from).collect())
-            .unwrap_or_default();
-        tags.push(uri_tag(primary));
-        Inspection {
-            tags,
-            status_ttl: None,
-        }
-    }
 }
 
 /// How a filled response fared.
@@ -98,6 +74,10 @@ fn concat(mut chunks: Vec<Bytes>, len: usize) -> Bytes {
         buf.extend_from_slice(&c);
     }
     buf.freeze()
+}
+
+fn content_encoding(h: &HeaderMap) -> Option<&str> {
+    h.get(CONTENT_ENCODING).and_then(|v| v.to_str().ok())
 }
 
 fn declared_length(h: &HeaderMap) -> Option<u64> {
@@ -258,6 +238,10 @@ impl Proxy {
                 headers.append(name.clone(), v.clone());
             }
         }
+        // Same body, same games: re-read for the tags, not for changes.
+        let games = self
+            .detector
+            .extract(content_encoding(&headers), &stale.body);
         let stored = self.store_entry(
             method,
             client_headers,
@@ -265,6 +249,7 @@ impl Proxy {
             stale.status,
             headers,
             stale.body.clone(),
+            &games,
             ticket,
             guard,
         );
@@ -359,6 +344,7 @@ impl Proxy {
                 return self.failed(method, client_headers, target.stale, guard, err);
             }
         };
+        let games = self.watch(&rparts.headers, &body, Some(ticket)).await;
         match self.store_entry(
             method,
             client_headers,
@@ -366,6 +352,7 @@ impl Proxy {
             rparts.status,
             rparts.headers,
             body,
+            &games,
             ticket,
             guard,
         ) {
@@ -409,16 +396,22 @@ impl Proxy {
         status: StatusCode,
         headers: HeaderMap,
         body: Bytes,
+        games: &[GameSnapshot],
         ticket: &FetchTicket,
         guard: Option<FillGuard>,
     ) -> Stored {
         let path = primary.split('?').next().unwrap_or(primary);
         let route = self.routes.find(path);
-        let inspection = self.inspector.inspect(primary, route.as_ref());
+        let mut tags: Vec<Arc<str>> = route
+            .as_ref()
+            .map(|r| r.tags().into_iter().map(Arc::from).collect())
+            .unwrap_or_default();
+        tags.extend(Detector::tags(games));
+        tags.push(uri_tag(primary));
         let rules = FreshnessRules {
             honor_origin: self.settings.honor_origin,
             route_ttl: route.as_ref().and_then(|r| r.route.ttl),
-            status_ttl: inspection.status_ttl,
+            status_ttl: self.detector.status_ttl(games),
             default_ttl: route.as_ref().map(|_| self.settings.default_ttl),
         };
         let now = SystemTime::now();
@@ -458,13 +451,18 @@ impl Proxy {
                 stale_if_error: fresh.stale_if_error_window(self.settings.stale_if_error),
                 stale_while_revalidate: fresh.stale_while_revalidate_window(swr),
                 must_revalidate: fresh.must_revalidate,
-                tags: inspection.tags,
+                tags,
             },
             Instant::now(),
         ));
         let stored = self
             .store
             .insert(ticket, primary, &vary, Arc::clone(&entry));
+        if stored {
+            self.detector
+                .invalidator()
+                .register(&entry.key, &entry.tags);
+        }
         if let Some(g) = guard {
             g.finish(if stored {
                 FillState::Filled(Arc::clone(&entry))
@@ -512,6 +510,44 @@ impl Proxy {
             ..CacheStatus::default()
         };
         respond::label(&mut rparts.headers, XCache::Bypass, cs);
-        Response::from_parts(rparts, ProxyBody::stream(None, rbody))
+        // A write answered with a game object is watched like any other.
+        let limit = self.settings.max_object_bytes;
+        if declared_length(&rparts.headers).is_some_and(|n| n > limit as u64) {
+            return Response::from_parts(rparts, ProxyBody::stream(None, rbody));
+        }
+        match read_limited(rbody, limit).await {
+            Ok(Read::Whole(body)) => {
+                if status.is_success() {
+                    self.watch(&rparts.headers, &body, None).await;
+                }
+                Response::from_parts(rparts, ProxyBody::full(body))
+            }
+            Ok(Read::Partial(prefix, rest)) => {
+                Response::from_parts(rparts, ProxyBody::stream(Some(prefix), rest))
+            }
+            Err(e) => self
+                .upstream
+                .error_response(&UpstreamError::Body(e.to_string())),
+        }
+    }
+
+    /// Finds the games in a body and acts on their changes before the body
+    /// is stored. A fetch that an invalidation of its games overtook may
+    /// predate the change: its games are not compared, or they would flap.
+    async fn watch(
+        &self,
+        headers: &HeaderMap,
+        body: &Bytes,
+        ticket: Option<&FetchTicket>,
+    ) -> Vec<GameSnapshot> {
+        let games = self.detector.extract(content_encoding(headers), body);
+        if games.is_empty() {
+            return games;
+        }
+        let overtaken = ticket.is_some_and(|t| self.store.superseded(t, &Detector::tags(&games)));
+        if !overtaken {
+            self.detector.observe(&games).await;
+        }
+        games
     }
 }

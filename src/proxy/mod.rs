@@ -25,6 +25,7 @@ use crate::cache::key;
 use crate::cache::policy::{CacheStatus, Fwd};
 use crate::cache::store::{wait_fill, Fill, FillState, Lookup, Store};
 use crate::config::{Config, Routes};
+use crate::invalidate::detect::Detector;
 use crate::metrics::Metrics;
 use body::ProxyBody;
 use respond::XCache;
@@ -47,7 +48,7 @@ pub struct Proxy {
     routes: Routes,
     settings: CacheSettings,
     metrics: Arc<Metrics>,
-    inspector: fill::Inspector,
+    detector: Arc<Detector>,
 }
 
 impl Proxy {
@@ -55,7 +56,7 @@ impl Proxy {
         config: &Config,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
-        inspector: fill::Inspector,
+        detector: Arc<Detector>,
     ) -> Result<Proxy, String> {
         let routes = Routes::compile(&config.routes).map_err(|p| format!("{p:?}"))?;
         let c = &config.cache;
@@ -72,7 +73,7 @@ impl Proxy {
                 coalesce_timeout: c.coalesce_timeout.get(),
             },
             metrics,
-            inspector,
+            detector,
         })
     }
 
@@ -298,5 +299,3 @@ fn debug_path(req: &Request<Incoming>) -> String {
         String::new()
     }
 }
-
-pub use fill::Inspector;
