@@ -92,6 +92,9 @@ impl Upstream {
 
     /// Rewrites a client request in place for the upstream.
     pub fn prepare(&self, parts: &mut http::request::Parts, peer: SocketAddr) {
+        // HTTP/2 clients name the site in :authority instead of Host; it
+        // goes on as Host, as an HTTP/1.1 client's Host does.
+        let client_authority = parts.uri.authority().cloned();
         let pq = parts
             .uri
             .path_and_query()
@@ -108,9 +111,9 @@ impl Upstream {
         parts.version = http::Version::HTTP_11;
         let h = &mut parts.headers;
         strip_hop_by_hop(h);
-        // HTTP/2 clients send :authority instead of Host.
         if !h.contains_key(http::header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(self.authority.as_str()) {
+            let authority = client_authority.as_ref().unwrap_or(&self.authority);
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
                 h.insert(http::header::HOST, v);
             }
         }
