@@ -168,3 +168,10 @@ fn max_object_bytes_cannot_exceed_max_bytes() {
         load("[cache]\nmax_bytes = \"1MiB\"\nmax_object_bytes = \"2MiB\"\n").unwrap_err();
     assert_eq!(keys(&problems), ["cache.max_object_bytes"]);
 }
+
+#[test]
+fn max_header_bytes_below_what_hyper_can_enforce_is_an_error() {
+    let problems = load("[proxy]\nmax_header_bytes = \"4KiB\"").unwrap_err();
+    assert_eq!(keys(&problems), ["proxy.max_header_bytes"]);
+    assert!(load("[proxy]\nmax_header_bytes = \"8KiB\"").is_ok());
+}
