@@ -353,10 +353,12 @@ impl Config {
             "proxy.upstream_timeout",
             "must be greater than 0s",
         );
+        // hyper bounds a request head by its read buffer, which cannot be
+        // smaller than 8 KiB: a lower limit would be accepted and not enforced.
         check(
-            self.proxy.max_header_bytes.bytes() >= 1024,
+            self.proxy.max_header_bytes.bytes() >= 8192,
             "proxy.max_header_bytes",
-            "must be at least 1KiB",
+            "must be at least 8KiB",
         );
         check(
             self.cache.max_bytes.bytes() > 0,

@@ -180,3 +180,10 @@ fn watch_section_is_validated_with_keys() {
     );
     assert!(keys.contains(&"watch.status_map.foo"), "{problems:?}");
 }
+
+#[test]
+fn max_header_bytes_below_what_hyper_can_enforce_is_an_error() {
+    let problems = load("[proxy]\nmax_header_bytes = \"4KiB\"").unwrap_err();
+    assert_eq!(keys(&problems), ["proxy.max_header_bytes"]);
+    assert!(load("[proxy]\nmax_header_bytes = \"8KiB\"").is_ok());
+}

@@ -185,11 +185,16 @@ impl Proxy {
             g.finish(FillState::NotStored);
         }
         tracing::warn!(upstream = self.upstream.url(), error = %err, "upstream request failed");
+        let fwd = if stale.is_some() {
+            Fwd::Stale
+        } else {
+            Fwd::UriMiss
+        };
         match stale.filter(|s| s.usable_on_error(Instant::now())) {
             Some(s) => self.serve_stale(method, client_headers, &s, err.status().as_u16()),
             None => {
                 self.metrics.misses.inc();
-                self.upstream.error_response(&err)
+                self.upstream.error_response(&err, XCache::Miss, fwd)
             }
         }
     }
@@ -494,7 +499,9 @@ impl Proxy {
             Ok(resp) => resp,
             Err(e) => {
                 self.metrics.bypass.inc();
-                return self.upstream.error_response(&e);
+                return self
+                    .upstream
+                    .error_response(&e, XCache::Bypass, Fwd::Bypass);
             }
         };
         self.metrics.bypass.inc();

@@ -254,7 +254,7 @@ impl Proxy {
             }
             Err(e) => {
                 self.count(x_cache);
-                self.upstream.error_response(&e)
+                self.upstream.error_response(&e, x_cache, fwd)
             }
         }
     }

@@ -19,7 +19,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::body::ProxyBody;
-use crate::cache::policy::strip_hop_by_hop;
+use super::respond::{self, XCache};
+use crate::cache::policy::{strip_hop_by_hop, CacheStatus, Fwd};
 use crate::metrics::Metrics;
 
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -48,7 +49,7 @@ impl UpstreamError {
         }
     }
 
-    fn label(&self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
             UpstreamError::Timeout(_) => "timeout",
             _ => "error",
@@ -92,6 +93,9 @@ impl Upstream {
 
     /// Rewrites a client request in place for the upstream.
     pub fn prepare(&self, parts: &mut http::request::Parts, peer: SocketAddr) {
+        // HTTP/2 clients name the site in :authority instead of Host; it
+        // goes on as Host, as an HTTP/1.1 client's Host does.
+        let client_authority = parts.uri.authority().cloned();
         let pq = parts
             .uri
             .path_and_query()
@@ -108,9 +112,9 @@ impl Upstream {
         parts.version = http::Version::HTTP_11;
         let h = &mut parts.headers;
         strip_hop_by_hop(h);
-        // HTTP/2 clients send :authority instead of Host.
         if !h.contains_key(http::header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(self.authority.as_str()) {
+            let authority = client_authority.as_ref().unwrap_or(&self.authority);
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
                 h.insert(http::header::HOST, v);
             }
         }
@@ -152,13 +156,25 @@ impl Upstream {
         result
     }
 
-    /// The JSON answer for a failed upstream with no stale copy to serve.
-    pub fn error_response(&self, err: &UpstreamError) -> Response<ProxyBody> {
+    /// The JSON answer for a failed upstream with no stale copy to serve,
+    /// labelled like every other answer.
+    pub fn error_response(
+        &self,
+        err: &UpstreamError,
+        x_cache: XCache,
+        fwd: Fwd,
+    ) -> Response<ProxyBody> {
         let body = serde_json::json!({ "error": err.to_string(), "upstream": self.url });
         let mut resp = Response::new(ProxyBody::full(body.to_string()));
         *resp.status_mut() = err.status();
         resp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let status = CacheStatus {
+            fwd: Some(fwd),
+            detail: Some(err.label()),
+            ..CacheStatus::default()
+        };
+        respond::label(resp.headers_mut(), x_cache, status);
         resp
     }
 }

@@ -1,0 +1,549 @@
+//! The harness of the integration tests: the real sidecar started in
+//! process on `127.0.0.1:0`, a scriptable upstream it proxies to, a raw TCP
+//! upstream for broken responses, and clients that speak HTTP or raw bytes.
+//!
+//! Nothing here uses a fixed port, a sleep as synchronisation, or kills a
+//! process by name: waits are on conditions (`Upstream::wait_hits`), and
+//! every server stops when its handle is dropped.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::{AbortHandle, JoinHandle};
+
+use oddscache::config::Overrides;
+use oddscache::{Config, Listeners, RunError};
+
+/// Every wait in the harness gives up after this, so a broken sidecar fails
+/// the test instead of hanging it.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// What the upstream answers: status, headers, a body (whole or chunked),
+/// and how long to wait before sending the head.
+pub struct Reply {
+    status: StatusCode,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: ReplyBody,
+    delay: Duration,
+}
+
+enum ReplyBody {
+    Full(Bytes),
+    /// Sent without `Content-Length`, one frame per chunk.
+    Chunked(Vec<Bytes>),
+}
+
+impl Reply {
+    pub fn new(status: u16) -> Reply {
+        Reply {
+            status: StatusCode::from_u16(status).expect("valid status"),
+            headers: Vec::new(),
+            body: ReplyBody::Full(Bytes::new()),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// A 200 with a JSON body.
+    pub fn json(body: impl Into<Bytes>) -> Reply {
+        Reply::new(200)
+            .header("content-type", "application/json")
+            .body(body)
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((
+            HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            HeaderValue::from_str(value).expect("header value"),
+        ));
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<Bytes>) -> Reply {
+        self.body = ReplyBody::Full(body.into());
+        self
+    }
+
+    pub fn chunked(mut self, chunks: Vec<Bytes>) -> Reply {
+        self.body = ReplyBody::Chunked(chunks);
+        self
+    }
+
+    pub fn delay(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+
+    fn into_response(self) -> (Response<UpBody>, Duration) {
+        let body: UpBody = match self.body {
+            ReplyBody::Full(b) => Full::new(b).map_err(|never| match never {}).boxed(),
+            ReplyBody::Chunked(chunks) => StreamBody::new(futures_util::stream::iter(
+                chunks
+                    .into_iter()
+                    .map(|c| Ok::<_, Infallible>(Frame::data(c))),
+            ))
+            .boxed(),
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = self.status;
+        for (name, value) in self.headers {
+            resp.headers_mut().append(name, value);
+        }
+        (resp, self.delay)
+    }
+}
+
+type UpBody = BoxBody<Bytes, Infallible>;
+
+/// The test's script for the upstream: it sees the request head and body.
+pub type Handler = Arc<dyn Fn(&Parts, &Bytes) -> Reply + Send + Sync>;
+
+/// A request as the upstream received it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().expect("ascii"))
+    }
+}
+
+struct UpstreamState {
+    handler: RwLock<Handler>,
+    log: Mutex<Vec<Seen>>,
+    /// Requests received so far; a watch so tests can wait for a count.
+    hits: watch::Sender<usize>,
+    conns: Mutex<Vec<AbortHandle>>,
+}
+
+/// A scriptable HTTP/1.1 upstream on `127.0.0.1:0`.
+pub struct Upstream {
+    addr: SocketAddr,
+    state: Arc<UpstreamState>,
+    accept: JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start<F>(handler: F) -> Upstream
+    where
+        F: Fn(&Parts, &Bytes) -> Reply + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(UpstreamState {
+            handler: RwLock::new(Arc::new(handler)),
+            log: Mutex::new(Vec::new()),
+            hits: watch::channel(0).0,
+            conns: Mutex::new(Vec::new()),
+        });
+        let accept_state = Arc::clone(&state);
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = Arc::clone(&accept_state);
+                let conn = tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(answer(&state, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+                accept_state.conns.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        Upstream {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    /// An upstream that answers every request with the same JSON body.
+    pub async fn fixed(body: &'static str) -> Upstream {
+        Upstream::start(move |_, _| Reply::json(body)).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_handler<F>(&self, handler: F)
+    where
+        F: Fn(&Parts, &Bytes) -> Reply + Send + Sync + 'static,
+    {
+        *self.state.handler.write().unwrap() = Arc::new(handler);
+    }
+
+    /// How many requests reached the upstream.
+    pub fn hits(&self) -> usize {
+        *self.state.hits.borrow()
+    }
+
+    /// Every request received so far, oldest first.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.log.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream saw a request")
+    }
+
+    /// Waits until at least `n` requests have arrived.
+    pub async fn wait_hits(&self, n: usize) {
+        let mut rx = self.state.hits.subscribe();
+        tokio::time::timeout(PATIENCE, rx.wait_for(|h| *h >= n))
+            .await
+            .unwrap_or_else(|_| panic!("upstream saw {} requests, not {n}", self.hits()))
+            .expect("upstream state alive");
+    }
+
+    /// Stops listening and closes every connection, so the port refuses.
+    pub fn stop(&self) {
+        self.accept.abort();
+        for c in self.state.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn answer(state: &UpstreamState, req: Request<Incoming>) -> Response<UpBody> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    state.log.lock().unwrap().push(Seen {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    state.hits.send_modify(|h| *h += 1);
+    let handler = Arc::clone(&state.handler.read().unwrap());
+    let (resp, delay) = handler(&parts, &body).into_response();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    resp
+}
+
+/// How a [`RawUpstream`] ends each connection after writing its bytes.
+#[derive(Clone, Copy, Debug)]
+pub enum RawEnd {
+    /// An orderly close (FIN).
+    Close,
+    /// A reset (RST), as a crashed peer would.
+    Reset,
+}
+
+/// An upstream that answers every request with fixed bytes and hangs up:
+/// for responses no well-behaved server would send.
+pub struct RawUpstream {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    accept: JoinHandle<()>,
+}
+
+impl RawUpstream {
+    pub async fn start(reply: Vec<u8>, end: RawEnd) -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&hits);
+        let reply = Bytes::from(reply);
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let counter = Arc::clone(&counter);
+                let reply = reply.clone();
+                tokio::spawn(async move {
+                    if read_head(&mut stream).await.is_none() {
+                        return; // an idle pooled connection closed
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let _ = stream.write_all(&reply).await;
+                    match end {
+                        RawEnd::Close => {
+                            let _ = stream.shutdown().await;
+                        }
+                        RawEnd::Reset => {
+                            // Linger 0 turns the close into a RST; nothing
+                            // blocks, since there is no lingering.
+                            #[allow(deprecated)]
+                            let _ = stream.set_linger(Some(Duration::ZERO));
+                        }
+                    }
+                    drop(stream);
+                });
+            }
+        });
+        RawUpstream { addr, hits, accept }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Reads up to the end of a request head (GETs only: no body).
+async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(buf)
+}
+
+/// A port with nothing listening on it: bound, read, released.
+pub async fn dead_port_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// The sidecar, running in process until shut down or dropped.
+pub struct Sidecar {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), RunError>>>,
+}
+
+impl Sidecar {
+    /// Starts with a config text whose `{UPSTREAM}` is replaced by `upstream`.
+    pub async fn start(template: &str, upstream: &str) -> Sidecar {
+        let text = template.replace("{UPSTREAM}", upstream);
+        let config = Config::from_toml(&text, &Overrides::default())
+            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n---\n{text}"));
+        Sidecar::with_config(config).await
+    }
+
+    /// Starts with the shipped `config.toml`, pointed at `upstream`.
+    pub async fn shipped(upstream: &str) -> Sidecar {
+        let overrides = Overrides {
+            upstream: Some(upstream.to_string()),
+            ..Overrides::default()
+        };
+        let config = Config::from_toml(oddscache::config::SHIPPED, &overrides)
+            .expect("the shipped config is valid");
+        Sidecar::with_config(config).await
+    }
+
+    pub async fn with_config(config: Config) -> Sidecar {
+        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = proxy.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(oddscache::run(config, Listeners { proxy }, async move {
+            // A dropped sender is a shutdown too.
+            let _ = stopped.await;
+        }));
+        Sidecar {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Fires the shutdown signal (as SIGTERM would) and hands back `run`.
+    pub fn shutdown(mut self) -> JoinHandle<Result<(), RunError>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("running")
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A whole response as the client got it.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    /// The value of a header that must be there.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", self.headers))
+            .to_str()
+            .expect("ascii header")
+    }
+
+    pub fn maybe(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().expect("ascii"))
+    }
+
+    pub fn x_cache(&self) -> &str {
+        self.header("x-cache")
+    }
+
+    pub fn cache_status(&self) -> &str {
+        self.header("cache-status")
+    }
+
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("utf-8 body")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// An HTTP/1.1 client with a connection pool, like a browser's.
+#[derive(Clone)]
+pub struct Client {
+    inner: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Client::new()
+    }
+}
+
+impl Client {
+    pub fn new() -> Client {
+        Client {
+            inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .build(HttpConnector::new()),
+        }
+    }
+
+    pub async fn get(&self, url: &str) -> Resp {
+        self.send(Method::GET, url, &[], Bytes::new()).await
+    }
+
+    pub async fn get_with(&self, url: &str, headers: &[(&str, &str)]) -> Resp {
+        self.send(Method::GET, url, headers, Bytes::new()).await
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Resp {
+        let resp = self.head_only(method, url, headers, body).await;
+        let (parts, body) = resp.into_parts();
+        let body = tokio::time::timeout(PATIENCE, body.collect())
+            .await
+            .expect("body within patience")
+            .expect("whole body")
+            .to_bytes();
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// The response with its body still streaming, for bodies that may break.
+    pub async fn head_only(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Response<Incoming> {
+        let mut req = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Full::new(body.into())).expect("request");
+        tokio::time::timeout(PATIENCE, self.inner.request(req))
+            .await
+            .expect("response within patience")
+            .expect("response head")
+    }
+}
+
+/// Sends raw bytes on a fresh connection and reads until the server closes.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    // A reset after the answer is fine: what arrived is what counts.
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out))
+        .await
+        .expect("server closed the connection within patience");
+    out
+}
+
+/// The status code of a raw HTTP/1.1 response.
+pub fn raw_status(response: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(response);
+    let line = text.lines().next().unwrap_or_default();
+    line.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"))
+}
