@@ -141,6 +141,21 @@ impl Store {
         }
     }
 
+    /// Moves a fetch's start past the invalidations it caused itself, so the
+    /// response that revealed a change is stored after that change.
+    pub fn renew(&self, ticket: &mut FetchTicket) {
+        let mut ep = self.shared.lock_epochs();
+        let now = self.shared.seq.load(Ordering::SeqCst);
+        if let Some(n) = ep.inflight.get_mut(&ticket.start) {
+            *n -= 1;
+            if *n == 0 {
+                ep.inflight.remove(&ticket.start);
+            }
+        }
+        *ep.inflight.entry(now).or_default() += 1;
+        ticket.start = now;
+    }
+
     /// Whether an invalidation of any of `tags` (or a flush) happened after
     /// the ticket's fetch began; such a response may predate the change.
     pub fn superseded(&self, ticket: &FetchTicket, tags: &[Arc<str>]) -> bool {
@@ -476,6 +491,19 @@ mod tests {
         assert!(store.insert(&early, "/b", &[], entry("/b", &["game:2"])));
         let late = store.begin_fetch();
         assert!(store.insert(&late, "/a", &[], entry("/a", &["game:1"])));
+    }
+
+    #[test]
+    fn a_fetch_renewed_after_its_own_invalidation_is_stored() {
+        let store = Store::new(1 << 20);
+        let mut t = store.begin_fetch();
+        store.invalidate_tags(&["game:1"]);
+        store.renew(&mut t);
+        assert!(store.insert(&t, "/a", &[], entry("/a", &["game:1"])));
+        drop(t);
+        // Nothing in flight: the epochs are pruned at the next invalidation.
+        store.invalidate_tags(&["game:2"]);
+        assert!(store.shared.lock_epochs().inflight.is_empty());
     }
 
     #[test]

@@ -110,7 +110,7 @@ impl Proxy {
         target: Target,
         guard: Option<FillGuard>,
     ) -> Response<ProxyBody> {
-        let ticket = self.store.begin_fetch();
+        let mut ticket = self.store.begin_fetch();
         let (mut parts, body) = req.into_parts();
         let client_headers = parts.headers.clone();
         let method = parts.method.clone();
@@ -165,7 +165,7 @@ impl Proxy {
                 return self.serve_stale(&method, &client_headers, s, status.as_u16());
             }
         }
-        self.fill_from(resp, &method, &client_headers, target, &ticket, guard)
+        self.fill_from(resp, &method, &client_headers, target, &mut ticket, guard)
             .await
     }
 
@@ -295,7 +295,7 @@ impl Proxy {
         method: &Method,
         client_headers: &HeaderMap,
         target: Target,
-        ticket: &FetchTicket,
+        ticket: &mut FetchTicket,
         guard: Option<FillGuard>,
     ) -> Response<ProxyBody> {
         self.metrics.misses.inc();
@@ -349,7 +349,7 @@ impl Proxy {
                 return self.failed(method, client_headers, target.stale, guard, err);
             }
         };
-        let games = self.watch(&rparts.headers, &body, Some(ticket)).await;
+        let games = self.watch(&rparts.headers, &body, Some(&mut *ticket)).await;
         match self.store_entry(
             method,
             client_headers,
@@ -532,9 +532,11 @@ impl Proxy {
             Ok(Read::Partial(prefix, rest)) => {
                 Response::from_parts(rparts, ProxyBody::stream(Some(prefix), rest))
             }
-            Err(e) => self
-                .upstream
-                .error_response(&UpstreamError::Body(e.to_string())),
+            Err(e) => self.upstream.error_response(
+                &UpstreamError::Body(e.to_string()),
+                XCache::Bypass,
+                Fwd::Bypass,
+            ),
         }
     }
 
@@ -545,15 +547,22 @@ impl Proxy {
         &self,
         headers: &HeaderMap,
         body: &Bytes,
-        ticket: Option<&FetchTicket>,
+        ticket: Option<&mut FetchTicket>,
     ) -> Vec<GameSnapshot> {
         let games = self.detector.extract(content_encoding(headers), body);
         if games.is_empty() {
             return games;
         }
-        let overtaken = ticket.is_some_and(|t| self.store.superseded(t, &Detector::tags(&games)));
+        let overtaken = ticket
+            .as_ref()
+            .is_some_and(|t| self.store.superseded(t, &Detector::tags(&games)));
         if !overtaken {
             self.detector.observe(&games).await;
+            // The invalidations this body just caused must not stop it from
+            // being stored: it is the response that revealed the change.
+            if let Some(t) = ticket {
+                self.store.renew(t);
+            }
         }
         games
     }
