@@ -212,7 +212,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         sim_listener,
         sim_signal,
     ));
-    let base = format!("http://{}", args.listen);
+    let base = format!("http://{}", proxy.local_addr()?);
     let game = sim
         .game_ids()
         .into_iter()
@@ -224,7 +224,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("  curl -i '{base}/api/v1/games?sport_id=soccer'");
     println!("  curl -i {base}/api/v1/sidebar/soccer/epl");
     println!("  curl -i {base}/api/v1/sports");
-    let admin_base = format!("http://{}", config.admin.listen);
+    let admin_base = format!("http://{}", admin.local_addr()?);
     println!("admin port on {admin_base}:");
     println!("  curl {admin_base}/api/v1/shared/cache/stats");
     println!("  curl {admin_base}/api/v1/shared/cache/invalidation/stats");
