@@ -11,9 +11,11 @@
 //! - `proxy/`: the request path and the upstream client.
 //! - `cache/`: keys, HTTP caching rules, the moka L1 and its tag index.
 //! - [`watch`]: pure extraction of games from JSON bodies and change detection.
+//! - `admin/`: the admin port: stats, events, manual invalidation, metrics.
 //! - `demo/`: the built-in reference odds API simulator.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod demo;
@@ -35,6 +37,8 @@ pub use config::Config;
 /// `127.0.0.1:0` and `main` can fail before anything starts.
 pub struct Listeners {
     pub proxy: TcpListener,
+    /// The admin port (SPEC §7); `None` serves no admin API.
+    pub admin: Option<TcpListener>,
 }
 
 /// Errors that stop the sidecar from starting.
@@ -85,6 +89,7 @@ where
     ));
     let proxy = proxy::Proxy::new(&config, Arc::clone(&store), Arc::clone(&metrics), detector)
         .map_err(RunError::Config)?;
+    let upstream_health = proxy.upstream_health();
     let proxy = Arc::new(proxy);
     let limits = server::HttpLimits {
         max_header_bytes: config.proxy.max_header_bytes.as_usize(),
@@ -102,9 +107,32 @@ where
         signal.clone(),
         grace,
     ));
+    let admin_server = listeners.admin.map(|listener| {
+        let admin = Arc::new(admin::Admin::new(
+            &config,
+            Arc::clone(&invalidator),
+            Arc::clone(&metrics),
+            upstream_health,
+            signal.clone(),
+        ));
+        tokio::spawn(server::serve(
+            "admin",
+            listener,
+            move |peer| {
+                let admin = Arc::clone(&admin);
+                hyper::service::service_fn(move |req| Arc::clone(&admin).serve(req, peer))
+            },
+            limits,
+            signal.clone(),
+            grace,
+        ))
+    });
     shutdown.await;
     tracing::info!("shutdown requested");
     trigger.fire();
     let _ = proxy_server.await;
+    if let Some(admin_server) = admin_server {
+        let _ = admin_server.await;
+    }
     Ok(())
 }

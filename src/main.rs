@@ -67,6 +67,9 @@ struct DemoArgs {
     /// Where the sidecar listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Where the admin port listens.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin_listen: SocketAddr,
     /// Where the simulator listens (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     sim_listen: SocketAddr,
@@ -161,8 +164,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let proxy = TcpListener::bind(config.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {} (proxy.listen)", config.proxy.listen))?;
-    oddscache::run(config, Listeners { proxy }, shutdown::os_signal()).await?;
+    let admin = bind_admin(&config).await?;
+    oddscache::run(
+        config,
+        Listeners {
+            proxy,
+            admin: Some(admin),
+        },
+        shutdown::os_signal(),
+    )
+    .await?;
     Ok(())
+}
+
+async fn bind_admin(config: &Config) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -173,6 +191,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let sim_addr = sim_listener.local_addr()?;
     let overrides = Overrides {
         listen: Some(args.listen),
+        admin_listen: Some(args.admin_listen),
         upstream: Some(format!("http://{sim_addr}")),
         redis_url: args.redis_url.clone(),
         admin_token: std::env::var("ODDSCACHE_ADMIN_TOKEN").ok(),
@@ -185,6 +204,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             args.listen
         )
     })?;
+    let admin = bind_admin(&config).await?;
     let sim = Simulator::new(SimConfig::default());
     let (sim_trigger, sim_signal) = shutdown::channel();
     let sim_task = tokio::spawn(oddscache::demo::serve(
@@ -192,7 +212,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         sim_listener,
         sim_signal,
     ));
-    let base = format!("http://{}", args.listen);
+    let base = format!("http://{}", proxy.local_addr()?);
     let game = sim
         .game_ids()
         .into_iter()
@@ -204,8 +224,32 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("  curl -i '{base}/api/v1/games?sport_id=soccer'");
     println!("  curl -i {base}/api/v1/sidebar/soccer/epl");
     println!("  curl -i {base}/api/v1/sports");
+    let admin_base = format!("http://{}", admin.local_addr()?);
+    println!("admin port on {admin_base}:");
+    println!("  curl {admin_base}/api/v1/shared/cache/stats");
+    println!("  curl {admin_base}/api/v1/shared/cache/invalidation/stats");
+    println!("  curl '{admin_base}/api/v1/shared/cache/invalidation/events?limit=10'");
+    println!("  curl -N {admin_base}/api/v1/shared/cache/invalidation/events/stream");
+    println!("  curl {admin_base}/metrics");
+    println!("  curl {admin_base}/healthz {admin_base}/readyz");
+    if config.admin.token.is_some() {
+        println!("  curl -X POST -H \"Authorization: Bearer $ODDSCACHE_ADMIN_TOKEN\" \\");
+        println!(
+            "       -d '{{\"game_id\": \"{game}\"}}' {admin_base}/api/v1/shared/cache/invalidate"
+        );
+    } else {
+        println!("  (set ODDSCACHE_ADMIN_TOKEN to enable POST {admin_base}/api/v1/shared/cache/invalidate)");
+    }
     println!("statuses and odds move every few seconds; watch X-Cache and Age. Ctrl-C stops.");
-    oddscache::run(config, Listeners { proxy }, shutdown::os_signal()).await?;
+    oddscache::run(
+        config,
+        Listeners {
+            proxy,
+            admin: Some(admin),
+        },
+        shutdown::os_signal(),
+    )
+    .await?;
     sim_trigger.fire();
     let _ = sim_task.await;
     Ok(())

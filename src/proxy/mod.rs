@@ -81,6 +81,11 @@ impl Proxy {
         &self.store
     }
 
+    /// Whether the upstream answers lately, for the admin port's `/readyz`.
+    pub fn upstream_health(&self) -> Arc<upstream::UpstreamHealth> {
+        Arc::clone(self.upstream.health())
+    }
+
     /// The hyper entry point: one request from `peer`.
     pub async fn serve(
         self: Arc<Self>,

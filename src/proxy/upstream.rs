@@ -6,6 +6,8 @@
 //! gets: a refused connection is a 502, a timeout a 504.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -57,8 +59,74 @@ impl UpstreamError {
     }
 }
 
+/// How long the upstream may fail without a single answer before the
+/// sidecar reports itself unready.
+pub const UNREADY_AFTER: Duration = Duration::from_secs(30);
+
+/// Whether the upstream has answered lately, for `/readyz`.
+///
+/// Lock-free: [`Upstream::send`] updates it on every request. Times are
+/// nanoseconds since `origin`, plus one, so zero can mean "never".
+#[derive(Debug)]
+pub struct UpstreamHealth {
+    origin: Instant,
+    /// When the upstream last answered (any status: it is reachable).
+    last_success: AtomicU64,
+    /// When the current run of failures began; zero while it answers.
+    failing_since: AtomicU64,
+}
+
+impl Default for UpstreamHealth {
+    fn default() -> Self {
+        UpstreamHealth {
+            origin: Instant::now(),
+            last_success: AtomicU64::new(0),
+            failing_since: AtomicU64::new(0),
+        }
+    }
+}
+
+impl UpstreamHealth {
+    fn stamp(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_nanos() as u64 + 1
+    }
+
+    pub fn success(&self, at: Instant) {
+        self.last_success.store(self.stamp(at), Ordering::Relaxed);
+        self.failing_since.store(0, Ordering::Relaxed);
+    }
+
+    pub fn failure(&self, at: Instant) {
+        // Only the first failure of a run starts the clock.
+        let _ = self.failing_since.compare_exchange(
+            0,
+            self.stamp(at),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Ready unless every request for [`UNREADY_AFTER`] has failed. A
+    /// sidecar that has seen no traffic yet is ready: the upstream may
+    /// simply be idle.
+    pub fn is_ready(&self, now: Instant) -> bool {
+        let since = self.failing_since.load(Ordering::Relaxed);
+        since == 0 || self.stamp(now).saturating_sub(since) < UNREADY_AFTER.as_nanos() as u64
+    }
+
+    /// How long ago the upstream last answered, if it ever did.
+    pub fn last_success_age(&self, now: Instant) -> Option<Duration> {
+        match self.last_success.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(Duration::from_nanos(self.stamp(now).saturating_sub(at))),
+        }
+    }
+}
+
 pub struct Upstream {
     client: Client<HttpConnector, UpstreamBody>,
+    /// Shared with the admin port's `/readyz`.
+    health: Arc<UpstreamHealth>,
     authority: Authority,
     /// As configured, for error bodies and logs.
     url: String,
@@ -77,6 +145,7 @@ impl Upstream {
             .build(connector);
         Ok(Upstream {
             client,
+            health: Arc::default(),
             authority,
             url: url.trim_end_matches('/').to_string(),
             timeout,
@@ -89,6 +158,10 @@ impl Upstream {
 
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    pub fn health(&self) -> &Arc<UpstreamHealth> {
+        &self.health
     }
 
     /// Rewrites a client request in place for the upstream.
@@ -150,8 +223,14 @@ impl Upstream {
             .upstream_duration
             .observe(started.elapsed().as_secs_f64());
         match &result {
-            Ok(resp) => metrics.upstream_status(resp.status().as_str()),
-            Err(e) => metrics.upstream_status(e.label()),
+            Ok(resp) => {
+                self.health.success(Instant::now());
+                metrics.upstream_status(resp.status().as_str());
+            }
+            Err(e) => {
+                self.health.failure(Instant::now());
+                metrics.upstream_status(e.label());
+            }
         }
         result
     }
@@ -198,4 +277,26 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_until_the_upstream_has_failed_for_a_while() {
+        let h = UpstreamHealth::default();
+        let t0 = h.origin;
+        assert!(h.is_ready(t0 + Duration::from_secs(3600)), "no traffic yet");
+        h.failure(t0 + Duration::from_secs(1));
+        h.failure(t0 + Duration::from_secs(20));
+        assert!(h.is_ready(t0 + Duration::from_secs(30)));
+        assert!(!h.is_ready(t0 + Duration::from_secs(31)));
+        h.success(t0 + Duration::from_secs(40));
+        assert!(h.is_ready(t0 + Duration::from_secs(500)));
+        assert_eq!(
+            h.last_success_age(t0 + Duration::from_secs(45)),
+            Some(Duration::from_secs(5))
+        );
+    }
 }

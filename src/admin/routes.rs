@@ -1,0 +1,301 @@
+//! Dispatch of the admin port and the read-only endpoints: invalidation
+//! stats and events, cache stats, metrics, liveness and readiness.
+//!
+//! Reads touch only counters and the journal; they never reach Redis or
+//! the upstream, so a scrape cannot add load to a struggling dependency.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use super::{error, json, mutate, sse, Admin, AdminBody};
+use crate::metrics::StatusLabel;
+use crate::watch::Reason;
+
+pub const STATS: &str = "/api/v1/shared/cache/invalidation/stats";
+pub const EVENTS: &str = "/api/v1/shared/cache/invalidation/events";
+pub const STREAM: &str = "/api/v1/shared/cache/invalidation/events/stream";
+pub const INVALIDATE: &str = "/api/v1/shared/cache/invalidate";
+pub const CACHE_STATS: &str = "/api/v1/shared/cache/stats";
+
+/// `limit` when the query names none.
+pub const DEFAULT_LIMIT: usize = 100;
+
+/// Routes a request; unknown paths are 404, known paths with another
+/// method 405 with `Allow`.
+pub async fn dispatch(
+    admin: &Admin,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<AdminBody> {
+    let path = req.uri().path();
+    let allowed = match path {
+        INVALIDATE => (Method::POST, "POST"),
+        STATS | EVENTS | STREAM | CACHE_STATS | "/metrics" | "/healthz" | "/readyz" => {
+            (Method::GET, "GET")
+        }
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no admin endpoint at {path}"),
+            )
+        }
+    };
+    let (allowed, allow) = allowed;
+    if req.method() != allowed {
+        let mut resp = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{path} only answers {allow}"),
+        );
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(allow));
+        return resp;
+    }
+    match path {
+        STATS => json(StatusCode::OK, &admin.invalidator.journal().snapshot()),
+        EVENTS => events(admin, req.uri().query()),
+        STREAM => sse::stream(admin),
+        CACHE_STATS => json(StatusCode::OK, &cache_stats(admin)),
+        "/metrics" => metrics(admin),
+        "/healthz" => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+        "/readyz" => readyz(admin),
+        _ => mutate::invalidate(admin, req, peer).await,
+    }
+}
+
+/// The filters of the events endpoint, validated.
+#[derive(Debug, PartialEq)]
+pub struct EventsQuery {
+    pub limit: usize,
+    pub reason: Option<Reason>,
+    pub game_id: Option<String>,
+}
+
+/// Parses `limit`, `reason` and `game_id`; anything else, a repeated
+/// parameter or a bad value is an error naming the parameter.
+pub fn parse_events_query(query: Option<&str>, capacity: usize) -> Result<EventsQuery, String> {
+    let mut q = EventsQuery {
+        limit: DEFAULT_LIMIT.min(capacity),
+        reason: None,
+        game_id: None,
+    };
+    let mut seen = [false; 3];
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(name).ok_or("the query is not valid percent-encoding")?;
+        let value = percent_decode(value).ok_or("the query is not valid percent-encoding")?;
+        let slot = match name.as_str() {
+            "limit" => 0,
+            "reason" => 1,
+            "game_id" => 2,
+            _ => {
+                return Err(format!(
+                    "unknown query parameter {name:?} (expected limit, reason, game_id)"
+                ))
+            }
+        };
+        if std::mem::replace(&mut seen[slot], true) {
+            return Err(format!("query parameter {name} given twice"));
+        }
+        match slot {
+            0 => {
+                q.limit = match value.parse::<usize>() {
+                    Ok(n) if (1..=capacity).contains(&n) => n,
+                    _ => return Err(format!("limit must be a number from 1 to {capacity}")),
+                }
+            }
+            1 => q.reason = Some(Reason::from_str(&value).map_err(|e| format!("reason: {e}"))?),
+            _ => {
+                if !crate::watch::is_valid_id(&value) {
+                    return Err(format!("game_id: {}", crate::watch::InvalidGameId));
+                }
+                q.game_id = Some(value);
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// Decodes `%XX` escapes and `+` (form encoding); `None` on a broken
+/// escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = (bytes.next()? as char).to_digit(16)?;
+                let lo = (bytes.next()? as char).to_digit(16)?;
+                out.push((hi * 16 + lo) as u8);
+            }
+            _ => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn events(admin: &Admin, query: Option<&str>) -> Response<AdminBody> {
+    let journal = admin.invalidator.journal();
+    match parse_events_query(query, journal.capacity()) {
+        Ok(q) => {
+            let recent = journal.recent(q.limit, q.reason, q.game_id.as_deref());
+            let events: Vec<&crate::invalidate::Event> = recent.iter().map(|e| &**e).collect();
+            json(StatusCode::OK, &serde_json::json!({ "events": events }))
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// The answer of `GET /api/v1/shared/cache/stats`.
+#[derive(Debug, serde::Serialize)]
+pub struct CacheStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub stale: u64,
+    pub coalesced: u64,
+    /// `hits / (hits + misses)`, 0 before any lookup.
+    pub hit_ratio: f64,
+    /// Upstream requests that got no answer: errors and timeouts.
+    pub upstream_errors: u64,
+    /// `up`, `down`, or `disabled` without `[redis]`.
+    pub redis: &'static str,
+}
+
+fn cache_stats(admin: &Admin) -> CacheStats {
+    admin.store.sync();
+    let m = &admin.metrics;
+    let (hits, misses) = (m.hits.get(), m.misses.get());
+    let upstream_errors = ["error", "timeout"]
+        .iter()
+        .filter_map(|s| {
+            m.upstream_requests
+                .get(&StatusLabel {
+                    status: (*s).to_string(),
+                })
+                .map(|c| c.get())
+        })
+        .sum();
+    CacheStats {
+        entries: admin.store.entry_count(),
+        bytes: admin.store.weighted_size(),
+        hits,
+        misses,
+        stale: m.stale.get(),
+        coalesced: m.coalesced.get(),
+        hit_ratio: match hits + misses {
+            0 => 0.0,
+            n => hits as f64 / n as f64,
+        },
+        upstream_errors,
+        redis: match admin.invalidator.redis() {
+            None => "disabled",
+            Some(r) if r.is_connected() => "up",
+            Some(_) => "down",
+        },
+    }
+}
+
+fn metrics(admin: &Admin) -> Response<AdminBody> {
+    // Gauges that nothing on the request path keeps current.
+    admin.store.sync();
+    let m = &admin.metrics;
+    m.cache_entries.set(gauge(admin.store.entry_count()));
+    m.cache_bytes.set(gauge(admin.store.weighted_size()));
+    let rate = admin
+        .invalidator
+        .journal()
+        .snapshot()
+        .invalidations_last_minute;
+    m.invalidations_per_minute.set(gauge(rate));
+    let mut resp = Response::new(Full::new(Bytes::from(m.encode())).boxed_unsync());
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn readyz(admin: &Admin) -> Response<AdminBody> {
+    let now = Instant::now();
+    let ready = admin.health.is_ready(now);
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "unready" },
+        "upstream_last_success_seconds_ago": admin.health.last_success_age(now).map(|d| d.as_secs_f64()),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_query_defaults() {
+        let q = parse_events_query(None, 1000).unwrap();
+        assert_eq!(q.limit, 100);
+        assert_eq!(q.reason, None);
+        assert_eq!(q.game_id, None);
+        assert_eq!(parse_events_query(Some(""), 10).unwrap().limit, 10);
+    }
+
+    #[test]
+    fn events_query_filters() {
+        let q = parse_events_query(Some("limit=5&reason=MANUAL&game_id=g-1001"), 1000).unwrap();
+        assert_eq!(
+            q,
+            EventsQuery {
+                limit: 5,
+                reason: Some(Reason::Manual),
+                game_id: Some("g-1001".into()),
+            }
+        );
+        let q = parse_events_query(Some("reason=SIDEBAR%5FREFRESH"), 1000).unwrap();
+        assert_eq!(q.reason, Some(Reason::SidebarRefresh));
+    }
+
+    #[test]
+    fn events_query_rejects_bad_parameters() {
+        for bad in [
+            "limit=abc",
+            "limit=0",
+            "limit=1001",
+            "limit=-1",
+            "limit=",
+            "reason=manual",
+            "reason=NOPE",
+            "game_id=a*b",
+            "game_id=",
+            "foo=1",
+            "limit=1&limit=2",
+            "reason=%ZZ",
+        ] {
+            assert!(parse_events_query(Some(bad), 1000).is_err(), "{bad}");
+        }
+        assert!(parse_events_query(Some("limit=1000"), 1000).is_ok());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b c"));
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}
