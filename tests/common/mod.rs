@@ -381,10 +381,14 @@ impl Sidecar {
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = proxy.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(oddscache::run(config, Listeners { proxy, admin: None }, async move {
-            // A dropped sender is a shutdown too.
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(oddscache::run(
+            config,
+            Listeners { proxy, admin: None },
+            async move {
+                // A dropped sender is a shutdown too.
+                let _ = stopped.await;
+            },
+        ));
         Sidecar {
             addr,
             stop: Some(stop),
