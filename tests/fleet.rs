@@ -560,11 +560,21 @@ async fn the_fleet_rides_out_a_redis_outage_and_converges_after() {
 
     let redis = RedisServer::start_on(port);
     wait_fleet_connected(&redis, 2).await;
-    // Resubscribed replicas dropped their tagged entries; fill them again.
+    // A resubscribed replica drops its tagged entries, since it may have
+    // missed invalidations: the game is filled again, then cached again.
     for s in [&r1, &r2] {
-        let r = http.get(&s.url(&odds_path(&a))).await;
-        assert_eq!(r.game_status(), "pre_game");
-        assert_eq!(http.get(&s.url(&odds_path(&a))).await.x_cache, "HIT");
+        for want in ["MISS", "HIT"] {
+            let deadline = Instant::now() + PROPAGATION;
+            loop {
+                let r = http.get(&s.url(&odds_path(&a))).await;
+                assert_eq!(r.game_status(), "pre_game");
+                if r.x_cache == want {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "no {want} after the resubscribe");
+                tokio::time::sleep(POLL).await;
+            }
+        }
     }
 
     let w = http
