@@ -1,0 +1,93 @@
+//! A throwaway `redis-server` on a free loopback port, killed on drop.
+//!
+//! A missing `redis-server` is a loud failure, never a skip: these tests
+//! are the only proof that the fleet works.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a fresh server may take to answer PING.
+const READY_WITHIN: Duration = Duration::from_secs(10);
+
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts a server on a port the OS says is free.
+    pub fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("cannot find a free loopback port")
+            .port();
+        RedisServer::start_on(port)
+    }
+
+    /// Starts a server on `port`, e.g. again after killing one.
+    pub fn start_on(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): these tests need it on PATH \
+                     (apt-get install redis-server); they are not skipped"
+                )
+            });
+        let mut server = RedisServer { child, port };
+        server.wait_ready();
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("valid redis url")
+    }
+
+    /// Readiness probe: polls PING with a bounded number of attempts.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_WITHIN;
+        let client = self.client();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("cannot poll redis-server") {
+                panic!(
+                    "redis-server on port {} exited at start: {status}",
+                    self.port
+                );
+            }
+            let pong = client
+                .get_connection_with_timeout(Duration::from_millis(200))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if matches!(pong.as_deref(), Ok("PONG")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING within {READY_WITHIN:?}: {pong:?}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,790 @@
+//! The fleet (SPEC §5, §6): several sidecars on one Redis in front of one
+//! upstream, and the invalidation door driven in-process where the events
+//! each replica records have to be counted.
+//!
+//! Run with `cargo test --test fleet`; the figures test prints with
+//! `-- --nocapture`.
+
+#[path = "common/redis.rs"]
+mod redis_server;
+#[path = "common/sidecar.rs"]
+mod sidecar;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oddscache::cache::Store;
+use oddscache::invalidate::detect::{known_games, Detector};
+use oddscache::invalidate::redis::RedisTier;
+use oddscache::invalidate::{Invalidator, Origin, Request, Target};
+use oddscache::metrics::Metrics;
+use oddscache::shutdown;
+use oddscache::watch::{GameSnapshot, Reason, WatchRules};
+use redis::AsyncCommands;
+
+use redis_server::RedisServer;
+use sidecar::{config, Http, Sidecar, Upstream};
+
+const PREFIX: &str = "oddscache:";
+const CHANNEL: &str = "oddscache:invalidations";
+/// How long a peer may take to see an invalidation on loopback.
+const PROPAGATION: Duration = Duration::from_secs(2);
+/// Generous bound for setup probes (connections, subscriptions).
+const SETUP: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(10);
+
+async fn conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("cannot connect to the test Redis")
+}
+
+/// Readiness probe: `n` replicas hold their command connection and their
+/// subscription to the invalidation channel.
+async fn wait_fleet_connected(redis: &RedisServer, n: usize) {
+    let mut c = conn(redis).await;
+    let deadline = Instant::now() + SETUP;
+    loop {
+        let (_, subs): (String, usize) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(CHANNEL)
+            .query_async(&mut c)
+            .await
+            .expect("PUBSUB NUMSUB");
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut c)
+            .await
+            .expect("CLIENT LIST");
+        // Our own connection plus two per replica.
+        let others = clients.lines().count().saturating_sub(1);
+        if subs >= n && others >= 2 * n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fleet did not connect to Redis: {subs} subscribers, {others} clients, want {n} replicas"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn odds_path(id: &str) -> String {
+    format!("/api/v1/games/{id}/odds")
+}
+
+fn game_path(id: &str) -> String {
+    format!("/api/v1/games/{id}")
+}
+
+/// Three sidecars, all caching the game: a status change written through r1
+/// reaches r2 and r3, whose next GET is a MISS with the new status.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_change_on_one_replica_evicts_the_game_on_its_peers() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let mut fleet = Vec::new();
+    for r in ["r1", "r2", "r3"] {
+        fleet.push(Sidecar::start(config(&up.url(), Some(&redis.url()), r)).await);
+    }
+    wait_fleet_connected(&redis, 3).await;
+    let http = Http::new();
+    let id = up.sim.game_ids()[0].clone();
+    assert!(up.sim.set_status(&id, "pre_game"));
+    let odds = odds_path(&id);
+
+    for (i, s) in fleet.iter().enumerate() {
+        let first = http.get(&s.url(&odds)).await;
+        assert_eq!(first.status, 200, "r{}", i + 1);
+        assert_eq!(first.x_cache, "MISS", "r{}: first GET", i + 1);
+        assert_eq!(first.game_status(), "pre_game");
+        let second = http.get(&s.url(&odds)).await;
+        assert_eq!(second.x_cache, "HIT", "r{}: second GET", i + 1);
+        assert_eq!(second.game_status(), "pre_game");
+    }
+    let served = up.sim.requests_served();
+    assert_eq!(served, 3, "one upstream fetch per replica");
+
+    // The change, seen only by r1: a watched write.
+    let w = http
+        .put(
+            &fleet[0].url(&game_path(&id)),
+            r#"{"status":"in_progress"}"#,
+        )
+        .await;
+    assert_eq!(w.status, 200);
+    assert_eq!(w.x_cache, "BYPASS");
+    assert_eq!(w.game_status(), "in_progress");
+
+    // r1 dropped its own copy before answering the write.
+    let r1 = http.get(&fleet[0].url(&odds)).await;
+    assert_eq!(
+        (r1.x_cache.as_str(), r1.game_status().as_str()),
+        ("MISS", "in_progress")
+    );
+
+    for (i, s) in fleet.iter().enumerate().skip(1) {
+        let deadline = Instant::now() + PROPAGATION;
+        loop {
+            let r = http.get(&s.url(&odds)).await;
+            assert_eq!(r.status, 200);
+            if r.game_status() == "in_progress" {
+                assert_eq!(
+                    r.x_cache,
+                    "MISS",
+                    "r{}: the new status is a fresh fill",
+                    i + 1
+                );
+                break;
+            }
+            // Until the event lands the old copy is still a HIT, never a refetch.
+            assert_eq!(
+                r.x_cache,
+                "HIT",
+                "r{}: old status from {}",
+                i + 1,
+                r.x_cache
+            );
+            assert!(
+                Instant::now() < deadline,
+                "r{} still serves the old status {PROPAGATION:?} after the change",
+                i + 1
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    // Once propagated, nobody serves the old status, and the fleet caches again.
+    for (i, s) in fleet.iter().enumerate() {
+        for _ in 0..3 {
+            let r = http.get(&s.url(&odds)).await;
+            assert_eq!(r.game_status(), "in_progress", "r{}", i + 1);
+            assert_eq!(r.x_cache, "HIT", "r{}", i + 1);
+        }
+    }
+    // 3 first fills + the write + one refill per replica.
+    assert_eq!(up.sim.requests_served(), served + 4);
+    for s in fleet {
+        s.stop().await;
+    }
+}
+
+/// A replica without HTTP: its door, detector and Redis tier, as `run`
+/// wires them, so the events it records can be counted.
+struct Replica {
+    inv: Arc<Invalidator>,
+    detector: Detector,
+    tier: Arc<RedisTier>,
+    _stop: shutdown::Trigger,
+}
+
+impl Replica {
+    fn start(redis: &RedisServer, id: &str) -> Replica {
+        let cfg = config("http://127.0.0.1:9", Some(&redis.url()), id);
+        let metrics = Metrics::new();
+        let store = Arc::new(Store::new(cfg.cache.max_bytes.bytes()));
+        let (trigger, signal) = shutdown::channel();
+        let tier = RedisTier::start(
+            cfg.redis_enabled().expect("redis configured"),
+            Arc::clone(&metrics),
+            signal.clone(),
+        )
+        .expect("redis tier");
+        let known = known_games();
+        let inv = Arc::new(Invalidator::new(
+            &cfg,
+            store,
+            Arc::clone(&metrics),
+            Some(Arc::clone(&tier)),
+            known.clone(),
+        ));
+        tier.spawn_subscriber(Arc::clone(&inv), signal);
+        let detector = Detector::new(
+            WatchRules::new(&cfg.watch).expect("watch rules"),
+            cfg.cache.ttl_by_status,
+            known,
+            Arc::clone(&inv),
+            metrics,
+            cfg.cache.max_object_bytes.as_usize(),
+        );
+        Replica {
+            inv,
+            detector,
+            tier,
+            _stop: trigger,
+        }
+    }
+
+    /// `(origin, reason)` of this replica's events about `game`, oldest first.
+    fn events(&self, game: &str) -> Vec<(Origin, Reason)> {
+        let mut e: Vec<_> = self
+            .inv
+            .journal()
+            .recent(usize::MAX, None, Some(game))
+            .iter()
+            .map(|e| (e.origin, e.reason))
+            .collect();
+        e.reverse();
+        e
+    }
+}
+
+async fn replicas(redis: &RedisServer, n: usize) -> Vec<Replica> {
+    let fleet: Vec<Replica> = (1..=n)
+        .map(|i| Replica::start(redis, &format!("r{i}")))
+        .collect();
+    let deadline = Instant::now() + SETUP;
+    while !fleet.iter().all(|r| r.tier.is_connected()) {
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not connect to Redis"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    wait_fleet_connected(redis, n).await;
+    fleet
+}
+
+fn game_json(id: &str, status: &str, home: f64) -> String {
+    serde_json::json!({
+        "game_id": id,
+        "sport_id": "soccer",
+        "league_id": "epl",
+        "status": status,
+        "odds": {"moneyline": {"home": home, "draw": 3.2, "away": 4.0}},
+    })
+    .to_string()
+}
+
+fn snapshot(r: &Replica, id: &str, status: &str) -> Vec<GameSnapshot> {
+    let games = r
+        .detector
+        .extract(None, game_json(id, status, 2.0).as_bytes());
+    assert_eq!(games.len(), 1);
+    games
+}
+
+/// Waits until `check` holds over the fleet's events, or fails with them.
+async fn until_events(
+    fleet: &[Replica],
+    game: &str,
+    check: impl Fn(&[Vec<(Origin, Reason)>]) -> bool,
+) {
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        let all: Vec<_> = fleet.iter().map(|r| r.events(game)).collect();
+        if check(&all) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "events never settled: {all:?}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn redis_state(redis: &RedisServer, game: &str) -> serde_json::Value {
+    let raw: Option<String> = conn(redis)
+        .await
+        .get(format!("{PREFIX}game:{game}"))
+        .await
+        .unwrap();
+    serde_json::from_str(&raw.unwrap_or_else(|| panic!("no {PREFIX}game:{game} in Redis"))).unwrap()
+}
+
+/// Three replicas see the same transition at once: one records it as
+/// `local` and fans it out, the other two record it as `peer`.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_seeing_one_transition_record_it_once() {
+    let redis = RedisServer::start();
+    let fleet = replicas(&redis, 3).await;
+    let game = "g-7";
+    for r in &fleet {
+        r.detector.observe(&snapshot(r, game, "pre_game")).await;
+    }
+    assert!(
+        fleet.iter().all(|r| r.events(game).is_empty()),
+        "first sightings invalidate nothing"
+    );
+    assert_eq!(redis_state(&redis, game).await["status"], "scheduled");
+
+    let live: Vec<_> = fleet
+        .iter()
+        .map(|r| snapshot(r, game, "in_progress"))
+        .collect();
+    futures_util::future::join_all(fleet.iter().zip(&live).map(|(r, g)| r.detector.observe(g)))
+        .await;
+
+    let count = |all: &[Vec<(Origin, Reason)>], o: Origin| {
+        all.iter()
+            .flatten()
+            .filter(|(origin, _)| *origin == o)
+            .count()
+    };
+    until_events(&fleet, game, |all| count(all, Origin::Peer) >= 2).await;
+    // Give a duplicate the chance to show up before counting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let all: Vec<_> = fleet.iter().map(|r| r.events(game)).collect();
+    assert_eq!(count(&all, Origin::Local), 1, "{all:?}");
+    assert_eq!(count(&all, Origin::Peer), 2, "{all:?}");
+    for (i, events) in all.iter().enumerate() {
+        assert_eq!(events.len(), 1, "r{}: {events:?}", i + 1);
+        assert_eq!(events[0].1, Reason::StatusChange);
+    }
+    assert_eq!(redis_state(&redis, game).await["status"], "live");
+
+    // Seen again by everyone: nothing more to record.
+    for (r, g) in fleet.iter().zip(&live) {
+        r.detector.observe(g).await;
+    }
+    let again: Vec<_> = fleet.iter().map(|r| r.events(game)).collect();
+    assert_eq!(again, all);
+}
+
+/// `cancelled` and `postponed` give their own reasons, on the origin and on
+/// its peers, and the shared state records the new status.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelled_and_postponed_give_their_reasons() {
+    let redis = RedisServer::start();
+    let fleet = replicas(&redis, 2).await;
+    for (game, status, reason) in [
+        ("g-21", "cancelled", Reason::Cancelled),
+        ("g-22", "postponed", Reason::Postponed),
+    ] {
+        let (origin, peer) = (&fleet[0], &fleet[1]);
+        origin
+            .detector
+            .observe(&snapshot(origin, game, "pre_game"))
+            .await;
+        peer.detector
+            .observe(&snapshot(peer, game, "pre_game"))
+            .await;
+        origin
+            .detector
+            .observe(&snapshot(origin, game, status))
+            .await;
+        assert_eq!(origin.events(game), [(Origin::Local, reason)]);
+        until_events(&fleet, game, |all| !all[1].is_empty()).await;
+        assert_eq!(peer.events(game), [(Origin::Peer, reason)]);
+        assert_eq!(redis_state(&redis, game).await["status"], status);
+        let event = &origin.inv.journal().recent(1, None, Some(game))[0];
+        assert!(
+            event.tags.contains(&format!("game:{game}")),
+            "{:?}",
+            event.tags
+        );
+        assert!(
+            event.tags.contains(&"sidebar:soccer:epl".to_string()),
+            "{:?}",
+            event.tags
+        );
+        // The peer adopted the state: its own sighting is no news.
+        peer.detector.observe(&snapshot(peer, game, status)).await;
+        assert_eq!(peer.events(game).len(), 1);
+    }
+}
+
+/// The threshold is 10%: 9% is kept in cache, a drift to 11% from the
+/// baseline evicts the game on every replica.
+#[tokio::test(flavor = "multi_thread")]
+async fn nine_percent_odds_movement_invalidates_nothing_eleven_does() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
+    let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
+    wait_fleet_connected(&redis, 2).await;
+    let http = Http::new();
+    let id = up.sim.game_ids()[1].clone();
+    assert!(up.sim.set_status(&id, "pre_game"));
+    let odds = odds_path(&id);
+    let home = |r: &sidecar::Reply| r.json()["odds"]["moneyline"]["home"].as_f64().unwrap();
+
+    let mut base = 0.0;
+    for s in [&r1, &r2] {
+        let miss = http.get(&s.url(&odds)).await;
+        assert_eq!(miss.x_cache, "MISS");
+        base = home(&miss);
+        assert_eq!(http.get(&s.url(&odds)).await.x_cache, "HIT");
+    }
+
+    // 9%: r1 sees it through a write that returns the game; nothing moves.
+    assert!(up.sim.scale_line(&id, "/moneyline/home", 1.09));
+    let w = http.put(&r1.url(&game_path(&id)), "{}").await;
+    assert_eq!(w.status, 200);
+    assert!(
+        (home(&w) / base - 1.09).abs() < 1e-6,
+        "{} vs {base}",
+        home(&w)
+    );
+    for s in [&r1, &r2] {
+        let r = http.get(&s.url(&odds)).await;
+        assert_eq!(r.x_cache, "HIT", "9% must not invalidate");
+        assert_eq!(home(&r), base);
+    }
+    let conn_ = &mut conn(&redis).await;
+    let state: String = conn_.get(format!("{PREFIX}game:{id}")).await.unwrap();
+    assert!(
+        state.contains(&format!("{base}")),
+        "the baseline stays put: {state}"
+    );
+
+    // Further to 11% from the baseline: the drift fires.
+    assert!(up.sim.scale_line(&id, "/moneyline/home", 1.11 / 1.09));
+    let w = http.put(&r1.url(&game_path(&id)), "{}").await;
+    let moved = home(&w);
+    assert!((moved / base - 1.11).abs() < 1e-5, "{moved} vs {base}");
+    let r = http.get(&r1.url(&odds)).await;
+    assert_eq!((r.x_cache.as_str(), home(&r)), ("MISS", moved));
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        let r = http.get(&r2.url(&odds)).await;
+        if r.x_cache == "MISS" {
+            assert_eq!(home(&r), moved);
+            break;
+        }
+        assert_eq!((r.x_cache.as_str(), home(&r)), ("HIT", base));
+        assert!(Instant::now() < deadline, "r2 never dropped the moved odds");
+        tokio::time::sleep(POLL).await;
+    }
+    r1.stop().await;
+    r2.stop().await;
+}
+
+/// Registry sets get the 24h TTL on fill, and a game's invalidation deletes
+/// them, their members (ours and other producers'), and the
+/// `game_key_patterns` keys of every status.
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_sets_expire_in_a_day_and_go_with_the_game() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
+    wait_fleet_connected(&redis, 1).await;
+    let http = Http::new();
+    let id = up.sim.game_ids()[2].clone();
+    assert!(up.sim.set_status(&id, "pre_game"));
+    let c = &mut conn(&redis).await;
+
+    assert_eq!(http.get(&r1.url(&odds_path(&id))).await.x_cache, "MISS");
+    let registries = [
+        format!("{PREFIX}registry:game:{id}"),
+        format!("{PREFIX}registry:odds:scheduled:{id}"),
+    ];
+    // Registration is queued off the request path: wait for it.
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        let exist: usize = redis::cmd("EXISTS")
+            .arg(&registries[..])
+            .query_async(c)
+            .await
+            .unwrap();
+        if exist == registries.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "registry sets never appeared");
+        tokio::time::sleep(POLL).await;
+    }
+    let ours = format!("{PREFIX}resp:/api/v1/games/{id}/odds");
+    for reg in &registries {
+        let ttl: i64 = c.ttl(reg).await.unwrap();
+        assert!((86_000..=86_400).contains(&ttl), "{reg}: TTL {ttl}");
+        let members: Vec<String> = c.smembers(reg).await.unwrap();
+        assert_eq!(members, std::slice::from_ref(&ours), "{reg}");
+    }
+
+    // Another producer files its own key under the game, and per-status keys exist.
+    let foreign = format!("api:game-detail:{id}");
+    let _: () = c.set(&foreign, "x").await.unwrap();
+    let _: () = c.sadd(&registries[0], &foreign).await.unwrap();
+    let statuses = [
+        "scheduled",
+        "live",
+        "finished",
+        "cancelled",
+        "postponed",
+        "unknown",
+    ];
+    let per_status: Vec<String> = statuses.iter().map(|s| format!("odds:{s}:{id}")).collect();
+    for k in &per_status {
+        let _: () = c.set(k, "1").await.unwrap();
+    }
+    let unrelated = format!("odds:scheduled:{id}0");
+    let _: () = c.set(&unrelated, "1").await.unwrap();
+
+    // The write's answer reveals the change; it is acted on before r1 answers.
+    let w = http
+        .put(&r1.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
+        .await;
+    assert_eq!(w.status, 200);
+    let mut gone = registries.to_vec();
+    gone.push(foreign);
+    gone.extend(per_status);
+    for k in &gone {
+        let exists: bool = c.exists(k).await.unwrap();
+        assert!(!exists, "{k} survived the game's invalidation");
+    }
+    let exists: bool = c.exists(&unrelated).await.unwrap();
+    assert!(exists, "another game's key was deleted");
+    r1.stop().await;
+}
+
+/// Redis dies: the sidecars keep answering from L1 and upstream. It comes
+/// back on the same port: the fleet resubscribes and converges again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fleet_rides_out_a_redis_outage_and_converges_after() {
+    let redis = RedisServer::start();
+    let port = redis.port();
+    let up = Upstream::start().await;
+    let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
+    let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
+    wait_fleet_connected(&redis, 2).await;
+    let http = Http::new();
+    let ids = up.sim.game_ids();
+    let (a, b) = (ids[3].clone(), ids[4].clone());
+    assert!(up.sim.set_status(&a, "pre_game"));
+    for s in [&r1, &r2] {
+        assert_eq!(http.get(&s.url(&odds_path(&a))).await.x_cache, "MISS");
+    }
+
+    drop(redis);
+    for s in [&r1, &r2] {
+        let hit = http.get(&s.url(&odds_path(&a))).await;
+        assert_eq!((hit.status.as_u16(), hit.x_cache.as_str()), (200, "HIT"));
+        // A fill still works: upstream, watch and store, without Redis.
+        for _ in 0..2 {
+            let r = http.get(&s.url(&odds_path(&b))).await;
+            assert_eq!(r.status, 200);
+        }
+        let w = http.put(&s.url(&game_path(&b)), "{}").await;
+        assert_eq!(w.status, 200);
+    }
+    assert_eq!(http.get(&r1.url(&odds_path(&b))).await.x_cache, "HIT");
+
+    let redis = RedisServer::start_on(port);
+    wait_fleet_connected(&redis, 2).await;
+    // A resubscribed replica drops its tagged entries, since it may have
+    // missed invalidations: the game is filled again, then cached again.
+    for s in [&r1, &r2] {
+        for want in ["MISS", "HIT"] {
+            let deadline = Instant::now() + PROPAGATION;
+            loop {
+                let r = http.get(&s.url(&odds_path(&a))).await;
+                assert_eq!(r.game_status(), "pre_game");
+                if r.x_cache == want {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "no {want} after the resubscribe");
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+
+    let w = http
+        .put(&r1.url(&game_path(&a)), r#"{"status":"in_progress"}"#)
+        .await;
+    assert_eq!(w.game_status(), "in_progress");
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        let r = http.get(&r2.url(&odds_path(&a))).await;
+        assert_eq!(r.status, 200);
+        if r.game_status() == "in_progress" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "r2 still serves the old status after Redis came back"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    r1.stop().await;
+    r2.stop().await;
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// The figures for the report: change-to-peer-journal latency over 200
+/// changes, and one tag holding 10,000 registered keys deleted at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn figures_propagation_latency_and_bulk_delete() {
+    let redis = RedisServer::start();
+    let fleet = replicas(&redis, 2).await;
+    let (origin, peer) = (&fleet[0], &fleet[1]);
+    let mut seen = peer.inv.journal().subscribe();
+    let mut latencies = Vec::with_capacity(200);
+    for i in 0..200 {
+        let game = format!("g-lat-{i}");
+        let started = Instant::now();
+        let event = origin
+            .inv
+            .invalidate(Request {
+                target: Target::Game {
+                    game_id: game.as_str().try_into().unwrap(),
+                    sport_id: None,
+                    league_id: None,
+                    with_sidebar: false,
+                },
+                reason: Reason::StatusChange,
+                origin: Origin::Local,
+                detail: String::new(),
+                state: None,
+            })
+            .await;
+        let arrived = tokio::time::timeout(PROPAGATION, seen.recv())
+            .await
+            .unwrap_or_else(|_| panic!("change {i} never reached the peer"))
+            .expect("journal broadcast");
+        latencies.push(started.elapsed());
+        assert_eq!(arrived.id, event.id);
+        assert_eq!(arrived.origin, Origin::Peer);
+    }
+    latencies.sort();
+    let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
+    println!(
+        "propagation over {} changes: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        latencies.len(),
+        latencies[latencies.len() - 1]
+    );
+    assert!(p99 < PROPAGATION);
+
+    let c = &mut conn(&redis).await;
+    let tag = "game:g-bulk";
+    let registry = format!("{PREFIX}registry:{tag}");
+    fill_registry(c, &registry, 10_000).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(c)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let deleted = origin
+        .tier
+        .delete(&[tag.to_string()], &[])
+        .await
+        .expect("bulk delete");
+    let took = started.elapsed();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(c)
+        .await
+        .unwrap();
+    let calls = |cmd: &str| -> u64 {
+        stats
+            .lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let (smembers, unlink) = (calls("smembers"), calls("unlink"));
+    // The registry set goes too, but UNLINK counts only the members.
+    assert_eq!(deleted.deleted, 10_000);
+    let set_left: bool = c.exists(&registry).await.unwrap();
+    assert!(!set_left, "the registry set survived");
+    assert_eq!(
+        deleted.cache_keys.len(),
+        oddscache::invalidate::wire::MAX_KEYS
+    );
+    assert_eq!(smembers, 1);
+    let left: usize = redis::cmd("DBSIZE").query_async(c).await.unwrap();
+    assert_eq!(left, 0, "keys left after the bulk delete");
+
+    // Round trips, counted by the time they cost: the same deletion through
+    // a relay that delays every reply by DELAY.
+    const DELAY: Duration = Duration::from_millis(250);
+    let relay = DelayRelay::start(redis.port(), DELAY).await;
+    let mut rc = oddscache::config::RedisConfig {
+        url: Some(relay.url()),
+        command_timeout: oddscache::config::Dur::secs(5),
+        ..Default::default()
+    };
+    rc.key_prefix = PREFIX.to_string();
+    let (_stop, signal) = shutdown::channel();
+    let slow = RedisTier::start(&rc, Metrics::new(), signal).unwrap();
+    let deadline = Instant::now() + SETUP;
+    while !slow.is_connected() {
+        assert!(Instant::now() < deadline, "no connection through the relay");
+        tokio::time::sleep(POLL).await;
+    }
+    fill_registry(c, &registry, 10_000).await;
+    let started = Instant::now();
+    let again = slow.delete(&[tag.to_string()], &[]).await.unwrap();
+    let slow_took = started.elapsed();
+    assert_eq!(again.deleted, 10_000);
+    // Whole delays only: the relay's own copying adds well under one.
+    let round_trips = (slow_took.saturating_sub(took).as_secs_f64() / DELAY.as_secs_f64()).floor();
+    println!(
+        "bulk delete of 10000 keys under one tag: {took:?}, {} deleted, \
+         commands: {smembers} SMEMBERS + {unlink} UNLINK; \
+         with {DELAY:?} added per reply: {slow_took:?}, i.e. {round_trips} round trips",
+        deleted.deleted
+    );
+    assert_eq!(round_trips, 2.0, "SMEMBERS, then UNLINK, each pipelined");
+}
+
+async fn fill_registry(c: &mut redis::aio::MultiplexedConnection, registry: &str, n: usize) {
+    let keys: Vec<String> = (0..n).map(|i| format!("{PREFIX}resp:/bulk/{i}")).collect();
+    for chunk in keys.chunks(1000) {
+        let _: () = c.sadd(registry, chunk).await.unwrap();
+        let pairs: Vec<(&String, &str)> = chunk.iter().map(|k| (k, "x")).collect();
+        let _: () = c.mset(&pairs).await.unwrap();
+    }
+}
+
+/// A loopback TCP relay to Redis that holds every chunk of every reply for
+/// `delay` after it arrives (pipelined: chunks are not delayed cumulatively),
+/// so each sequential round trip costs `delay` more.
+struct DelayRelay {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DelayRelay {
+    async fn start(redis_port: u16, delay: Duration) -> DelayRelay {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    while let Some((at, chunk)) = rx.recv().await {
+                        tokio::time::sleep_until((at + delay).into()).await;
+                        if cw.write_all(&chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        DelayRelay { addr, task }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+}
+
+impl Drop for DelayRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
