@@ -24,7 +24,7 @@ async fn bind() -> TcpListener {
 
 /// The only place `Listeners` is built, so a new listener is a one-line change.
 fn listeners(proxy: TcpListener) -> Listeners {
-    Listeners { proxy }
+    Listeners { proxy, admin: None }
 }
 
 /// The demo API without its ticker: games change only when a test says so.
