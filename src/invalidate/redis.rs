@@ -8,6 +8,7 @@
 //! since invalidations may have been missed meanwhile.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,6 +81,10 @@ pub struct RedisTier {
     queue: mpsc::Sender<Registration>,
     metrics: Arc<Metrics>,
     cas: redis::Script,
+    /// Whether the last health probe or command succeeded. While false,
+    /// commands fail at once instead of each waiting `command_timeout`, so
+    /// a dead or stalled Redis costs fills nothing.
+    healthy: AtomicBool,
 }
 
 impl RedisTier {
@@ -103,6 +108,7 @@ impl RedisTier {
             queue: tx,
             metrics,
             cas: redis::Script::new(CAS_LUA),
+            healthy: AtomicBool::new(false),
         });
         tokio::spawn(Arc::clone(&tier).connect_loop(shutdown.clone()));
         tokio::spawn(Arc::clone(&tier).write_registrations(rx, shutdown));
@@ -134,9 +140,9 @@ impl RedisTier {
             match self.client.get_connection_manager().await {
                 Ok(conn) => {
                     *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                    self.healthy.store(true, Ordering::Relaxed);
                     tracing::info!("connected to Redis");
-                    // ConnectionManager reconnects by itself from here on.
-                    return;
+                    return self.probe_loop(shutdown).await;
                 }
                 Err(e) => {
                     self.metrics.redis_errors.inc();
@@ -151,29 +157,101 @@ impl RedisTier {
         }
     }
 
-    fn connection(&self) -> Result<ConnectionManager, RedisError> {
-        self.conn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(RedisError::NotConnected)
+    /// PINGs twice a second (ten times while unhealthy). The ConnectionManager reconnects on the next
+    /// command after an I/O error, so the probe is that command: Redis is
+    /// back in use within a probe interval of returning, and `healthy`
+    /// follows it.
+    async fn probe_loop(self: Arc<Self>, mut shutdown: shutdown::Signal) {
+        loop {
+            let every = if self.healthy.load(Ordering::Relaxed) {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_millis(100)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.recv() => return,
+            }
+            let Ok(mut conn) = self.connection() else {
+                continue;
+            };
+            let ping = redis::cmd("PING");
+            let ok = matches!(
+                tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut conn)).await,
+                Ok(Ok(_))
+            );
+            let was = self.healthy.swap(ok, Ordering::Relaxed);
+            if was != ok {
+                if ok {
+                    tracing::info!("Redis commands are going through again");
+                } else {
+                    self.metrics.redis_errors.inc();
+                    self.metrics.redis_up.set(0);
+                    tracing::warn!("Redis is not answering; registrations are dropped and decisions made locally until it does");
+                }
+            }
+        }
     }
 
-    /// Runs one round trip under `command_timeout`, counting failures.
+    fn manager(&self) -> Option<ConnectionManager> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn connection(&self) -> Result<ConnectionManager, RedisError> {
+        if !self.healthy.load(Ordering::Relaxed) {
+            return Err(RedisError::NotConnected);
+        }
+        self.manager().ok_or(RedisError::NotConnected)
+    }
+
+    /// Runs one round trip under `command_timeout`, counting failures; fails
+    /// at once while Redis is unhealthy. For the fill path's work, which has
+    /// a local fallback.
     async fn query<T: redis::FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, RedisError> {
-        let mut conn = self.connection()?;
+        let conn = self.connection()?;
+        self.round_trip(conn, pipe).await
+    }
+
+    /// Like `query`, but tried even while Redis looks unhealthy: deleting
+    /// and publishing an invalidation is worth a `command_timeout`, since a
+    /// peer that misses it would serve stale odds.
+    async fn query_always<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisError> {
+        let conn = self.manager().ok_or(RedisError::NotConnected)?;
+        self.round_trip(conn, pipe).await
+    }
+
+    async fn round_trip<T: redis::FromRedisValue>(
+        &self,
+        mut conn: ConnectionManager,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisError> {
         let result =
             match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
                 Err(_) => Err(RedisError::Timeout(self.timeout)),
                 Ok(r) => r.map_err(RedisError::from),
             };
-        if result.is_err() {
-            self.metrics.redis_errors.inc();
+        if let Err(e) = &result {
+            self.failed(e);
         }
         result
+    }
+
+    fn failed(&self, e: &RedisError) {
+        self.metrics.redis_errors.inc();
+        let broken = match e {
+            RedisError::Timeout(_) => true,
+            RedisError::Redis(e) => e.is_io_error() || e.is_unrecoverable_error() || e.is_timeout(),
+            RedisError::NotConnected | RedisError::Decode(_) => false,
+        };
+        if broken {
+            self.healthy.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Queues a stored entry's registration; drops it when the queue is full.
@@ -240,7 +318,7 @@ impl RedisTier {
             for r in &registries {
                 pipe.cmd("SMEMBERS").arg(r);
             }
-            let sets: Vec<Vec<String>> = self.query(&pipe).await?;
+            let sets: Vec<Vec<String>> = self.query_always(&pipe).await?;
             let mut seen = HashSet::new();
             members = sets
                 .into_iter()
@@ -262,7 +340,7 @@ impl RedisTier {
         {
             Vec::new()
         } else {
-            self.query(&pipe).await?
+            self.query_always(&pipe).await?
         };
         let resp_prefix = self.response_key("");
         Ok(Deleted {
@@ -282,15 +360,24 @@ impl RedisTier {
             .arg(&self.channel)
             .arg(wire::encode(msg))
             .ignore();
-        self.query::<()>(&pipe).await
+        self.query_always::<()>(&pipe).await
     }
 
-    pub async fn load_state(&self, id: &GameId) -> Result<Option<GameState>, RedisError> {
+    /// The fleet's known state of each game, in one round trip.
+    pub async fn load_states(&self, ids: &[&GameId]) -> Result<Vec<Option<GameState>>, RedisError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(self.game_key(id));
-        let (raw,): (Option<String>,) = self.query(&pipe).await?;
-        raw.map(|s| serde_json::from_str(&s).map_err(|e| RedisError::Decode(e.to_string())))
-            .transpose()
+        for id in ids {
+            pipe.cmd("GET").arg(self.game_key(id));
+        }
+        let raw: Vec<Option<String>> = self.query(&pipe).await?;
+        // A corrupt value is treated as unknown, not as an error for all.
+        Ok(raw
+            .into_iter()
+            .map(|r| r.and_then(|s| serde_json::from_str(&s).ok()))
+            .collect())
     }
 
     /// Atomically replaces the game's state if it is still `expected`.
@@ -316,9 +403,7 @@ impl RedisTier {
             Err(_) => Err(RedisError::Timeout(self.timeout)),
             Ok(r) => r.map_err(RedisError::from),
         };
-        let (set, current) = result.inspect_err(|_| {
-            self.metrics.redis_errors.inc();
-        })?;
+        let (set, current) = result.inspect_err(|e| self.failed(e))?;
         if set == 1 {
             return Ok(Cas::Set);
         }
