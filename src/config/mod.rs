@@ -513,23 +513,65 @@ fn section<T: DeserializeOwned + Default>(
 
 fn optional_section<T: DeserializeOwned>(
     name: &str,
-    value: toml::Value,
+    mut value: toml::Value,
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            let path = e.path().to_string();
-            let key = if path == "." {
-                name.to_string()
-            } else if path.starts_with('[') {
-                format!("{name}{path}")
-            } else {
-                format!("{name}.{path}")
-            };
-            problems.push(Problem::new(key, e.into_inner().message().to_string()));
-            None
+    // Each pass reports one bad key and drops it, so every problem of the
+    // section is named, not only the first.
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(t) => return Some(t),
+            Err(e) => {
+                let path = e.path().clone();
+                let shown = path.to_string();
+                let key = if shown == "." {
+                    name.to_string()
+                } else if shown.starts_with('[') {
+                    format!("{name}{shown}")
+                } else {
+                    format!("{name}.{shown}")
+                };
+                problems.push(Problem::new(key, e.into_inner().message().to_string()));
+                if !remove_at(&mut value, path.iter()) {
+                    return None;
+                }
+            }
         }
+    }
+    None
+}
+
+/// Removes the value at `path`; false when there is nothing to remove (a
+/// missing key, or an error about the section as a whole).
+fn remove_at<'a>(
+    value: &mut toml::Value,
+    mut path: impl Iterator<Item = &'a serde_path_to_error::Segment>,
+) -> bool {
+    use serde_path_to_error::Segment;
+    let Some(segment) = path.next() else {
+        return false;
+    };
+    let rest: Vec<&Segment> = path.collect();
+    match (segment, value) {
+        (Segment::Map { key }, toml::Value::Table(t)) => {
+            if rest.is_empty() {
+                t.remove(key).is_some()
+            } else {
+                t.get_mut(key)
+                    .is_some_and(|v| remove_at(v, rest.into_iter()))
+            }
+        }
+        (Segment::Seq { index }, toml::Value::Array(a)) => {
+            // Removing an element would renumber the ones after it, and the
+            // keys named in later problems would be wrong.
+            if rest.is_empty() {
+                false
+            } else {
+                a.get_mut(*index)
+                    .is_some_and(|v| remove_at(v, rest.into_iter()))
+            }
+        }
+        _ => false,
     }
 }
 

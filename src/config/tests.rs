@@ -62,6 +62,24 @@ fn every_problem_names_its_key() {
 }
 
 #[test]
+fn every_bad_key_of_one_section_is_named() {
+    let problems = load(
+        "[proxy]\nupstream = \"https://x\"\nupstream_timeout = \"soon\"\nshutdown_grace = 5\nbogus = 1\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        [
+            "proxy.bogus",
+            "proxy.shutdown_grace",
+            "proxy.upstream_timeout",
+            "proxy.upstream"
+        ],
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn unknown_keys_are_errors() {
     let problems = load("[cache]\nmax_byte = \"1MiB\"\n").unwrap_err();
     assert_eq!(keys(&problems), ["cache.max_byte"]);
