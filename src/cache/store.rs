@@ -230,10 +230,14 @@ impl Store {
             ep.flush = seq;
             ep.prune();
             let mut index = self.shared.lock_tags();
-            index
-                .drain()
-                .filter(|(tag, _)| !is_local_tag(tag))
-                .flat_map(|(_, m)| m.into_iter())
+            // Local tags stay indexed: their entries may outlive the flush
+            // (untagged responses), and unsafe methods still need to find them.
+            let tagged: Vec<Arc<str>> =
+                index.keys().filter(|t| !is_local_tag(t)).cloned().collect();
+            tagged
+                .iter()
+                .filter_map(|t| index.remove(t))
+                .flat_map(|m| m.into_iter())
                 .collect()
         };
         self.remove_keys(keys)
@@ -512,9 +516,12 @@ mod tests {
         let t = store.begin_fetch();
         store.insert(&t, "/a", &[], entry("/a", &["game:1"]));
         store.insert(&t, "/plain", &[], entry("/plain", &[]));
+        store.insert(&t, "/local", &[], entry("/local", &[&uri_tag("/local")]));
         assert_eq!(store.flush_tagged(), 1);
         assert!(!found(&store, "/a"));
         assert!(found(&store, "/plain"));
+        // The URI tag of an untagged entry survives the flush.
+        assert_eq!(store.keys_for_tag(&uri_tag("/local")).len(), 1);
         assert!(!store.insert(&t, "/a", &[], entry("/a", &["game:1"])));
     }
 
