@@ -121,8 +121,19 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// One worker per CPU the process may use (cgroup quotas included). On a
+/// single CPU, the usual sidecar budget, a current-thread runtime skips the
+/// work-stealing machinery, as the benchmark's limit server does.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cpus);
+        b
+    };
+    builder
         .enable_all()
         .build()
         .context("cannot start the runtime")
