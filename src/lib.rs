@@ -48,45 +48,76 @@ pub enum RunError {
     Config(String),
 }
 
+/// The sidecar's parts behind the listeners, wired as `run` wires them:
+/// the L1 store, the Redis tier and its subscriber, the invalidation door
+/// and the change detector. Tests and benchmarks build replicas from it.
+pub struct Core {
+    pub metrics: Arc<metrics::Metrics>,
+    pub store: Arc<cache::Store>,
+    pub redis: Option<Arc<invalidate::redis::RedisTier>>,
+    pub invalidator: Arc<invalidate::Invalidator>,
+    pub detector: Arc<invalidate::detect::Detector>,
+}
+
+impl Core {
+    /// Builds the parts; Redis connects in the background until `signal`.
+    pub fn start(config: &Config, signal: shutdown::Signal) -> Result<Core, RunError> {
+        let metrics = metrics::Metrics::new();
+        let store = Arc::new(cache::Store::new(config.cache.max_bytes.bytes()));
+        let redis = match config.redis_enabled() {
+            Some(rc) => Some(
+                invalidate::redis::RedisTier::start(rc, Arc::clone(&metrics), signal.clone())
+                    .map_err(|e| RunError::Config(format!("redis.url: {e}")))?,
+            ),
+            None => None,
+        };
+        let known = invalidate::detect::known_games();
+        let invalidator = Arc::new(invalidate::Invalidator::new(
+            config,
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            redis.clone(),
+            known.clone(),
+        ));
+        if let Some(redis) = &redis {
+            redis.spawn_subscriber(Arc::clone(&invalidator), signal);
+        }
+        let rules =
+            watch::WatchRules::new(&config.watch).map_err(|e| RunError::Config(e.to_string()))?;
+        let detector = Arc::new(invalidate::detect::Detector::new(
+            rules,
+            config.cache.ttl_by_status,
+            known,
+            Arc::clone(&invalidator),
+            Arc::clone(&metrics),
+            // Decoded bodies get the same bound as stored ones, times a
+            // margin for compression.
+            config.cache.max_object_bytes.as_usize().saturating_mul(8),
+        ));
+        Ok(Core {
+            metrics,
+            store,
+            redis,
+            invalidator,
+            detector,
+        })
+    }
+}
+
 /// Runs the sidecar until `shutdown` resolves, then drains in-flight
 /// requests for up to `proxy.shutdown_grace`.
 pub async fn run<F>(config: Config, listeners: Listeners, shutdown: F) -> Result<(), RunError>
 where
     F: Future<Output = ()> + Send,
 {
-    let metrics = metrics::Metrics::new();
-    let store = Arc::new(cache::Store::new(config.cache.max_bytes.bytes()));
     let (trigger, signal) = shutdown::channel();
-    let redis = match config.redis_enabled() {
-        Some(rc) => Some(
-            invalidate::redis::RedisTier::start(rc, Arc::clone(&metrics), signal.clone())
-                .map_err(|e| RunError::Config(format!("redis.url: {e}")))?,
-        ),
-        None => None,
-    };
-    let known = invalidate::detect::known_games();
-    let invalidator = Arc::new(invalidate::Invalidator::new(
-        &config,
-        Arc::clone(&store),
-        Arc::clone(&metrics),
-        redis.clone(),
-        known.clone(),
-    ));
-    if let Some(redis) = &redis {
-        redis.spawn_subscriber(Arc::clone(&invalidator), signal.clone());
-    }
-    let rules =
-        watch::WatchRules::new(&config.watch).map_err(|e| RunError::Config(e.to_string()))?;
-    let detector = Arc::new(invalidate::detect::Detector::new(
-        rules,
-        config.cache.ttl_by_status,
-        known,
-        Arc::clone(&invalidator),
-        Arc::clone(&metrics),
-        // Decoded bodies get the same bound as stored ones, times a margin
-        // for compression.
-        config.cache.max_object_bytes.as_usize().saturating_mul(8),
-    ));
+    let Core {
+        metrics,
+        store,
+        invalidator,
+        detector,
+        ..
+    } = Core::start(&config, signal.clone())?;
     let proxy = proxy::Proxy::new(&config, Arc::clone(&store), Arc::clone(&metrics), detector)
         .map_err(RunError::Config)?;
     let upstream_health = proxy.upstream_health();

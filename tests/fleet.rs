@@ -13,13 +13,11 @@ mod sidecar;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oddscache::cache::Store;
-use oddscache::invalidate::detect::{known_games, Detector};
+use oddscache::invalidate::detect::Detector;
 use oddscache::invalidate::redis::RedisTier;
 use oddscache::invalidate::{Invalidator, Origin, Request, Target};
-use oddscache::metrics::Metrics;
 use oddscache::shutdown;
-use oddscache::watch::{GameSnapshot, Reason, WatchRules};
+use oddscache::watch::{GameSnapshot, Reason};
 use redis::AsyncCommands;
 
 use redis_server::RedisServer;
@@ -174,7 +172,7 @@ async fn a_status_change_on_one_replica_evicts_the_game_on_its_peers() {
 /// wires them, so the events it records can be counted.
 struct Replica {
     inv: Arc<Invalidator>,
-    detector: Detector,
+    detector: Arc<Detector>,
     tier: Arc<RedisTier>,
     _stop: shutdown::Trigger,
 }
@@ -182,36 +180,12 @@ struct Replica {
 impl Replica {
     fn start(redis: &RedisServer, id: &str) -> Replica {
         let cfg = config("http://127.0.0.1:9", Some(&redis.url()), id);
-        let metrics = Metrics::new();
-        let store = Arc::new(Store::new(cfg.cache.max_bytes.bytes()));
         let (trigger, signal) = shutdown::channel();
-        let tier = RedisTier::start(
-            cfg.redis_enabled().expect("redis configured"),
-            Arc::clone(&metrics),
-            signal.clone(),
-        )
-        .expect("redis tier");
-        let known = known_games();
-        let inv = Arc::new(Invalidator::new(
-            &cfg,
-            store,
-            Arc::clone(&metrics),
-            Some(Arc::clone(&tier)),
-            known.clone(),
-        ));
-        tier.spawn_subscriber(Arc::clone(&inv), signal);
-        let detector = Detector::new(
-            WatchRules::new(&cfg.watch).expect("watch rules"),
-            cfg.cache.ttl_by_status,
-            known,
-            Arc::clone(&inv),
-            metrics,
-            cfg.cache.max_object_bytes.as_usize(),
-        );
+        let core = oddscache::Core::start(&cfg, signal).expect("core");
         Replica {
-            inv,
-            detector,
-            tier,
+            inv: core.invalidator,
+            detector: core.detector,
+            tier: core.redis.expect("redis configured"),
             _stop: trigger,
         }
     }
