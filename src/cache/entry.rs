@@ -4,7 +4,7 @@
 //! response headers including `X-Cache` and `Cache-Status` are prebuilt, and
 //! the body is a `Bytes` that each hit clones by reference count.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,10 @@ pub struct Entry {
     pub must_revalidate: bool,
     pub tags: Box<[Arc<str>]>,
     pub weight: u32,
+    /// Set by an invalidation: from then on no lookup returns the entry,
+    /// fresh or stale, while its removal from moka happens off the
+    /// invalidating path (as Varnish's xkey purge marks objects expired).
+    dead: AtomicBool,
 }
 
 /// How an entry stands at a given instant.
@@ -95,6 +99,7 @@ impl Entry {
             must_revalidate: n.must_revalidate,
             tags: n.tags.into_boxed_slice(),
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
+            dead: AtomicBool::new(false),
         }
     }
 
@@ -103,6 +108,15 @@ impl Entry {
     }
 
     /// The `Age` the entry is served with (RFC 9111 §4.2.3).
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Marks the entry invalidated; true if it was alive.
+    pub fn kill(&self) -> bool {
+        !self.dead.swap(true, Ordering::AcqRel)
+    }
+
     pub fn age(&self, now: Instant) -> Duration {
         self.initial_age + self.resident(now)
     }

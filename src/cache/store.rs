@@ -45,8 +45,12 @@ pub struct Store {
     shared: Arc<Shared>,
 }
 
-/// tag → (key → id of the entry indexed under it).
-type TagIndex = HashMap<Arc<str>, HashMap<Arc<str>, u64>>;
+/// tag → (key → the entry indexed under it).
+type TagIndex = HashMap<Arc<str>, HashMap<Arc<str>, Arc<Entry>>>;
+
+/// Invalidations of more entries than this finish their moka removal on a
+/// blocking thread; the entries are dead (unservable) before it starts.
+const INLINE_REMOVALS: usize = 256;
 
 struct Shared {
     tags: Mutex<TagIndex>,
@@ -117,16 +121,16 @@ impl Store {
     /// Returns the key that a fill for this request must use.
     pub fn lookup<'k>(&self, primary: &'k str, headers: &HeaderMap) -> (Lookup, KeyRef<'k>) {
         match self.cache.get(primary) {
-            Some(Slot::Entry(e)) => (Lookup::Found(e), KeyRef::Primary(primary)),
+            Some(Slot::Entry(e)) if !e.is_dead() => (Lookup::Found(e), KeyRef::Primary(primary)),
             Some(Slot::Vary(names)) => {
                 let vkey = key::variant(primary, &names, headers);
                 let found = match self.cache.get(vkey.as_str()) {
-                    Some(Slot::Entry(e)) => Lookup::Found(e),
+                    Some(Slot::Entry(e)) if !e.is_dead() => Lookup::Found(e),
                     _ => Lookup::Miss,
                 };
                 (found, KeyRef::Variant(vkey))
             }
-            None => (Lookup::Miss, KeyRef::Primary(primary)),
+            _ => (Lookup::Miss, KeyRef::Primary(primary)),
         }
     }
 
@@ -184,7 +188,7 @@ impl Store {
             for tag in entry.tags.iter() {
                 tags.entry(Arc::clone(tag))
                     .or_default()
-                    .insert(Arc::clone(&entry.key), entry.id);
+                    .insert(Arc::clone(&entry.key), Arc::clone(&entry));
             }
         }
         if !vary.is_empty() {
@@ -198,7 +202,7 @@ impl Store {
 
     /// Removes every entry filed under any of `tags`; returns how many.
     pub fn invalidate_tags<T: AsRef<str>>(&self, tags: &[T]) -> usize {
-        let keys: Vec<(Arc<str>, u64)> = {
+        let keys: Vec<(Arc<str>, Arc<Entry>)> = {
             let mut ep = self.shared.lock_epochs();
             let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
             ep.prune();
@@ -216,15 +220,18 @@ impl Store {
 
     /// Drops one key (an explicit key from a peer's event).
     pub fn invalidate_key(&self, key: &str) -> bool {
-        let existed = self.cache.contains_key(key);
+        let killed = match self.cache.get(key) {
+            Some(Slot::Entry(e)) => e.kill(),
+            _ => false,
+        };
         self.cache.invalidate(key);
-        existed
+        killed
     }
 
     /// Drops every entry that carries a tag (after a Redis resubscribe, when
     /// invalidations may have been missed); returns how many.
     pub fn flush_tagged(&self) -> usize {
-        let keys: Vec<(Arc<str>, u64)> = {
+        let keys: Vec<(Arc<str>, Arc<Entry>)> = {
             let mut ep = self.shared.lock_epochs();
             let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
             ep.flush = seq;
@@ -243,21 +250,30 @@ impl Store {
         self.remove_keys(keys)
     }
 
-    fn remove_keys(&self, mut keys: Vec<(Arc<str>, u64)>) -> usize {
-        keys.sort_unstable();
-        keys.dedup_by(|a, b| a.0 == b.0);
-        let mut removed = 0;
-        for (key, id) in keys {
-            // Only the entry that was indexed: a newer one under the same
-            // key was stored after this invalidation and is current.
-            if let Some(Slot::Entry(e)) = self.cache.get(&key) {
-                if e.id == id {
-                    self.cache.invalidate(&key);
-                    removed += 1;
+    /// Kills the entries at once, then removes them from moka: inline for a
+    /// few, on a blocking thread for many, so a 100k-key tag costs the
+    /// invalidating request only the marking.
+    fn remove_keys(&self, mut entries: Vec<(Arc<str>, Arc<Entry>)>) -> usize {
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
+        entries.dedup_by(|a, b| a.1.id == b.1.id);
+        let killed = entries.iter().filter(|(_, e)| e.kill()).count();
+        let cache = self.cache.clone();
+        let remove = move || {
+            for (key, dead) in entries {
+                // Only the entry that was indexed: a newer one under the
+                // same key was stored after this invalidation and is current.
+                if let Some(Slot::Entry(e)) = cache.get(&key) {
+                    if e.id == dead.id {
+                        cache.invalidate(&key);
+                    }
                 }
             }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if killed > INLINE_REMOVALS => drop(rt.spawn_blocking(remove)),
+            _ => remove(),
         }
-        removed
+        killed
     }
 
     /// Claims the right to fill `key`, or joins the fill in progress.
@@ -406,7 +422,7 @@ impl Shared {
         let mut tags = self.lock_tags();
         for tag in entry.tags.iter() {
             if let Some(keys) = tags.get_mut(tag) {
-                if keys.get(key) == Some(&entry.id) {
+                if keys.get(key).is_some_and(|e| e.id == entry.id) {
                     keys.remove(key);
                     if keys.is_empty() {
                         tags.remove(tag);
@@ -484,6 +500,29 @@ mod tests {
         // The other tag of the removed entry no longer points at it.
         store.sync();
         assert!(store.keys_for_tag("sidebar").is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_invalidation_is_visible_at_once_and_removal_follows() {
+        let store = Store::new(64 << 20);
+        let t = store.begin_fetch();
+        let n = INLINE_REMOVALS * 4;
+        for i in 0..n {
+            let key = format!("/g/{i}");
+            assert!(store.insert(&t, &key, &[], entry(&key, &["sidebar"])));
+        }
+        assert_eq!(store.invalidate_tags(&["sidebar"]), n);
+        // Unservable before the background removal has run.
+        assert!((0..n).all(|i| !found(&store, &format!("/g/{i}"))));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            store.sync();
+            if store.entry_count() == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "entries were never removed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[test]

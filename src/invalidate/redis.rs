@@ -28,6 +28,8 @@ use crate::watch::{GameId, GameState};
 const QUEUE: usize = 16_384;
 /// Registrations written per pipeline.
 const BATCH: usize = 512;
+/// How much longer than `command_timeout` a tag's bulk deletion may take.
+const BULK_TIMEOUT_FACTOR: u32 = 20;
 /// Members per UNLINK command.
 const UNLINK_CHUNK: usize = 1000;
 
@@ -212,7 +214,7 @@ impl RedisTier {
         pipe: &redis::Pipeline,
     ) -> Result<T, RedisError> {
         let conn = self.connection()?;
-        self.round_trip(conn, pipe).await
+        self.round_trip(conn, pipe, self.timeout).await
     }
 
     /// Like `query`, but tried even while Redis looks unhealthy: deleting
@@ -223,19 +225,35 @@ impl RedisTier {
         pipe: &redis::Pipeline,
     ) -> Result<T, RedisError> {
         let conn = self.manager().ok_or(RedisError::NotConnected)?;
-        self.round_trip(conn, pipe).await
+        self.round_trip(conn, pipe, self.timeout).await
+    }
+
+    /// For a tag's whole registry (100k members is a 4 MB reply): a healthy
+    /// Redis gets `BULK_TIMEOUT_FACTOR` times `command_timeout`, an
+    /// unhealthy one no more than any other command.
+    async fn query_bulk<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisError> {
+        let conn = self.manager().ok_or(RedisError::NotConnected)?;
+        let timeout = if self.healthy.load(Ordering::Relaxed) {
+            self.timeout * BULK_TIMEOUT_FACTOR
+        } else {
+            self.timeout
+        };
+        self.round_trip(conn, pipe, timeout).await
     }
 
     async fn round_trip<T: redis::FromRedisValue>(
         &self,
         mut conn: ConnectionManager,
         pipe: &redis::Pipeline,
+        timeout: Duration,
     ) -> Result<T, RedisError> {
-        let result =
-            match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
-                Err(_) => Err(RedisError::Timeout(self.timeout)),
-                Ok(r) => r.map_err(RedisError::from),
-            };
+        let result = match tokio::time::timeout(timeout, pipe.query_async::<T>(&mut conn)).await {
+            Err(_) => Err(RedisError::Timeout(timeout)),
+            Ok(r) => r.map_err(RedisError::from),
+        };
         if let Err(e) = &result {
             self.failed(e);
         }
@@ -318,7 +336,7 @@ impl RedisTier {
             for r in &registries {
                 pipe.cmd("SMEMBERS").arg(r);
             }
-            let sets: Vec<Vec<String>> = self.query_always(&pipe).await?;
+            let sets: Vec<Vec<String>> = self.query_bulk(&pipe).await?;
             let mut seen = HashSet::new();
             members = sets
                 .into_iter()
@@ -340,7 +358,7 @@ impl RedisTier {
         {
             Vec::new()
         } else {
-            self.query_always(&pipe).await?
+            self.query_bulk(&pipe).await?
         };
         let resp_prefix = self.response_key("");
         Ok(Deleted {
