@@ -254,7 +254,8 @@ impl Store {
     /// few, on a blocking thread for many, so a 100k-key tag costs the
     /// invalidating request only the marking.
     fn remove_keys(&self, mut entries: Vec<(Arc<str>, Arc<Entry>)>) -> usize {
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
+        // An entry filed under several of the tags appears once per tag.
+        entries.sort_unstable_by_key(|(_, e)| e.id);
         entries.dedup_by(|a, b| a.1.id == b.1.id);
         let killed = entries.iter().filter(|(_, e)| e.kill()).count();
         let cache = self.cache.clone();
