@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, AGE, ETAG, LAST_MODIFIED};
 use http::{HeaderMap, StatusCode};
 
@@ -24,9 +24,10 @@ pub struct Entry {
     pub id: u64,
     pub key: Arc<str>,
     pub status: StatusCode,
-    /// Origin headers without hop-by-hop fields; the base of revalidation.
-    pub headers: HeaderMap,
-    /// `headers` plus `X-Cache: HIT`, `Cache-Status` and an `Age` slot.
+    /// The origin's headers (without hop-by-hop fields) plus `X-Cache: HIT`,
+    /// `Cache-Status` and an `Age` slot: one map serves hits as it is and
+    /// every other answer after relabelling. Its values live in one block
+    /// of their own, never in the upstream connection's read buffer.
     pub hit_headers: HeaderMap,
     pub body: Bytes,
     pub stored_at: Instant,
@@ -71,7 +72,7 @@ pub struct NewEntry {
 
 impl Entry {
     pub fn new(n: NewEntry, now: Instant) -> Entry {
-        let mut hit_headers = n.headers.clone();
+        let mut hit_headers = compact(&n.headers);
         hit_headers.insert(X_CACHE.clone(), HeaderValue::from_static("HIT"));
         hit_headers.insert(
             CACHE_STATUS.clone(),
@@ -83,14 +84,15 @@ impl Entry {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
-        let weight = n.body.len() + 2 * header_bytes + n.key.len() + 256;
+        let weight = n.body.len() + header_bytes + n.key.len() + 256;
         Entry {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key: n.key,
             status: n.status,
-            headers: n.headers,
             hit_headers,
-            body: n.body,
+            // A body read from the upstream is a slice of the connection's
+            // read buffer: copied, it keeps nothing else alive.
+            body: Bytes::copy_from_slice(&n.body),
             stored_at: now,
             initial_age: n.initial_age,
             fresh_for: n.fresh_for,
@@ -144,11 +146,21 @@ impl Entry {
     }
 
     pub fn etag(&self) -> Option<&HeaderValue> {
-        self.headers.get(ETAG)
+        self.hit_headers.get(ETAG)
     }
 
     pub fn last_modified(&self) -> Option<&HeaderValue> {
-        self.headers.get(LAST_MODIFIED)
+        self.hit_headers.get(LAST_MODIFIED)
+    }
+
+    /// The origin's headers as stored, without this cache's labels.
+    pub fn origin_headers(&self) -> HeaderMap {
+        let mut h = self.hit_headers.clone();
+        for label in [&X_CACHE, &CACHE_STATUS] {
+            h.remove(label);
+        }
+        h.remove(AGE);
+        h
     }
 
     pub fn has_validators(&self) -> bool {
@@ -170,6 +182,29 @@ impl Entry {
             .max(revalidate);
         self.fresh_for + grace
     }
+}
+
+/// Copies a header map with room for this cache's three labels and every
+/// value in one shared block, so an entry holds one small allocation for
+/// its values instead of pinning the buffers they were parsed from.
+fn compact(headers: &HeaderMap) -> HeaderMap {
+    let total: usize = headers.iter().map(|(_, v)| v.len()).sum();
+    let mut block = BytesMut::with_capacity(total);
+    for (_, v) in headers {
+        block.extend_from_slice(v.as_bytes());
+    }
+    let block = block.freeze();
+    let mut out = HeaderMap::with_capacity(headers.len() + 3);
+    let mut at = 0;
+    for (name, v) in headers {
+        let len = v.len();
+        // The bytes were a valid value a moment ago; they still are.
+        let value =
+            HeaderValue::from_maybe_shared(block.slice(at..at + len)).unwrap_or_else(|_| v.clone());
+        at += len;
+        out.append(name.clone(), value);
+    }
+    out
 }
 
 /// `Age` values are prebuilt for the first hour so a hit formats nothing.

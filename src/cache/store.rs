@@ -45,8 +45,60 @@ pub struct Store {
     shared: Arc<Shared>,
 }
 
-/// tag → (key → the entry indexed under it).
-type TagIndex = HashMap<Arc<str>, HashMap<Arc<str>, Arc<Entry>>>;
+/// tag → the entries filed under it, by key.
+type TagIndex = HashMap<Arc<str>, Filed>;
+
+/// Most tags (`game:{id}`, `odds:{status}:{id}`, a URI) file one key, so
+/// that case holds no map of its own: at 100k entries that is megabytes.
+#[derive(Debug)]
+enum Filed {
+    One(Arc<str>, Arc<Entry>),
+    Many(HashMap<Arc<str>, Arc<Entry>>),
+}
+
+impl Filed {
+    fn insert(&mut self, key: Arc<str>, entry: Arc<Entry>) {
+        match self {
+            Filed::One(k, e) if *k == key => *e = entry,
+            Filed::One(k, e) => {
+                let mut map = HashMap::with_capacity(2);
+                map.insert(Arc::clone(k), Arc::clone(e));
+                map.insert(key, entry);
+                *self = Filed::Many(map);
+            }
+            Filed::Many(map) => {
+                map.insert(key, entry);
+            }
+        }
+    }
+
+    /// Removes `key` if it still files entry `id`; true when now empty.
+    fn remove(&mut self, key: &str, id: u64) -> bool {
+        match self {
+            Filed::One(k, e) => &**k == key && e.id == id,
+            Filed::Many(map) => {
+                if map.get(key).is_some_and(|e| e.id == id) {
+                    map.remove(key);
+                }
+                map.is_empty()
+            }
+        }
+    }
+
+    fn keys(&self) -> Vec<Arc<str>> {
+        match self {
+            Filed::One(k, _) => vec![Arc::clone(k)],
+            Filed::Many(map) => map.keys().cloned().collect(),
+        }
+    }
+
+    fn into_entries(self) -> Vec<(Arc<str>, Arc<Entry>)> {
+        match self {
+            Filed::One(k, e) => vec![(k, e)],
+            Filed::Many(map) => map.into_iter().collect(),
+        }
+    }
+}
 
 /// Invalidations of more entries than this finish their moka removal on a
 /// blocking thread; the entries are dead (unservable) before it starts.
@@ -186,9 +238,13 @@ impl Store {
         {
             let mut tags = self.shared.lock_tags();
             for tag in entry.tags.iter() {
-                tags.entry(Arc::clone(tag))
-                    .or_default()
-                    .insert(Arc::clone(&entry.key), Arc::clone(&entry));
+                let (key, filed) = (Arc::clone(&entry.key), Arc::clone(&entry));
+                match tags.get_mut(tag) {
+                    Some(f) => f.insert(key, filed),
+                    None => {
+                        tags.insert(Arc::clone(tag), Filed::One(key, filed));
+                    }
+                }
             }
         }
         if !vary.is_empty() {
@@ -212,7 +268,7 @@ impl Store {
             let mut index = self.shared.lock_tags();
             tags.iter()
                 .filter_map(|t| index.remove(t.as_ref()))
-                .flat_map(|m| m.into_iter())
+                .flat_map(Filed::into_entries)
                 .collect()
         };
         self.remove_keys(keys)
@@ -244,7 +300,7 @@ impl Store {
             tagged
                 .iter()
                 .filter_map(|t| index.remove(t))
-                .flat_map(|m| m.into_iter())
+                .flat_map(Filed::into_entries)
                 .collect()
         };
         self.remove_keys(keys)
@@ -312,7 +368,7 @@ impl Store {
         self.shared
             .lock_tags()
             .get(tag)
-            .map(|m| m.keys().cloned().collect())
+            .map(Filed::keys)
             .unwrap_or_default()
     }
 }
@@ -422,13 +478,8 @@ impl Shared {
     fn unindex(&self, key: &Arc<str>, entry: &Entry) {
         let mut tags = self.lock_tags();
         for tag in entry.tags.iter() {
-            if let Some(keys) = tags.get_mut(tag) {
-                if keys.get(key).is_some_and(|e| e.id == entry.id) {
-                    keys.remove(key);
-                    if keys.is_empty() {
-                        tags.remove(tag);
-                    }
-                }
+            if tags.get_mut(tag).is_some_and(|f| f.remove(key, entry.id)) {
+                tags.remove(tag);
             }
         }
     }

@@ -233,7 +233,7 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let (mut rparts, _) = resp.into_parts();
         respond::clean_upstream_headers(&mut rparts.headers);
-        let mut headers = stale.headers.clone();
+        let mut headers = stale.origin_headers();
         for name in rparts.headers.keys() {
             if name == CONTENT_LENGTH {
                 continue;

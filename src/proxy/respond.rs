@@ -79,7 +79,7 @@ pub fn from_entry(
     {
         return not_modified_response(entry, now, x_cache, Some(status));
     }
-    let mut headers = entry.headers.clone();
+    let mut headers = entry.hit_headers.clone();
     headers.insert(AGE, age_value(entry.age(now)));
     headers.insert(X_CACHE.clone(), x_cache.value());
     headers.insert(CACHE_STATUS.clone(), status.to_header_value());
@@ -116,7 +116,7 @@ fn not_modified_response(
         LAST_MODIFIED,
         VARY,
     ] {
-        for v in entry.headers.get_all(&name) {
+        for v in entry.hit_headers.get_all(&name) {
             headers.append(name.clone(), v.clone());
         }
     }

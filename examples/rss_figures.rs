@@ -1,0 +1,93 @@
+//! Resident memory against the number of cached entries, as a table.
+//!
+//! Fills one L1 store with 1.5 kB JSON bodies under realistic response
+//! headers and tags, and reads the process's VmRSS after each step. The
+//! issue's bar: at 100k entries, RSS ≤ 1.3 × cached bytes + 20 MiB.
+//!
+//! Run: `cargo run --release --example rss_figures`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use oddscache::cache::{Entry, NewEntry, Store};
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn headers(i: usize) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    h.insert("content-length", HeaderValue::from_static("1500"));
+    h.insert(
+        "date",
+        HeaderValue::from_static("Wed, 25 Nov 2026 20:31:07 GMT"),
+    );
+    h.insert(
+        "etag",
+        HeaderValue::from_str(&format!("\"{i:016x}\"")).unwrap(),
+    );
+    h.insert("via", HeaderValue::from_static("1.1 oddscache"));
+    h
+}
+
+fn main() {
+    let store = Store::new(4 << 30);
+    let base = rss_bytes();
+    let body_template = vec![b'x'; 1500];
+    let ticket = store.begin_fetch();
+    let mut filled = 0usize;
+    println!("| entries | cached body bytes | RSS growth | growth / body bytes | bar (1.3 × bytes + 20 MiB) |");
+    println!("| --- | --- | --- | --- | --- |");
+    for target in [10_000usize, 25_000, 50_000, 100_000] {
+        while filled < target {
+            let key = format!("/api/v1/games/g-{filled}/odds");
+            let tags = vec![
+                Arc::from(format!("game:g-{filled}")),
+                Arc::from(format!("odds:live:g-{filled}")),
+                Arc::from(format!("#uri {key}")),
+            ];
+            let entry = Arc::new(Entry::new(
+                NewEntry {
+                    key: key.as_str().into(),
+                    status: StatusCode::OK,
+                    headers: headers(filled),
+                    body: Bytes::from(body_template.clone()),
+                    initial_age: Duration::ZERO,
+                    fresh_for: Duration::from_secs(3600),
+                    stale_if_error: Duration::from_secs(300),
+                    stale_while_revalidate: Duration::ZERO,
+                    must_revalidate: false,
+                    tags,
+                },
+                Instant::now(),
+            ));
+            assert!(store.insert(&ticket, &key, &[], entry));
+            filled += 1;
+        }
+        store.sync();
+        let bytes = (filled * 1500) as u64;
+        let growth = rss_bytes().saturating_sub(base);
+        let bar = bytes as f64 * 1.3 + 20.0 * 1024.0 * 1024.0;
+        println!(
+            "| {filled} | {:.1} MiB | {:.1} MiB | {:.2} | {:.1} MiB ({}) |",
+            bytes as f64 / 1048576.0,
+            growth as f64 / 1048576.0,
+            growth as f64 / bytes as f64,
+            bar / 1048576.0,
+            if (growth as f64) <= bar {
+                "within"
+            } else {
+                "over"
+            }
+        );
+    }
+    assert_eq!(store.entry_count(), filled as u64);
+}
