@@ -149,11 +149,11 @@ pub async fn serve<M, S, B>(
             // hyper's header_read_timeout only starts once the auto builder
             // has seen enough bytes to tell HTTP/1.1 from h2, and that wait
             // has no bound of its own: a client that connects and says
-            // nothing would hold its connection forever.
-            let mut probe = [0u8; 1];
+            // nothing, or half of the h2 preface, would hold its
+            // connection forever.
             tokio::select! {
-                said = tokio::time::timeout(first_byte, stream.peek(&mut probe)) => match said {
-                    Ok(Ok(n)) if n > 0 => {}
+                said = tokio::time::timeout(first_byte, says_which_version(&stream)) => match said {
+                    Ok(true) => {}
                     _ => {
                         debug!(listener = name, %peer, "no request within header_read_timeout; closing");
                         return;
@@ -177,6 +177,23 @@ pub async fn serve<M, S, B>(
     tokio::select! {
         _ = graceful.shutdown() => debug!(listener = name, "drained"),
         _ = tokio::time::sleep(grace) => warn!(listener = name, ?grace, "shutdown grace expired; closing remaining connections"),
+    }
+}
+
+/// Waits until the client has sent enough for hyper to tell HTTP/1.1 from
+/// h2c: a byte that leaves the h2 preface, or the whole preface. False when
+/// the client hung up first.
+async fn says_which_version(stream: &tokio::net::TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if n == PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+            // Real h2c clients send the preface in one write, so only a
+            // dawdler waits here; peek does not consume, so poll gently.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
     }
 }
 
