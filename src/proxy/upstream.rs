@@ -31,6 +31,23 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const VIA_VALUE: &str = "1.1 oddscache";
 
+/// Request fields some frameworks obey to answer for another host, URL or
+/// method. None is in the cache key, so an attacker's answer would be
+/// stored for everyone; they are dropped on the way upstream, as Varnish
+/// setups do in `vcl_recv`, rather than keyed, which would split the cache
+/// for no honest client's benefit.
+const UNKEYED_OVERRIDES: [&str; 9] = [
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-host",
+    "forwarded",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect to upstream: {0}")]
@@ -185,6 +202,9 @@ impl Upstream {
         parts.version = http::Version::HTTP_11;
         let h = &mut parts.headers;
         strip_hop_by_hop(h);
+        for name in UNKEYED_OVERRIDES {
+            h.remove(name);
+        }
         if !h.contains_key(http::header::HOST) {
             let authority = client_authority.as_ref().unwrap_or(&self.authority);
             if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
