@@ -110,12 +110,13 @@ impl Proxy {
 
     async fn handle(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
         if let Some(resp) = reject_framing(&req) {
             return resp;
         }
+        upstream::pin_host(&mut req);
         match *req.method() {
             // A Range request is not filled (no 206 storage), but a hit may
             // answer it whole, which RFC 9110 §14.2 allows.

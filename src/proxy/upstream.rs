@@ -278,6 +278,27 @@ impl Upstream {
     }
 }
 
+/// Makes the Host field say what the request's target names, before the
+/// request is keyed or forwarded: an h2 client names the site only in
+/// `:authority`, and an absolute-form target's authority replaces Host (RFC
+/// 9112 §3.2.2). The key of a response that `Vary: Host` then holds the
+/// Host the upstream got; without this, a request with no Host field was
+/// keyed as Host-less but forwarded with its target's host, and filled the
+/// variant every h2 client reads.
+pub fn pin_host<B>(req: &mut Request<B>) {
+    let Some(authority) = req.uri().authority() else {
+        return;
+    };
+    // host[:port], without any userinfo.
+    let host = match authority.port() {
+        Some(port) => format!("{}:{}", authority.host(), port.as_str()),
+        None => authority.host().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&host) {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+}
+
 pub fn append_via(h: &mut http::HeaderMap) {
     let via = match h.get(VIA).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {VIA_VALUE}")).ok(),
@@ -302,6 +323,19 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_follows_the_target_authority_without_userinfo() {
+        let mut req = Request::get("http://user:pw@evil.example:81/g")
+            .header("host", "x")
+            .body(())
+            .unwrap();
+        pin_host(&mut req);
+        assert_eq!(req.headers()["host"], "evil.example:81");
+        let mut origin_form = Request::get("/g").header("host", "x").body(()).unwrap();
+        pin_host(&mut origin_form);
+        assert_eq!(origin_form.headers()["host"], "x");
+    }
 
     #[test]
     fn ready_until_the_upstream_has_failed_for_a_while() {
