@@ -125,7 +125,9 @@ where
     let limits = server::HttpLimits {
         max_header_bytes: config.proxy.max_header_bytes.as_usize(),
         header_read_timeout: config.proxy.header_read_timeout.get(),
+        max_connections: config.proxy.max_connections,
     };
+    let proxy_connections = metrics.proxy_connections.clone();
     let grace = config.proxy.shutdown_grace.get();
     let proxy_server = tokio::spawn(server::serve(
         "proxy",
@@ -135,6 +137,7 @@ where
             hyper::service::service_fn(move |req| Arc::clone(&proxy).serve(req, peer))
         },
         limits,
+        Some(proxy_connections),
         signal.clone(),
         grace,
     ));
@@ -154,6 +157,7 @@ where
                 hyper::service::service_fn(move |req| Arc::clone(&admin).serve(req, peer))
             },
             limits,
+            None,
             signal.clone(),
             grace,
         ))

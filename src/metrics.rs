@@ -49,6 +49,17 @@ pub struct OriginLabel {
     pub origin: String,
 }
 
+/// The connections of one listener, which the accept loop updates.
+///
+/// Cloning shares the underlying metrics, so the loop gets its own handle.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionMetrics {
+    /// Connections open now (holding one of `max_connections`).
+    pub open: Gauge,
+    /// Connections closed at accept because `max_connections` were open.
+    pub rejected: Counter,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub hits: Counter,
@@ -69,6 +80,8 @@ pub struct Metrics {
     pub registrations_dropped: Counter,
     pub watch_skipped: Family<WhyLabel, Counter>,
     pub rate_limited: Counter,
+    /// The proxy port's; the admin port is not counted.
+    pub proxy_connections: ConnectionMetrics,
 }
 
 impl Metrics {
@@ -171,6 +184,17 @@ impl Metrics {
             "Proxy requests refused by the rate limit",
             rate_limited.clone(),
         );
+        let proxy_connections = ConnectionMetrics::default();
+        registry.register(
+            "connections",
+            "Open client connections on the proxy port",
+            proxy_connections.open.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Proxy connections closed at accept because proxy.max_connections were open",
+            proxy_connections.rejected.clone(),
+        );
         Arc::new(Metrics {
             registry,
             hits,
@@ -191,6 +215,7 @@ impl Metrics {
             registrations_dropped,
             watch_skipped,
             rate_limited,
+            proxy_connections,
         })
     }
 

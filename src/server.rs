@@ -4,10 +4,15 @@
 //! shutdown signal fires, then stop accepting and give in-flight connections
 //! up to the grace period to finish. HTTP/1.1 and h2c share one port through
 //! hyper-util's auto builder.
+//!
+//! Hostile clients are bounded here, before any request exists: at most
+//! `max_connections` are open at once, and a client must start its request
+//! within `header_read_timeout` and finish the head within it too.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -16,9 +21,12 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::metrics::ConnectionMetrics;
 use crate::shutdown;
 
 /// Per-listener HTTP limits.
@@ -28,6 +36,8 @@ pub struct HttpLimits {
     pub max_header_bytes: usize,
     /// A client that has not sent its whole head by then is dropped (slowloris).
     pub header_read_timeout: Duration,
+    /// Open connections at most; each holds a permit until it ends.
+    pub max_connections: usize,
 }
 
 impl Default for HttpLimits {
@@ -35,6 +45,27 @@ impl Default for HttpLimits {
         HttpLimits {
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Counts one open connection for as long as it lives.
+struct Open(Option<Gauge>);
+
+impl Open {
+    fn new(gauge: Option<&Gauge>) -> Open {
+        if let Some(g) = gauge {
+            g.inc();
+        }
+        Open(gauge.cloned())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.dec();
         }
     }
 }
@@ -42,12 +73,21 @@ impl Default for HttpLimits {
 /// Serves `listener` until `shutdown` fires, then drains for up to `grace`.
 ///
 /// `make_service` is called once per connection with the peer address, so
-/// services can key rate limits and `X-Forwarded-For` on it.
+/// services can key rate limits and `X-Forwarded-For` on it. `conns`, when
+/// given, counts open and refused connections.
+///
+/// At `max_connections`, a new connection is accepted and closed at once,
+/// as Envoy's listener connection limit does, rather than left in the
+/// kernel's backlog as nginx and HAProxy do when they stop accepting: the
+/// client (or its load balancer) learns at once to try another replica
+/// instead of waiting out a connect timeout, and each refusal can be
+/// counted, which a backlog hides.
 pub async fn serve<M, S, B>(
     name: &'static str,
     listener: TcpListener,
     make_service: M,
     limits: HttpLimits,
+    conns: Option<ConnectionMetrics>,
     mut shutdown: shutdown::Signal,
     grace: Duration,
 ) where
@@ -70,6 +110,9 @@ pub async fn serve<M, S, B>(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(
+        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let local = listener.local_addr().ok();
     info!(listener = name, addr = ?local, "listening");
 
@@ -86,13 +129,42 @@ pub async fn serve<M, S, B>(
             },
             _ = shutdown.recv() => break,
         };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            if let Some(c) = &conns {
+                c.rejected.inc();
+            }
+            debug!(listener = name, %peer, "connection limit reached; closing");
+            drop(stream);
+            continue;
+        };
+        let open = Open::new(conns.as_ref().map(|c| &c.open));
         let _ = stream.set_nodelay(true);
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), make_service(peer))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let service = make_service(peer);
+        let watcher = graceful.watcher();
+        let mut stop = shutdown.clone();
+        let first_byte = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _held = (permit, open);
+            // hyper's header_read_timeout only starts once the auto builder
+            // has seen enough bytes to tell HTTP/1.1 from h2, and that wait
+            // has no bound of its own: a client that connects and says
+            // nothing, or half of the h2 preface, would hold its
+            // connection forever.
+            tokio::select! {
+                said = tokio::time::timeout(first_byte, says_which_version(&stream)) => match said {
+                    Ok(true) => {}
+                    _ => {
+                        debug!(listener = name, %peer, "no request within header_read_timeout; closing");
+                        return;
+                    }
+                },
+                _ = stop.recv() => return,
+            }
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 debug!(listener = name, %peer, error = %e, "connection ended with error");
             }
         });
@@ -105,6 +177,23 @@ pub async fn serve<M, S, B>(
     tokio::select! {
         _ = graceful.shutdown() => debug!(listener = name, "drained"),
         _ = tokio::time::sleep(grace) => warn!(listener = name, ?grace, "shutdown grace expired; closing remaining connections"),
+    }
+}
+
+/// Waits until the client has sent enough for hyper to tell HTTP/1.1 from
+/// h2c: a byte that leaves the h2 preface, or the whole preface. False when
+/// the client hung up first.
+async fn says_which_version(stream: &tokio::net::TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if n == PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+            // Real h2c clients send the preface in one write, so only a
+            // dawdler waits here; peek does not consume, so poll gently.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
     }
 }
 

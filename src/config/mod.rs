@@ -78,6 +78,8 @@ pub struct ProxyConfig {
     pub max_header_bytes: Size,
     /// A client that has not sent its request head by then is dropped.
     pub header_read_timeout: Dur,
+    /// Open client connections at most; past it new ones are closed at once.
+    pub max_connections: usize,
     pub shutdown_grace: Dur,
 }
 
@@ -89,6 +91,7 @@ impl Default for ProxyConfig {
             upstream_timeout: Dur::secs(10),
             max_header_bytes: Size::kib(16),
             header_read_timeout: Dur::secs(30),
+            max_connections: 10_000,
             shutdown_grace: Dur::secs(10),
         }
     }
@@ -359,6 +362,11 @@ impl Config {
             self.proxy.max_header_bytes.bytes() >= 8192,
             "proxy.max_header_bytes",
             "must be at least 8KiB",
+        );
+        check(
+            self.proxy.max_connections > 0,
+            "proxy.max_connections",
+            "must be greater than 0",
         );
         check(
             self.cache.max_bytes.bytes() > 0,

@@ -205,3 +205,10 @@ fn max_header_bytes_below_what_hyper_can_enforce_is_an_error() {
     assert_eq!(keys(&problems), ["proxy.max_header_bytes"]);
     assert!(load("[proxy]\nmax_header_bytes = \"8KiB\"").is_ok());
 }
+
+#[test]
+fn max_connections_must_allow_one() {
+    let problems = load("[proxy]\nmax_connections = 0").unwrap_err();
+    assert_eq!(keys(&problems), ["proxy.max_connections"]);
+    assert_eq!(load("").unwrap().proxy.max_connections, 10_000);
+}

@@ -152,6 +152,7 @@ pub async fn serve(sim: Arc<Simulator>, listener: TcpListener, shutdown: Signal)
         listener,
         make_service,
         HttpLimits::default(),
+        None,
         shutdown,
         DRAIN_GRACE,
     )

@@ -115,12 +115,13 @@ impl Proxy {
 
     async fn handle(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
         if let Some(resp) = reject_framing(&req) {
             return resp;
         }
+        upstream::pin_host(&mut req);
         match *req.method() {
             // A Range request is not filled (no 206 storage), but a hit may
             // answer it whole, which RFC 9110 §14.2 allows.
@@ -280,17 +281,35 @@ impl Proxy {
 }
 
 /// RFC 9112 §6.3: a request with both `Transfer-Encoding` and
-/// `Content-Length` is a smuggling attempt until proven otherwise.
+/// `Content-Length` is a smuggling attempt until proven otherwise. CONNECT
+/// asks for a tunnel, which a cache in front of one API never opens.
+///
+/// A refusal closes the connection: whatever follows the refused request
+/// on it may be the smuggled part, and must not be read as a request.
 fn reject_framing(req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
     let h = req.headers();
-    let bad = if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
-        Some("conflicting Content-Length and Transfer-Encoding")
+    let (status, why) = if req.method() == Method::CONNECT {
+        (StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported")
+    } else if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
+        (
+            StatusCode::BAD_REQUEST,
+            "conflicting Content-Length and Transfer-Encoding",
+        )
     } else if h.get_all(CONTENT_LENGTH).iter().count() > 1 {
-        Some("more than one Content-Length")
+        (StatusCode::BAD_REQUEST, "more than one Content-Length")
     } else {
-        None
+        return None;
     };
-    bad.map(|why| json_error(StatusCode::BAD_REQUEST, why))
+    let mut resp = json_error(status, why);
+    let h = resp.headers_mut();
+    h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        h.insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+    }
+    Some(resp)
 }
 
 pub fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {

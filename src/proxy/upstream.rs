@@ -31,6 +31,23 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const VIA_VALUE: &str = "1.1 oddscache";
 
+/// Request fields some frameworks obey to answer for another host, URL or
+/// method. None is in the cache key, so an attacker's answer would be
+/// stored for everyone; they are dropped on the way upstream, as Varnish
+/// setups do in `vcl_recv`, rather than keyed, which would split the cache
+/// for no honest client's benefit.
+const UNKEYED_OVERRIDES: [&str; 9] = [
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-host",
+    "forwarded",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect to upstream: {0}")]
@@ -185,6 +202,9 @@ impl Upstream {
         parts.version = http::Version::HTTP_11;
         let h = &mut parts.headers;
         strip_hop_by_hop(h);
+        for name in UNKEYED_OVERRIDES {
+            h.remove(name);
+        }
         if !h.contains_key(http::header::HOST) {
             let authority = client_authority.as_ref().unwrap_or(&self.authority);
             if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
@@ -258,6 +278,27 @@ impl Upstream {
     }
 }
 
+/// Makes the Host field say what the request's target names, before the
+/// request is keyed or forwarded: an h2 client names the site only in
+/// `:authority`, and an absolute-form target's authority replaces Host (RFC
+/// 9112 §3.2.2). The key of a response that `Vary: Host` then holds the
+/// Host the upstream got; without this, a request with no Host field was
+/// keyed as Host-less but forwarded with its target's host, and filled the
+/// variant every h2 client reads.
+pub fn pin_host<B>(req: &mut Request<B>) {
+    let Some(authority) = req.uri().authority() else {
+        return;
+    };
+    // host[:port], without any userinfo.
+    let host = match authority.port() {
+        Some(port) => format!("{}:{}", authority.host(), port.as_str()),
+        None => authority.host().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&host) {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+}
+
 pub fn append_via(h: &mut http::HeaderMap) {
     let via = match h.get(VIA).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {VIA_VALUE}")).ok(),
@@ -282,6 +323,19 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_follows_the_target_authority_without_userinfo() {
+        let mut req = Request::get("http://user:pw@evil.example:81/g")
+            .header("host", "x")
+            .body(())
+            .unwrap();
+        pin_host(&mut req);
+        assert_eq!(req.headers()["host"], "evil.example:81");
+        let mut origin_form = Request::get("/g").header("host", "x").body(()).unwrap();
+        pin_host(&mut origin_form);
+        assert_eq!(origin_form.headers()["host"], "x");
+    }
 
     #[test]
     fn ready_until_the_upstream_has_failed_for_a_while() {
