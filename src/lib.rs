@@ -10,6 +10,7 @@
 //! - [`shutdown`]: the signal that drains both listeners.
 //! - `proxy/`: the request path and the upstream client.
 //! - `cache/`: keys, HTTP caching rules, the moka L1 and its tag index.
+//! - `invalidate/`: the one invalidation door, change detection, the Redis tier.
 //! - [`watch`]: pure extraction of games from JSON bodies and change detection.
 //! - `admin/`: the admin port: stats, events, manual invalidation, metrics.
 //! - `demo/`: the built-in reference odds API simulator.
@@ -110,64 +111,141 @@ pub async fn run<F>(config: Config, listeners: Listeners, shutdown: F) -> Result
 where
     F: Future<Output = ()> + Send,
 {
-    let (trigger, signal) = shutdown::channel();
-    let Core {
-        metrics,
-        store,
-        invalidator,
-        detector,
-        ..
-    } = Core::start(&config, signal.clone())?;
-    let proxy = proxy::Proxy::new(&config, Arc::clone(&store), Arc::clone(&metrics), detector)
-        .map_err(RunError::Config)?;
-    let upstream_health = proxy.upstream_health();
-    let proxy = Arc::new(proxy);
-    let limits = server::HttpLimits {
-        max_header_bytes: config.proxy.max_header_bytes.as_usize(),
-        header_read_timeout: config.proxy.header_read_timeout.get(),
-        max_connections: config.proxy.max_connections,
-    };
-    let proxy_connections = metrics.proxy_connections.clone();
-    let grace = config.proxy.shutdown_grace.get();
-    let proxy_server = tokio::spawn(server::serve(
-        "proxy",
-        listeners.proxy,
-        move |peer| {
-            let proxy = Arc::clone(&proxy);
-            hyper::service::service_fn(move |req| Arc::clone(&proxy).serve(req, peer))
-        },
-        limits,
-        Some(proxy_connections),
-        signal.clone(),
-        grace,
-    ));
-    let admin_server = listeners.admin.map(|listener| {
-        let admin = Arc::new(admin::Admin::new(
-            &config,
-            Arc::clone(&invalidator),
-            Arc::clone(&metrics),
+    Sidecar::new(config)?.serve(listeners, shutdown).await;
+    Ok(())
+}
+
+/// A sidecar built from its config but not yet serving: what [`run`] does
+/// in two steps, so a caller can keep a [`Handle`] on its internals.
+pub struct Sidecar {
+    config: Config,
+    proxy: Arc<proxy::Proxy>,
+    invalidator: Arc<invalidate::Invalidator>,
+    metrics: Arc<metrics::Metrics>,
+    upstream_health: Arc<proxy::upstream::UpstreamHealth>,
+    /// Fired after the caller's shutdown future resolves; the background
+    /// tasks started by `new` listen on its signal.
+    trigger: shutdown::Trigger,
+    signal: shutdown::Signal,
+}
+
+/// Read-only views into a running sidecar, for tests and embedders.
+#[derive(Clone)]
+pub struct Handle {
+    admission: Option<Arc<proxy::admit::Admission>>,
+}
+
+impl Handle {
+    /// Client IPs the rate limiter holds a bucket for; `None` without
+    /// `[rate_limit]`.
+    pub fn rate_limiter_keys(&self) -> Option<usize> {
+        self.admission.as_ref().map(|a| a.len())
+    }
+
+    /// Drops the rate limiter's full buckets now, as its background task
+    /// does every few seconds.
+    pub fn prune_rate_limiter(&self) {
+        if let Some(a) = &self.admission {
+            a.prune();
+        }
+    }
+}
+
+impl Sidecar {
+    /// Builds every part and starts the background tasks (Redis, the rate
+    /// limiter's pruning); binds nothing. Needs a Tokio runtime.
+    pub fn new(config: Config) -> Result<Sidecar, RunError> {
+        let (trigger, signal) = shutdown::channel();
+        let Core {
+            metrics,
+            store,
+            invalidator,
+            detector,
+            ..
+        } = Core::start(&config, signal.clone())?;
+        let proxy = proxy::Proxy::new(&config, Arc::clone(&store), Arc::clone(&metrics), detector)
+            .map_err(RunError::Config)?;
+        if let Some(admission) = proxy.admission() {
+            admission.spawn_pruner(signal.clone());
+        }
+        Ok(Sidecar {
+            upstream_health: proxy.upstream_health(),
+            proxy: Arc::new(proxy),
+            config,
+            invalidator,
+            metrics,
+            trigger,
+            signal,
+        })
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle {
+            admission: self.proxy.admission().cloned(),
+        }
+    }
+
+    /// Serves `listeners` until `shutdown` resolves, then drains in-flight
+    /// requests for up to `proxy.shutdown_grace`.
+    pub async fn serve<F>(self, listeners: Listeners, shutdown: F)
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let Sidecar {
+            config,
+            proxy,
+            invalidator,
+            metrics,
             upstream_health,
-            signal.clone(),
-        ));
-        tokio::spawn(server::serve(
-            "admin",
-            listener,
+            trigger,
+            signal,
+        } = self;
+        let limits = server::HttpLimits {
+            max_header_bytes: config.proxy.max_header_bytes.as_usize(),
+            header_read_timeout: config.proxy.header_read_timeout.get(),
+            max_connections: config.proxy.max_connections,
+        };
+        let proxy_connections = metrics.proxy_connections.clone();
+        let grace = config.proxy.shutdown_grace.get();
+        let proxy_server = tokio::spawn(server::serve(
+            "proxy",
+            listeners.proxy,
             move |peer| {
-                let admin = Arc::clone(&admin);
-                hyper::service::service_fn(move |req| Arc::clone(&admin).serve(req, peer))
+                let proxy = Arc::clone(&proxy);
+                hyper::service::service_fn(move |req| Arc::clone(&proxy).serve(req, peer))
             },
             limits,
-            None,
+            Some(proxy_connections),
             signal.clone(),
             grace,
-        ))
-    });
-    shutdown.await;
-    tracing::info!("shutdown requested");
-    trigger.fire();
-    let _ = proxy_server.await;
-    if let Some(admin_server) = admin_server {
-        let _ = admin_server.await;
+        ));
+        let admin_server = listeners.admin.map(|listener| {
+            let admin = Arc::new(admin::Admin::new(
+                &config,
+                invalidator,
+                metrics,
+                upstream_health,
+                signal.clone(),
+            ));
+            tokio::spawn(server::serve(
+                "admin",
+                listener,
+                move |peer| {
+                    let admin = Arc::clone(&admin);
+                    hyper::service::service_fn(move |req| Arc::clone(&admin).serve(req, peer))
+                },
+                limits,
+                None,
+                signal.clone(),
+                grace,
+            ))
+        });
+        shutdown.await;
+        tracing::info!("shutdown requested");
+        trigger.fire();
+        let _ = proxy_server.await;
+        if let Some(admin_server) = admin_server {
+            let _ = admin_server.await;
+        }
     }
-    Ok(())
 }

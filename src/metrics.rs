@@ -2,7 +2,9 @@
 //! that `run` creates and passes down: no globals.
 //!
 //! Hot-path counters are resolved once at start-up, so counting a hit is
-//! one atomic add, not a label lookup.
+//! one atomic add, not a label lookup. Labels with a closed set of values
+//! (reasons, skip reasons) are created at zero, so every SPEC §7 family is
+//! on `/metrics` before its first sample and `rate()` sees the first one.
 
 use std::sync::Arc;
 
@@ -136,6 +138,11 @@ impl Metrics {
             "Invalidations by reason",
             invalidations.clone(),
         );
+        for reason in crate::watch::Reason::ALL {
+            let _ = invalidations.get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_string(),
+            });
+        }
         let keys_deleted = Counter::default();
         registry.register(
             "invalidation_keys_deleted",
@@ -178,6 +185,11 @@ impl Metrics {
             "Bodies the watcher could not read",
             watch_skipped.clone(),
         );
+        for why in crate::watch::SkipReason::ALL {
+            let _ = watch_skipped.get_or_create(&WhyLabel {
+                why: why.as_str().to_string(),
+            });
+        }
         let rate_limited = Counter::default();
         registry.register(
             "rate_limited",
@@ -235,11 +247,97 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Every metric in the OpenMetrics text format ([`OPENMETRICS`]); see
+    /// [`to_prometheus_text`] for the classic format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`to_prometheus_text`]'s output.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics text rewritten in the Prometheus text format 0.0.4, for
+/// scrapers that do not ask for OpenMetrics. The two differ where a 0.0.4
+/// parser would lose types: an OpenMetrics counter family `x` has samples
+/// `x_total`, which 0.0.4 names the family itself; `unknown` is
+/// `untyped`; and 0.0.4 has no `# UNIT` or `# EOF`.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let tail = if prefix == "# TYPE " && tail == "unknown" {
+                    "untyped"
+                } else {
+                    tail
+                };
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_closed_label_set_is_there_at_zero() {
+        let text = Metrics::new().encode();
+        for reason in crate::watch::Reason::ALL {
+            let line = format!("oddscache_invalidations_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "{line}");
+        }
+        for why in crate::watch::SkipReason::ALL {
+            let line = format!(
+                "oddscache_watch_skipped_total{{why=\"{}\"}} 0",
+                why.as_str()
+            );
+            assert!(text.contains(&line), "{line}");
+        }
+    }
+
+    #[test]
+    fn the_classic_format_names_counter_families_with_total() {
+        let m = Metrics::new();
+        m.upstream_status("200");
+        let text = to_prometheus_text(&m.encode());
+        assert!(text.contains("# TYPE oddscache_requests_total counter\n"));
+        assert!(text.contains("# HELP oddscache_requests_total Proxied requests"));
+        assert!(text.contains("oddscache_requests_total{cache=\"hit\"} 0\n"));
+        assert!(text.contains("# TYPE oddscache_upstream_requests_total counter\n"));
+        assert!(text.contains("# TYPE oddscache_cache_entries gauge\n"));
+        assert!(text.contains("# TYPE oddscache_upstream_duration_seconds histogram\n"));
+        assert!(!text.contains("# EOF"));
+        assert!(text.ends_with('\n'));
+        let om = "# TYPE a unknown\n# UNIT a seconds\na 1\n# EOF\n";
+        assert_eq!(to_prometheus_text(om), "# TYPE a untyped\na 1\n");
     }
 }

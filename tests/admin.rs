@@ -221,6 +221,13 @@ async fn reads_have_the_spec_shapes() {
     assert_eq!(health.json(), json!({ "status": "ok" }));
     assert_eq!(s.admin_get("/readyz").await.status, StatusCode::OK);
 
+    let doc = s.admin_get("/openapi.json").await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert_eq!(doc.header("content-type"), "application/json");
+    let doc = doc.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["paths"][INVALIDATE]["post"].is_object());
+
     let missing = s.admin_get("/nope").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(missing.json()["error"].is_string());
@@ -315,12 +322,31 @@ async fn a_manual_invalidation_drops_the_game_and_is_recorded() {
         "oddscache_invalidations_per_minute",
         "oddscache_redis_up",
         "oddscache_redis_errors_total",
-        // `oddscache_watch_skipped_total{why}` appears with its first skip:
-        // prometheus-client omits families without samples.
+        "oddscache_watch_skipped_total{why=\"too_large\"} 0",
+        "oddscache_invalidations_total{reason=\"CANCELLED\"} 0",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
+    assert!(text.contains("# TYPE oddscache_requests_total counter"));
+    assert!(!text.contains("# EOF"));
     assert!(text.contains("oddscache_cache_entries 2"), "{text}");
+    let om = s
+        .send(
+            Method::GET,
+            format!("{}/metrics", s.admin),
+            &[(
+                "accept",
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+            )],
+            "",
+        )
+        .await;
+    assert!(om
+        .header("content-type")
+        .starts_with("application/openmetrics-text; version=1.0.0"));
+    let om = String::from_utf8_lossy(&om.body);
+    assert!(om.contains("# TYPE oddscache_requests counter"), "{om}");
+    assert!(om.ends_with("# EOF\n"));
     assert!(
         text.contains("oddscache_invalidations_per_minute 2"),
         "{text}"

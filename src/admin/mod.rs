@@ -12,6 +12,7 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | liveness: 200 while the process serves |
 //! | `GET /readyz` | 200 unless the upstream has been unreachable for 30s (Redis does not count) |
+//! | `GET /openapi.json` | the OpenAPI 3 document of this port |
 //!
 //! Reads are open: the port is meant for in-pod or in-cluster access only.
 //! The one mutation needs `Authorization: Bearer $ODDSCACHE_ADMIN_TOKEN`
@@ -20,10 +21,12 @@
 //! body limit (413). Every invalidation goes through the one door,
 //! [`crate::invalidate::Invalidator`], with origin `api`.
 //!
-//! Files: [`routes`] dispatches and answers the reads, [`mutate`] guards and
-//! parses the POST, [`sse`] streams live events.
+//! Files: [`routes`] lists the routes, dispatches and answers the reads,
+//! [`mutate`] guards and parses the POST, [`sse`] streams live events,
+//! [`openapi`] serves the document that describes all of them.
 
 pub mod mutate;
+pub mod openapi;
 pub mod routes;
 pub mod sse;
 
@@ -72,6 +75,8 @@ pub struct Admin {
     /// Ends event streams at shutdown, so draining does not wait on them.
     shutdown: shutdown::Signal,
     keep_alive: Duration,
+    /// `GET /openapi.json`, rendered once with this config's values.
+    openapi: Bytes,
 }
 
 impl Admin {
@@ -93,6 +98,7 @@ impl Admin {
             limiter: RateLimiter::direct(Quota::per_second(per_second)),
             shutdown,
             keep_alive: KEEP_ALIVE,
+            openapi: openapi::render(config.admin.events_capacity),
         }
     }
 

@@ -53,21 +53,38 @@ pub fn check_auth(headers: &HeaderMap, token: Option<&str>) -> Auth {
     }
 }
 
-/// The request body, as sent.
+/// The request body, as sent. A field may be left out but not `null`,
+/// as `openapi.json` documents: `{"game_id": null, "tags": [...]}` is
+/// more likely a client bug than a tags request.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Body {
+    #[serde(default, deserialize_with = "present")]
     game_id: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     tags: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
     sidebar: Option<Sidebar>,
+    #[serde(default, deserialize_with = "present")]
     reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Sidebar {
+    #[serde(default, deserialize_with = "present")]
     sport_id: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     league_id: Option<String>,
+}
+
+/// A field that is there must hold a `T`: `null` is refused.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// Parses and validates a body into a target and reason.
@@ -268,6 +285,10 @@ mod tests {
             r#"{"game_id": "g-1", "reason": "STATUS_CHANGE"}"#,
             r#"{"game_id": "g-1", "reason": "manual"}"#,
             r#"{"game_id": "g-1", "extra": 1}"#,
+            r#"{"game_id": null, "tags": ["x"]}"#,
+            r#"{"game_id": "g-1", "reason": null}"#,
+            r#"{"sidebar": {"sport_id": null}}"#,
+            r#"{"sidebar": null}"#,
             many.as_str(),
         ] {
             assert!(parse_body(bad.as_bytes()).is_err(), "{bad}");

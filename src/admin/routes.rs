@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
@@ -27,6 +27,50 @@ pub const CACHE_STATS: &str = "/api/v1/shared/cache/stats";
 /// `limit` when the query names none.
 pub const DEFAULT_LIMIT: usize = 100;
 
+/// What a route answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    InvalidationStats,
+    Events,
+    Stream,
+    Invalidate,
+    CacheStats,
+    Metrics,
+    Healthz,
+    Readyz,
+    OpenApi,
+}
+
+/// One path of the admin port and the one method it answers.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    pub path: &'static str,
+    pub method: &'static str,
+    pub endpoint: Endpoint,
+}
+
+/// Every route the admin port answers: the router dispatches on this list
+/// and a test holds `openapi.json` to it.
+pub const ROUTES: &[Route] = &[
+    route(STATS, "GET", Endpoint::InvalidationStats),
+    route(EVENTS, "GET", Endpoint::Events),
+    route(STREAM, "GET", Endpoint::Stream),
+    route(INVALIDATE, "POST", Endpoint::Invalidate),
+    route(CACHE_STATS, "GET", Endpoint::CacheStats),
+    route("/metrics", "GET", Endpoint::Metrics),
+    route("/healthz", "GET", Endpoint::Healthz),
+    route("/readyz", "GET", Endpoint::Readyz),
+    route("/openapi.json", "GET", Endpoint::OpenApi),
+];
+
+const fn route(path: &'static str, method: &'static str, endpoint: Endpoint) -> Route {
+    Route {
+        path,
+        method,
+        endpoint,
+    }
+}
+
 /// Routes a request; unknown paths are 404, known paths with another
 /// method 405 with `Allow`.
 pub async fn dispatch(
@@ -35,37 +79,38 @@ pub async fn dispatch(
     peer: SocketAddr,
 ) -> Response<AdminBody> {
     let path = req.uri().path();
-    let allowed = match path {
-        INVALIDATE => (Method::POST, "POST"),
-        STATS | EVENTS | STREAM | CACHE_STATS | "/metrics" | "/healthz" | "/readyz" => {
-            (Method::GET, "GET")
-        }
-        _ => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("no admin endpoint at {path}"),
-            )
-        }
+    let Some(route) = ROUTES.iter().find(|r| r.path == path) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint at {path}"),
+        );
     };
-    let (allowed, allow) = allowed;
-    if req.method() != allowed {
+    if req.method().as_str() != route.method {
         let mut resp = error(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("{path} only answers {allow}"),
+            format!("{path} only answers {}", route.method),
         );
         resp.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static(allow));
+            .insert(ALLOW, HeaderValue::from_static(route.method));
         return resp;
     }
-    match path {
-        STATS => json(StatusCode::OK, &admin.invalidator.journal().snapshot()),
-        EVENTS => events(admin, req.uri().query()),
-        STREAM => sse::stream(admin),
-        CACHE_STATS => json(StatusCode::OK, &cache_stats(admin)),
-        "/metrics" => metrics(admin),
-        "/healthz" => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
-        "/readyz" => readyz(admin),
-        _ => mutate::invalidate(admin, req, peer).await,
+    match route.endpoint {
+        Endpoint::InvalidationStats => {
+            json(StatusCode::OK, &admin.invalidator.journal().snapshot())
+        }
+        Endpoint::Events => events(admin, req.uri().query()),
+        Endpoint::Stream => sse::stream(admin),
+        Endpoint::CacheStats => json(StatusCode::OK, &cache_stats(admin)),
+        Endpoint::Metrics => metrics(admin, req.headers()),
+        Endpoint::Healthz => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+        Endpoint::Readyz => readyz(admin),
+        Endpoint::OpenApi => {
+            let mut resp = Response::new(Full::new(admin.openapi.clone()).boxed_unsync());
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        Endpoint::Invalidate => mutate::invalidate(admin, req, peer).await,
     }
 }
 
@@ -204,7 +249,9 @@ fn cache_stats(admin: &Admin) -> CacheStats {
     }
 }
 
-fn metrics(admin: &Admin) -> Response<AdminBody> {
+/// OpenMetrics to a scraper that asks for it (Prometheus does), the
+/// classic text format to everyone else.
+fn metrics(admin: &Admin, headers: &http::HeaderMap) -> Response<AdminBody> {
     // Gauges that nothing on the request path keeps current.
     admin.store.sync();
     let m = &admin.metrics;
@@ -216,11 +263,22 @@ fn metrics(admin: &Admin) -> Response<AdminBody> {
         .snapshot()
         .invalidations_last_minute;
     m.invalidations_per_minute.set(gauge(rate));
-    let mut resp = Response::new(Full::new(Bytes::from(m.encode())).boxed_unsync());
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
+    let openmetrics = headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (body, content_type) = if openmetrics {
+        (m.encode(), crate::metrics::OPENMETRICS)
+    } else {
+        (
+            crate::metrics::to_prometheus_text(&m.encode()),
+            crate::metrics::PROMETHEUS_TEXT,
+        )
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 

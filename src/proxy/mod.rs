@@ -5,6 +5,7 @@
 //! (the fill lock); every other method is forwarded and, when it succeeds,
 //! drops the cached entries of its URI (RFC 9111 §4.4).
 
+pub mod admit;
 pub mod body;
 mod fill;
 pub mod respond;
@@ -15,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RANGE, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RANGE, RETRY_AFTER, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tracing::debug;
@@ -27,6 +28,7 @@ use crate::cache::store::{wait_fill, Fill, FillState, Lookup, Store};
 use crate::config::{Config, Routes};
 use crate::invalidate::detect::Detector;
 use crate::metrics::Metrics;
+use admit::Admission;
 use body::ProxyBody;
 use respond::XCache;
 use upstream::Upstream;
@@ -49,6 +51,8 @@ pub struct Proxy {
     settings: CacheSettings,
     metrics: Arc<Metrics>,
     detector: Arc<Detector>,
+    /// The per-client rate limit; `None` without `[rate_limit]`.
+    admission: Option<Arc<Admission>>,
 }
 
 impl Proxy {
@@ -74,7 +78,16 @@ impl Proxy {
             },
             metrics,
             detector,
+            admission: config
+                .rate_limit
+                .as_ref()
+                .map(|rl| Arc::new(Admission::new(rl))),
         })
+    }
+
+    /// The rate limiter, for its pruning task and for tests.
+    pub fn admission(&self) -> Option<&Arc<Admission>> {
+        self.admission.as_ref()
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -118,6 +131,11 @@ impl Proxy {
         mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
+        if let Some(admission) = &self.admission {
+            if let Err(wait) = admission.check(req.headers(), peer) {
+                return self.rate_limited(wait);
+            }
+        }
         if let Some(resp) = reject_framing(&req) {
             return resp;
         }
@@ -268,6 +286,24 @@ impl Proxy {
                 self.upstream.error_response(&e, x_cache, fwd)
             }
         }
+    }
+
+    /// 429 past the client's quota; counted as a bypass too, as labelled.
+    fn rate_limited(&self, wait: Duration) -> Response<ProxyBody> {
+        self.metrics.rate_limited.inc();
+        self.count(XCache::Bypass);
+        let mut resp = json_error(StatusCode::TOO_MANY_REQUESTS, "rate limited");
+        let status = CacheStatus {
+            detail: Some("rate-limited"),
+            ..CacheStatus::default()
+        };
+        let h = resp.headers_mut();
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from(admit::retry_after_secs(wait)),
+        );
+        respond::label(h, XCache::Bypass, status);
+        resp
     }
 
     fn count(&self, x: XCache) {

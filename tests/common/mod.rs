@@ -396,6 +396,37 @@ impl Sidecar {
         }
     }
 
+    /// Starts with an admin port too, and keeps a [`oddscache::Handle`] on
+    /// the sidecar's internals. Answers the sidecar, its handle and the
+    /// admin port's address.
+    pub async fn with_handle(config: Config) -> (Sidecar, oddscache::Handle, SocketAddr) {
+        let built = oddscache::Sidecar::new(config).expect("the sidecar builds");
+        let handle = built.handle();
+        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = proxy.local_addr().expect("local addr");
+        let admin_addr = admin.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let listeners = Listeners {
+                proxy,
+                admin: Some(admin),
+            };
+            built
+                .serve(listeners, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+            Ok(())
+        });
+        let sidecar = Sidecar {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        (sidecar, handle, admin_addr)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
