@@ -44,8 +44,8 @@ fn main() {
     let body_template = vec![b'x'; 1500];
     let ticket = store.begin_fetch();
     let mut filled = 0usize;
-    println!("| entries | cached body bytes | RSS growth | growth / body bytes | bar (1.3 × bytes + 20 MiB) |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| entries | cached body bytes | weighed bytes (moka) | RSS growth | growth / body bytes | growth / weighed | bar (1.3 × body bytes + 20 MiB) |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for target in [10_000usize, 25_000, 50_000, 100_000] {
         while filled < target {
             let key = format!("/api/v1/games/g-{filled}/odds");
@@ -76,11 +76,14 @@ fn main() {
         let bytes = (filled * 1500) as u64;
         let growth = rss_bytes().saturating_sub(base);
         let bar = bytes as f64 * 1.3 + 20.0 * 1024.0 * 1024.0;
+        let weighed = store.weighted_size();
         println!(
-            "| {filled} | {:.1} MiB | {:.1} MiB | {:.2} | {:.1} MiB ({}) |",
+            "| {filled} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.2} | {:.2} | {:.1} MiB ({}) |",
             bytes as f64 / 1048576.0,
+            weighed as f64 / 1048576.0,
             growth as f64 / 1048576.0,
             growth as f64 / bytes as f64,
+            growth as f64 / weighed as f64,
             bar / 1048576.0,
             if (growth as f64) <= bar {
                 "within"

@@ -24,11 +24,12 @@ pub struct Entry {
     pub id: u64,
     pub key: Arc<str>,
     pub status: StatusCode,
-    /// The origin's headers (without hop-by-hop fields) plus `X-Cache: HIT`,
-    /// `Cache-Status` and an `Age` slot: one map serves hits as it is and
-    /// every other answer after relabelling. Its values live in one block
-    /// of their own, never in the upstream connection's read buffer.
-    pub hit_headers: HeaderMap,
+    /// The origin's headers without hop-by-hop fields, as a plain slice: a
+    /// `HeaderMap` costs ~1.4 kB for eight fields, more than most bodies'
+    /// headers are worth, so each answer builds its map from this. Values
+    /// live in one block of their own, never in the upstream connection's
+    /// read buffer.
+    headers: Box<[(HeaderName, HeaderValue)]>,
     pub body: Bytes,
     pub stored_at: Instant,
     /// Age the response already had when it arrived (RFC 9111 §4.2.3).
@@ -72,24 +73,21 @@ pub struct NewEntry {
 
 impl Entry {
     pub fn new(n: NewEntry, now: Instant) -> Entry {
-        let mut hit_headers = compact(&n.headers);
-        hit_headers.insert(X_CACHE.clone(), HeaderValue::from_static("HIT"));
-        hit_headers.insert(
-            CACHE_STATUS.clone(),
-            HeaderValue::from_static("oddscache; hit"),
-        );
-        hit_headers.insert(AGE, age_value(Duration::ZERO));
-        let header_bytes: usize = n
-            .headers
+        let headers = compact(&n.headers);
+        // What the entry really costs, so `max_bytes` bounds the RSS: the
+        // body, each field (its bytes and its slot), key and tags, and a
+        // fixed share for the entry, moka's node and the tag index.
+        let header_bytes: usize = headers
             .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .map(|(k, v)| k.as_str().len() + v.len() + HEADER_SLOT)
             .sum();
-        let weight = n.body.len() + header_bytes + n.key.len() + 256;
+        let tag_bytes: usize = n.tags.iter().map(|t| t.len() + TAG_SLOT).sum();
+        let weight = n.body.len() + header_bytes + tag_bytes + 2 * n.key.len() + ENTRY_OVERHEAD;
         Entry {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key: n.key,
             status: n.status,
-            hit_headers,
+            headers,
             // A body read from the upstream is a slice of the connection's
             // read buffer: copied, it keeps nothing else alive.
             body: Bytes::copy_from_slice(&n.body),
@@ -109,7 +107,6 @@ impl Entry {
         now.saturating_duration_since(self.stored_at)
     }
 
-    /// The `Age` the entry is served with (RFC 9111 §4.2.3).
     pub fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
     }
@@ -119,6 +116,7 @@ impl Entry {
         !self.dead.swap(true, Ordering::AcqRel)
     }
 
+    /// The `Age` the entry is served with (RFC 9111 §4.2.3).
     pub fn age(&self, now: Instant) -> Duration {
         self.initial_age + self.resident(now)
     }
@@ -145,21 +143,50 @@ impl Entry {
         self.resident(now) < self.fresh_for + self.stale_if_error
     }
 
+    /// Every stored value of one field, in order.
+    pub fn header_values<'a>(
+        &'a self,
+        name: &'a HeaderName,
+    ) -> impl Iterator<Item = &'a HeaderValue> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v)
+    }
+
     pub fn etag(&self) -> Option<&HeaderValue> {
-        self.hit_headers.get(ETAG)
+        self.header_values(&ETAG).next()
     }
 
     pub fn last_modified(&self) -> Option<&HeaderValue> {
-        self.hit_headers.get(LAST_MODIFIED)
+        self.header_values(&LAST_MODIFIED).next()
     }
 
     /// The origin's headers as stored, without this cache's labels.
     pub fn origin_headers(&self) -> HeaderMap {
-        let mut h = self.hit_headers.clone();
-        for label in [&X_CACHE, &CACHE_STATUS] {
-            h.remove(label);
+        self.headers_with_room(0)
+    }
+
+    /// The headers of an answer from this entry, labelled: one allocation
+    /// and a reference-count bump per value.
+    pub fn labelled_headers(
+        &self,
+        x_cache: HeaderValue,
+        cache_status: HeaderValue,
+        age: Duration,
+    ) -> HeaderMap {
+        let mut h = self.headers_with_room(3);
+        h.insert(X_CACHE.clone(), x_cache);
+        h.insert(CACHE_STATUS.clone(), cache_status);
+        h.insert(AGE, age_value(age));
+        h
+    }
+
+    fn headers_with_room(&self, extra: usize) -> HeaderMap {
+        let mut h = HeaderMap::with_capacity(self.headers.len() + extra);
+        for (name, value) in self.headers.iter() {
+            h.append(name.clone(), value.clone());
         }
-        h.remove(AGE);
         h
     }
 
@@ -184,27 +211,35 @@ impl Entry {
     }
 }
 
-/// Copies a header map with room for this cache's three labels and every
-/// value in one shared block, so an entry holds one small allocation for
-/// its values instead of pinning the buffers they were parsed from.
-fn compact(headers: &HeaderMap) -> HeaderMap {
+/// Bytes one stored header field costs beyond its name and value.
+const HEADER_SLOT: usize = 80;
+/// Bytes one tag costs beyond its text: its `Arc`, its index slot.
+const TAG_SLOT: usize = 96;
+/// The entry itself, moka's node and expiry bookkeeping, the key's `Arc`.
+const ENTRY_OVERHEAD: usize = 640;
+
+/// Copies the fields with every value in one shared block, so an entry
+/// holds one small allocation for its values instead of pinning the
+/// buffers they were parsed from.
+fn compact(headers: &HeaderMap) -> Box<[(HeaderName, HeaderValue)]> {
     let total: usize = headers.iter().map(|(_, v)| v.len()).sum();
     let mut block = BytesMut::with_capacity(total);
     for (_, v) in headers {
         block.extend_from_slice(v.as_bytes());
     }
     let block = block.freeze();
-    let mut out = HeaderMap::with_capacity(headers.len() + 3);
     let mut at = 0;
-    for (name, v) in headers {
-        let len = v.len();
-        // The bytes were a valid value a moment ago; they still are.
-        let value =
-            HeaderValue::from_maybe_shared(block.slice(at..at + len)).unwrap_or_else(|_| v.clone());
-        at += len;
-        out.append(name.clone(), value);
-    }
-    out
+    headers
+        .iter()
+        .map(|(name, v)| {
+            let len = v.len();
+            // The bytes were a valid value a moment ago; they still are.
+            let value = HeaderValue::from_maybe_shared(block.slice(at..at + len))
+                .unwrap_or_else(|_| v.clone());
+            at += len;
+            (name.clone(), value)
+        })
+        .collect()
 }
 
 /// `Age` values are prebuilt for the first hour so a hit formats nothing.
@@ -261,10 +296,17 @@ mod tests {
     }
 
     #[test]
-    fn prebuilt_hit_headers_and_age() {
+    fn labelled_headers_and_age() {
         let e = entry(10, 0, 0);
-        assert_eq!(e.hit_headers[&X_CACHE], "HIT");
-        assert_eq!(e.hit_headers[&CACHE_STATUS], "oddscache; hit");
+        let h = e.labelled_headers(
+            HeaderValue::from_static("HIT"),
+            HeaderValue::from_static("oddscache; hit"),
+            Duration::from_secs(7),
+        );
+        assert_eq!(h[&X_CACHE], "HIT");
+        assert_eq!(h[&CACHE_STATUS], "oddscache; hit");
+        assert_eq!(h[AGE], "7");
+        assert!(e.origin_headers().is_empty());
         assert_eq!(age_value(Duration::from_secs(42)), "42");
         assert_eq!(age_value(Duration::from_secs(100_000)), "100000");
     }

@@ -11,7 +11,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use super::body::ProxyBody;
 use super::upstream::append_via;
 use crate::cache::entry::{age_value, CACHE_STATUS, X_CACHE};
-use crate::cache::policy::{not_modified, strip_hop_by_hop, CacheStatus};
+use crate::cache::policy::{cache_status_hit, not_modified, strip_hop_by_hop, CacheStatus};
 use crate::cache::Entry;
 
 /// The `X-Cache` value of an answer.
@@ -51,8 +51,7 @@ pub fn hit(
     {
         return not_modified_response(entry, now, XCache::Hit, None);
     }
-    let mut headers = entry.hit_headers.clone();
-    headers.insert(AGE, age_value(entry.age(now)));
+    let headers = entry.labelled_headers(XCache::Hit.value(), cache_status_hit(), entry.age(now));
     let body = if method == Method::HEAD {
         ProxyBody::empty()
     } else {
@@ -79,10 +78,7 @@ pub fn from_entry(
     {
         return not_modified_response(entry, now, x_cache, Some(status));
     }
-    let mut headers = entry.hit_headers.clone();
-    headers.insert(AGE, age_value(entry.age(now)));
-    headers.insert(X_CACHE.clone(), x_cache.value());
-    headers.insert(CACHE_STATUS.clone(), status.to_header_value());
+    let headers = entry.labelled_headers(x_cache.value(), status.to_header_value(), entry.age(now));
     let body = if method == Method::HEAD {
         ProxyBody::empty()
     } else {
@@ -116,16 +112,13 @@ fn not_modified_response(
         LAST_MODIFIED,
         VARY,
     ] {
-        for v in entry.hit_headers.get_all(&name) {
+        for v in entry.header_values(&name) {
             headers.append(name.clone(), v.clone());
         }
     }
     headers.insert(AGE, age_value(entry.age(now)));
     headers.insert(X_CACHE.clone(), x_cache.value());
-    let cs = status.map_or_else(
-        || entry.hit_headers[&CACHE_STATUS].clone(),
-        |s| s.to_header_value(),
-    );
+    let cs = status.map_or_else(cache_status_hit, |s| s.to_header_value());
     headers.insert(CACHE_STATUS.clone(), cs);
     let mut resp = Response::new(ProxyBody::empty());
     *resp.status_mut() = StatusCode::NOT_MODIFIED;
