@@ -26,6 +26,7 @@ use crate::cache::policy::{CacheStatus, Fwd};
 use crate::cache::store::{wait_fill, Fill, FillState, Lookup, Store};
 use crate::config::{Config, Routes};
 use crate::invalidate::detect::Detector;
+use crate::invalidate::redis::RedisTier;
 use crate::metrics::Metrics;
 use body::ProxyBody;
 use respond::XCache;
@@ -49,6 +50,8 @@ pub struct Proxy {
     settings: CacheSettings,
     metrics: Arc<Metrics>,
     detector: Arc<Detector>,
+    /// The Redis tier when it keeps the shared L2 (`store_responses`).
+    l2: Option<Arc<RedisTier>>,
 }
 
 impl Proxy {
@@ -60,6 +63,11 @@ impl Proxy {
     ) -> Result<Proxy, String> {
         let routes = Routes::compile(&config.routes).map_err(|p| format!("{p:?}"))?;
         let c = &config.cache;
+        let l2 = detector
+            .invalidator()
+            .redis()
+            .filter(|r| r.stores_responses())
+            .cloned();
         Ok(Proxy {
             store,
             upstream: Upstream::new(&config.proxy.upstream, config.proxy.upstream_timeout.get())?,
@@ -74,6 +82,7 @@ impl Proxy {
             },
             metrics,
             detector,
+            l2,
         })
     }
 
@@ -173,9 +182,16 @@ impl Proxy {
             }
             match self.store.fill(&key) {
                 Fill::Lead(guard) => {
+                    let guard = match self
+                        .answer_from_l2(req.method(), req.headers(), &key, &primary, guard)
+                        .await
+                    {
+                        Ok(resp) => return resp,
+                        Err(guard) => guard,
+                    };
                     return self
                         .fetch(req, peer, fill::Target { primary, stale }, Some(guard))
-                        .await
+                        .await;
                 }
                 Fill::Wait(rx) => match wait_fill(rx, self.settings.coalesce_timeout).await {
                     Some(FillState::Filled(e)) if e.key == key => {
