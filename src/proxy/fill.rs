@@ -7,9 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::cache::l2;
-use crate::invalidate::events::unix_ms;
-
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, IF_MODIFIED_SINCE, IF_NONE_MATCH};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -23,8 +20,9 @@ use super::Proxy;
 use crate::cache::entry::NewEntry;
 use crate::cache::policy::{self, CacheStatus, FreshnessRules, Fwd};
 use crate::cache::store::{uri_tag, FetchTicket, FillGuard, FillState};
-use crate::cache::{key, Entry};
+use crate::cache::{key, l2, Entry};
 use crate::invalidate::detect::Detector;
+use crate::invalidate::events::unix_ms;
 use crate::watch::GameSnapshot;
 
 /// What a fetch fills: the URI's primary key (the stored key follows from
