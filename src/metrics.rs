@@ -80,6 +80,7 @@ pub struct Metrics {
     pub redis_up: Gauge,
     pub redis_errors: Counter,
     pub registrations_dropped: Counter,
+    pub l2_hits: Counter,
     pub watch_skipped: Family<WhyLabel, Counter>,
     pub rate_limited: Counter,
     /// The proxy port's; the admin port is not counted.
@@ -179,6 +180,12 @@ impl Metrics {
             "Registry writes dropped because Redis was slow or down",
             registrations_dropped.clone(),
         );
+        let l2_hits = Counter::default();
+        registry.register(
+            "l2_hits",
+            "L1 misses answered from the shared Redis L2",
+            l2_hits.clone(),
+        );
         let watch_skipped = Family::<WhyLabel, Counter>::default();
         registry.register(
             "watch_skipped",
@@ -225,6 +232,7 @@ impl Metrics {
             redis_up,
             redis_errors,
             registrations_dropped,
+            l2_hits,
             watch_skipped,
             rate_limited,
             proxy_connections,

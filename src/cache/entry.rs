@@ -143,6 +143,11 @@ impl Entry {
         self.resident(now) < self.fresh_for + self.stale_if_error
     }
 
+    /// The stored fields, in order.
+    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.headers
+    }
+
     /// Every stored value of one field, in order.
     pub fn header_values<'a>(
         &'a self,

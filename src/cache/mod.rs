@@ -6,6 +6,7 @@
 
 pub mod entry;
 pub mod key;
+pub mod l2;
 pub mod policy;
 pub mod store;
 

@@ -122,6 +122,8 @@ struct Epochs {
     flush: u64,
     /// Start sequences of fetches in flight, with their counts.
     inflight: BTreeMap<u64, usize>,
+    /// The same for holds: invalidations whose Redis side is not done yet.
+    holds: BTreeMap<u64, usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -193,6 +195,37 @@ impl Store {
         *ep.inflight.entry(start).or_default() += 1;
         FetchTicket {
             start,
+            hold: false,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Taken by an invalidation before it drops L1 entries and kept until
+    /// their Redis copies are deleted too: until then, [`Self::begin_shared_fetch`]
+    /// treats the invalidation as newer than anything read from Redis.
+    pub fn begin_hold(&self) -> FetchTicket {
+        let mut ep = self.shared.lock_epochs();
+        let start = self.shared.seq.load(Ordering::SeqCst);
+        *ep.inflight.entry(start).or_default() += 1;
+        *ep.holds.entry(start).or_default() += 1;
+        FetchTicket {
+            start,
+            hold: true,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Starts a read of a copy another replica stored (the Redis L2). The
+    /// copy may predate every invalidation whose Redis deletion is still
+    /// under way, so the ticket starts before the oldest of them.
+    pub fn begin_shared_fetch(&self) -> FetchTicket {
+        let mut ep = self.shared.lock_epochs();
+        let now = self.shared.seq.load(Ordering::SeqCst);
+        let start = ep.holds.keys().next().map_or(now, |&h| h.min(now));
+        *ep.inflight.entry(start).or_default() += 1;
+        FetchTicket {
+            start,
+            hold: false,
             shared: Arc::clone(&self.shared),
         }
     }
@@ -272,6 +305,11 @@ impl Store {
                 .collect()
         };
         self.remove_keys(keys)
+    }
+
+    /// Whether the entry `id` is still the one stored under `key`.
+    pub fn is_current(&self, key: &str, id: u64) -> bool {
+        matches!(self.cache.get(key), Some(Slot::Entry(e)) if e.id == id)
     }
 
     /// Drops one key (an explicit key from a peer's event).
@@ -437,17 +475,26 @@ pub async fn wait_fill(mut rx: watch::Receiver<FillState>, timeout: Duration) ->
 /// Registered while a fetch is in flight, so epochs it may need are kept.
 pub struct FetchTicket {
     start: u64,
+    /// Taken by [`Store::begin_hold`]: also listed in `holds`. Never renewed.
+    hold: bool,
     shared: Arc<Shared>,
+}
+
+fn release(counts: &mut BTreeMap<u64, usize>, at: u64) {
+    if let Some(n) = counts.get_mut(&at) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&at);
+        }
+    }
 }
 
 impl Drop for FetchTicket {
     fn drop(&mut self) {
         let mut ep = self.shared.lock_epochs();
-        if let Some(n) = ep.inflight.get_mut(&self.start) {
-            *n -= 1;
-            if *n == 0 {
-                ep.inflight.remove(&self.start);
-            }
+        release(&mut ep.inflight, self.start);
+        if self.hold {
+            release(&mut ep.holds, self.start);
         }
     }
 }
@@ -534,6 +581,15 @@ mod tests {
             },
             Instant::now(),
         ))
+    }
+
+    impl Store {
+        fn entry_id(&self, key: &str) -> u64 {
+            match self.cache.get(key) {
+                Some(Slot::Entry(e)) => e.id,
+                _ => 0,
+            }
+        }
     }
 
     fn found(store: &Store, key: &str) -> bool {
@@ -642,6 +698,23 @@ mod tests {
         let (miss, k) = store.lookup("/v", &de);
         assert!(matches!(miss, Lookup::Miss));
         assert_ne!(k.as_str(), vkey);
+    }
+
+    #[test]
+    fn shared_reads_predate_invalidations_still_deleting_in_redis() {
+        let store = Store::new(1 << 20);
+        let hold = store.begin_hold();
+        store.invalidate_tags(&["game:1"]);
+        // Read from Redis while the invalidation is still deleting there:
+        // the copy may be the old one.
+        let read = store.begin_shared_fetch();
+        assert!(!store.insert(&read, "/a", &[], entry("/a", &["game:1"])));
+        assert!(store.insert(&read, "/b", &[], entry("/b", &["game:2"])));
+        drop(hold);
+        let read = store.begin_shared_fetch();
+        assert!(store.insert(&read, "/a", &[], entry("/a", &["game:1"])));
+        assert!(store.is_current("/a", store.entry_id("/a")));
+        assert!(!store.is_current("/a", 0));
     }
 
     #[tokio::test]

@@ -116,6 +116,9 @@ impl Invalidator {
             .iter()
             .filter_map(|p| crate::config::route::check_key_pattern(p).ok())
             .collect();
+        if let Some(redis) = &redis {
+            redis.attach_store(Arc::clone(&store));
+        }
         Invalidator {
             store,
             metrics,
@@ -145,6 +148,9 @@ impl Invalidator {
     /// Invalidates `req.target` in L1 at once, then in Redis and the fleet.
     pub async fn invalidate(&self, req: Request) -> Arc<Event> {
         let tags = req.target.tags();
+        // Until Redis has deleted them too, copies read back from the L2
+        // count as older than this invalidation.
+        let _hold = self.redis.as_ref().map(|_| self.store.begin_hold());
         let local = self.store.invalidate_tags(&tags) as u64;
         let game_id = req.target.game_id().cloned();
         let mut event = self.journal.new_event(
@@ -247,10 +253,11 @@ impl Invalidator {
         keys
     }
 
-    /// Files a stored entry under its tags in Redis (queued, off the request path).
-    pub fn register(&self, key: &Arc<str>, tags: &[Arc<str>]) {
+    /// Files a stored entry under its tags in Redis, and copies it to the
+    /// shared L2 with `store_responses` (queued, off the request path).
+    pub fn register(&self, entry: &Arc<crate::cache::Entry>) {
         if let Some(redis) = &self.redis {
-            redis.register(key, tags);
+            redis.register(entry);
         }
     }
 }

@@ -6,19 +6,27 @@
 //! `command_timeout`; the connection and the subscription come back with
 //! backoff, and after a resubscribe every tagged L1 entry is dropped,
 //! since invalidations may have been missed meanwhile.
+//!
+//! With `store_responses` the same writer also copies each stored entry to
+//! the shared L2 (`{prefix}resp:{cache_key}`, in [`l2`]'s encoding), with
+//! the entry's remaining retention as its TTL; fill leaders read it back
+//! on an L1 miss through the health-gated path. Invalidation deletes those
+//! keys with the other registry members.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
+use super::events::unix_ms;
 use super::wire;
 use super::Invalidator;
 use crate::cache::store::is_local_tag;
+use crate::cache::{l2, Entry, Store};
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
 use crate::shutdown;
@@ -71,7 +79,13 @@ pub struct Deleted {
     pub cache_keys: Vec<String>,
 }
 
-type Registration = (Arc<str>, Box<[Arc<str>]>);
+/// A stored entry on its way to Redis: its registry memberships and, with
+/// `store_responses`, its L2 copy.
+struct Registration {
+    key: Arc<str>,
+    tags: Box<[Arc<str>]>,
+    entry: Option<Arc<Entry>>,
+}
 
 pub struct RedisTier {
     client: redis::Client,
@@ -80,6 +94,10 @@ pub struct RedisTier {
     registry_ttl: u64,
     channel: String,
     timeout: Duration,
+    store_responses: bool,
+    /// The L1, so the writer can skip L2 copies of entries that were
+    /// invalidated while queued. Set once by the invalidation door.
+    store: OnceLock<Arc<Store>>,
     queue: mpsc::Sender<Registration>,
     metrics: Arc<Metrics>,
     cas: redis::Script,
@@ -107,6 +125,8 @@ impl RedisTier {
             registry_ttl: cfg.registry_ttl.get().as_secs().max(1),
             channel: cfg.channel.clone(),
             timeout: cfg.command_timeout.get(),
+            store_responses: cfg.store_responses,
+            store: OnceLock::new(),
             queue: tx,
             metrics,
             cas: redis::Script::new(CAS_LUA),
@@ -123,6 +143,17 @@ impl RedisTier {
 
     pub fn response_key(&self, cache_key: &str) -> String {
         format!("{}resp:{cache_key}", self.prefix)
+    }
+
+    /// Whether this tier keeps the shared L2 of response bodies.
+    pub fn stores_responses(&self) -> bool {
+        self.store_responses
+    }
+
+    /// Lets the writer check that an entry is still in `store` before
+    /// copying it to the L2.
+    pub fn attach_store(&self, store: Arc<Store>) {
+        let _ = self.store.set(store);
     }
 
     pub fn game_key(&self, id: &GameId) -> String {
@@ -272,15 +303,67 @@ impl RedisTier {
         }
     }
 
-    /// Queues a stored entry's registration; drops it when the queue is full.
-    pub fn register(&self, key: &Arc<str>, tags: &[Arc<str>]) {
-        let tags: Box<[Arc<str>]> = tags.iter().filter(|t| !is_local_tag(t)).cloned().collect();
-        if tags.is_empty() {
+    /// Queues a stored entry's registration, and its L2 copy with
+    /// `store_responses`; drops them when the queue is full.
+    pub fn register(&self, entry: &Arc<Entry>) {
+        let tags: Box<[Arc<str>]> = entry
+            .tags
+            .iter()
+            .filter(|t| !is_local_tag(t))
+            .cloned()
+            .collect();
+        if tags.is_empty() && !self.store_responses {
             return;
         }
-        if self.queue.try_send((Arc::clone(key), tags)).is_err() {
+        let reg = Registration {
+            key: Arc::clone(&entry.key),
+            tags,
+            entry: self.store_responses.then(|| Arc::clone(entry)),
+        };
+        if self.queue.try_send(reg).is_err() {
             self.metrics.registrations_dropped.inc();
         }
+    }
+
+    /// The L2 value of a queued entry and its TTL in milliseconds; `None`
+    /// when no peer could use it any more: expired, or no longer the
+    /// entry in L1 (invalidated or replaced while it waited).
+    fn l2_value(&self, entry: &Entry) -> Option<(Vec<u8>, u64)> {
+        if let Some(store) = self.store.get() {
+            if !store.is_current(&entry.key, entry.id) {
+                return None;
+            }
+        }
+        let resident = Instant::now().saturating_duration_since(entry.stored_at);
+        if resident >= entry.fresh_for {
+            return None;
+        }
+        let ttl = entry.retention().saturating_sub(resident);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let resident_ms = u64::try_from(resident.as_millis()).unwrap_or(u64::MAX);
+        let stored_at_ms = unix_ms(SystemTime::now()).saturating_sub(resident_ms);
+        l2::encode(entry, stored_at_ms).map(|v| (v, ttl_ms))
+    }
+
+    /// The L2 copy of `cache_key`, if any. Fails at once while Redis is
+    /// unhealthy, and within `command_timeout` otherwise: a fill leader
+    /// asks before going upstream, so a dead Redis must cost it nothing.
+    pub async fn load_response(&self, cache_key: &str) -> Result<Option<Vec<u8>>, RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(self.response_key(cache_key));
+        let mut values: Vec<Option<Vec<u8>>> = self.query(&pipe).await?;
+        Ok(values.pop().flatten())
+    }
+
+    /// Deletes the L2 copies of `cache_keys` (an unsafe method's URI).
+    pub async fn delete_responses(&self, cache_keys: &[Arc<str>]) -> Result<(), RedisError> {
+        if cache_keys.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = cache_keys.iter().map(|k| self.response_key(k)).collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("UNLINK").arg(&names).ignore();
+        self.query_always::<()>(&pipe).await
     }
 
     async fn write_registrations(
@@ -300,13 +383,29 @@ impl RedisTier {
             }
             let mut pipe = redis::pipe();
             let mut expire = HashSet::new();
-            for (key, tags) in &batch {
-                let member = self.response_key(key);
-                for tag in tags.iter() {
-                    let reg = self.registry_key(tag);
-                    pipe.cmd("SADD").arg(&reg).arg(&member).ignore();
-                    expire.insert(reg);
+            let mut commands = 0;
+            for reg in &batch {
+                let member = self.response_key(&reg.key);
+                // Filed before it is written: an invalidation that reads the
+                // sets after the copy exists also finds it.
+                for tag in reg.tags.iter() {
+                    let set = self.registry_key(tag);
+                    pipe.cmd("SADD").arg(&set).arg(&member).ignore();
+                    expire.insert(set);
+                    commands += 1;
                 }
+                if let Some((value, ttl_ms)) = reg.entry.as_deref().and_then(|e| self.l2_value(e)) {
+                    pipe.cmd("SET")
+                        .arg(&member)
+                        .arg(value)
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .ignore();
+                    commands += 1;
+                }
+            }
+            if commands == 0 {
+                continue;
             }
             for reg in &expire {
                 pipe.cmd("EXPIRE").arg(reg).arg(self.registry_ttl).ignore();

@@ -20,8 +20,9 @@ use super::Proxy;
 use crate::cache::entry::NewEntry;
 use crate::cache::policy::{self, CacheStatus, FreshnessRules, Fwd};
 use crate::cache::store::{uri_tag, FetchTicket, FillGuard, FillState};
-use crate::cache::{key, Entry};
+use crate::cache::{key, l2, Entry};
 use crate::invalidate::detect::Detector;
+use crate::invalidate::events::unix_ms;
 use crate::watch::GameSnapshot;
 
 /// What a fetch fills: the URI's primary key (the stored key follows from
@@ -391,6 +392,99 @@ impl Proxy {
         self.upstream.timeout()
     }
 
+    /// A fill leader's last stop before the upstream: the shared L2. A
+    /// fresh copy found there is stored in L1, unless an invalidation
+    /// overtook the read, and answered as a HIT; otherwise the fill lock
+    /// comes back for the upstream fetch. Redis being down or slow costs
+    /// nothing or at most `command_timeout` (see `RedisTier::load_response`).
+    pub(super) async fn answer_from_l2(
+        &self,
+        method: &Method,
+        client_headers: &HeaderMap,
+        key: &Arc<str>,
+        primary: &str,
+        guard: FillGuard,
+    ) -> Result<Response<ProxyBody>, FillGuard> {
+        let Some(redis) = &self.l2 else {
+            return Err(guard);
+        };
+        let ticket = self.store.begin_shared_fetch();
+        let raw = match redis.load_response(key).await {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return Err(guard),
+            Err(e) => {
+                tracing::debug!(error = %e, "L2 read failed; filling from upstream");
+                return Err(guard);
+            }
+        };
+        let stored = match l2::decode(Bytes::from(raw)) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, key = %key, "ignored a malformed L2 entry");
+                return Err(guard);
+            }
+        };
+        let now = Instant::now();
+        let Some(entry) = stored.into_entry(Arc::clone(key), unix_ms(SystemTime::now()), now)
+        else {
+            return Err(guard);
+        };
+        // The copy must sit where a fill of this request would put it.
+        let Ok(vary) = policy::vary_names(&entry.origin_headers()) else {
+            return Err(guard);
+        };
+        let expected = if vary.is_empty() {
+            primary.to_owned()
+        } else {
+            key::variant(primary, &vary, client_headers)
+        };
+        if *expected != **key {
+            return Err(guard);
+        }
+        let entry = Arc::new(entry);
+        if !self
+            .store
+            .insert(&ticket, primary, &vary, Arc::clone(&entry))
+        {
+            return Err(guard);
+        }
+        guard.finish(FillState::Filled(Arc::clone(&entry)));
+        self.metrics.hits.inc();
+        self.metrics.l2_hits.inc();
+        let status = CacheStatus {
+            hit: true,
+            detail: Some("l2"),
+            ..CacheStatus::default()
+        };
+        Ok(respond::from_entry(
+            method,
+            client_headers,
+            &entry,
+            now,
+            XCache::Hit,
+            status,
+        ))
+    }
+
+    /// Drops the cached entries of a URI after a successful unsafe method,
+    /// and their L2 copies (those this replica knows of, and the primary).
+    async fn drop_uri(&self, primary: &str) {
+        let tag = uri_tag(primary);
+        let Some(redis) = &self.l2 else {
+            self.store.invalidate_tags(&[tag]);
+            return;
+        };
+        let _hold = self.store.begin_hold();
+        let mut keys = self.store.keys_for_tag(&tag);
+        self.store.invalidate_tags(&[tag]);
+        if !keys.iter().any(|k| **k == *primary) {
+            keys.push(primary.into());
+        }
+        if let Err(e) = redis.delete_responses(&keys).await {
+            tracing::warn!(error = %e, "cannot delete L2 copies after an unsafe method");
+        }
+    }
+
     /// Decides storability and stores.
     #[allow(clippy::too_many_arguments)]
     fn store_entry(
@@ -464,9 +558,7 @@ impl Proxy {
             .store
             .insert(ticket, primary, &vary, Arc::clone(&entry));
         if stored {
-            self.detector
-                .invalidator()
-                .register(&entry.key, &entry.tags);
+            self.detector.invalidator().register(&entry);
         }
         if let Some(g) = guard {
             g.finish(if stored {
@@ -507,7 +599,7 @@ impl Proxy {
         self.metrics.bypass.inc();
         let status = resp.status();
         if status.is_success() || status.is_redirection() {
-            self.store.invalidate_tags(&[uri_tag(&primary)]);
+            self.drop_uri(&primary).await;
         }
         let (mut rparts, rbody) = resp.into_parts();
         respond::clean_upstream_headers(&mut rparts.headers);

@@ -27,6 +27,7 @@ use crate::cache::policy::{CacheStatus, Fwd};
 use crate::cache::store::{wait_fill, Fill, FillState, Lookup, Store};
 use crate::config::{Config, Routes};
 use crate::invalidate::detect::Detector;
+use crate::invalidate::redis::RedisTier;
 use crate::metrics::Metrics;
 use admit::Admission;
 use body::ProxyBody;
@@ -53,6 +54,8 @@ pub struct Proxy {
     detector: Arc<Detector>,
     /// The per-client rate limit; `None` without `[rate_limit]`.
     admission: Option<Arc<Admission>>,
+    /// The Redis tier when it keeps the shared L2 (`store_responses`).
+    l2: Option<Arc<RedisTier>>,
 }
 
 impl Proxy {
@@ -64,6 +67,11 @@ impl Proxy {
     ) -> Result<Proxy, String> {
         let routes = Routes::compile(&config.routes).map_err(|p| format!("{p:?}"))?;
         let c = &config.cache;
+        let l2 = detector
+            .invalidator()
+            .redis()
+            .filter(|r| r.stores_responses())
+            .cloned();
         Ok(Proxy {
             store,
             upstream: Upstream::new(&config.proxy.upstream, config.proxy.upstream_timeout.get())?,
@@ -82,6 +90,7 @@ impl Proxy {
                 .rate_limit
                 .as_ref()
                 .map(|rl| Arc::new(Admission::new(rl))),
+            l2,
         })
     }
 
@@ -197,9 +206,16 @@ impl Proxy {
             }
             match self.store.fill(&key) {
                 Fill::Lead(guard) => {
+                    let guard = match self
+                        .answer_from_l2(req.method(), req.headers(), &key, &primary, guard)
+                        .await
+                    {
+                        Ok(resp) => return resp,
+                        Err(guard) => guard,
+                    };
                     return self
                         .fetch(req, peer, fill::Target { primary, stale }, Some(guard))
-                        .await
+                        .await;
                 }
                 Fill::Wait(rx) => match wait_fill(rx, self.settings.coalesce_timeout).await {
                     Some(FillState::Filled(e)) if e.key == key && !e.is_dead() => {

@@ -124,6 +124,9 @@ impl Drop for Sidecar {
 pub struct Reply {
     pub status: StatusCode,
     pub x_cache: String,
+    /// Not every test file reads it.
+    #[allow(dead_code)]
+    pub cache_status: String,
     pub body: Bytes,
 }
 
@@ -178,6 +181,12 @@ impl Http {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        let cache_status = resp
+            .headers()
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let body = resp
             .into_body()
             .collect()
@@ -187,6 +196,7 @@ impl Http {
         Reply {
             status,
             x_cache,
+            cache_status,
             body,
         }
     }
