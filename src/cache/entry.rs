@@ -30,6 +30,9 @@ pub struct Entry {
     /// live in one block of their own, never in the upstream connection's
     /// read buffer.
     headers: Box<[(HeaderName, HeaderValue)]>,
+    /// The map a hit clones, built at the entry's first hit: hot entries
+    /// answer at clone speed, cold ones never pay for a map.
+    hit_map: OnceLock<HeaderMap>,
     pub body: Bytes,
     pub stored_at: Instant,
     /// Age the response already had when it arrived (RFC 9111 §4.2.3).
@@ -80,7 +83,8 @@ impl Entry {
         let header_bytes: usize = headers
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + HEADER_SLOT)
-            .sum();
+            .sum::<usize>()
+            + (headers.len() + 3) * HIT_MAP_SLOT;
         let tag_bytes: usize = n.tags.iter().map(|t| t.len() + TAG_SLOT).sum();
         let weight = n.body.len() + header_bytes + tag_bytes + 2 * n.key.len() + ENTRY_OVERHEAD;
         Entry {
@@ -88,6 +92,7 @@ impl Entry {
             key: n.key,
             status: n.status,
             headers,
+            hit_map: OnceLock::new(),
             // A body read from the upstream is a slice of the connection's
             // read buffer: copied, it keeps nothing else alive.
             body: Bytes::copy_from_slice(&n.body),
@@ -187,6 +192,22 @@ impl Entry {
         h
     }
 
+    /// The headers of a hit: a clone of the entry's prebuilt map, plus `Age`.
+    pub fn hit_headers(&self, age: Duration) -> HeaderMap {
+        let mut h = self
+            .hit_map
+            .get_or_init(|| {
+                self.labelled_headers(
+                    HeaderValue::from_static("HIT"),
+                    HeaderValue::from_static("oddscache; hit"),
+                    Duration::ZERO,
+                )
+            })
+            .clone();
+        h.insert(AGE, age_value(age));
+        h
+    }
+
     fn headers_with_room(&self, extra: usize) -> HeaderMap {
         let mut h = HeaderMap::with_capacity(self.headers.len() + extra);
         for (name, value) in self.headers.iter() {
@@ -218,6 +239,8 @@ impl Entry {
 
 /// Bytes one stored header field costs beyond its name and value.
 const HEADER_SLOT: usize = 80;
+/// Bytes one field costs in the hit map, once the entry has been hit.
+const HIT_MAP_SLOT: usize = 170;
 /// Bytes one tag costs beyond its text: its `Arc`, its index slot.
 const TAG_SLOT: usize = 96;
 /// The entry itself, moka's node and expiry bookkeeping, the key's `Arc`.
@@ -312,6 +335,10 @@ mod tests {
         assert_eq!(h[&CACHE_STATUS], "oddscache; hit");
         assert_eq!(h[AGE], "7");
         assert!(e.origin_headers().is_empty());
+        let hit = e.hit_headers(Duration::from_secs(9));
+        assert_eq!(hit[&X_CACHE], "HIT");
+        assert_eq!(hit[AGE], "9");
+        assert_eq!(e.hit_headers(Duration::from_secs(10))[AGE], "10");
         assert_eq!(age_value(Duration::from_secs(42)), "42");
         assert_eq!(age_value(Duration::from_secs(100_000)), "100000");
     }

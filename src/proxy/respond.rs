@@ -51,7 +51,7 @@ pub fn hit(
     {
         return not_modified_response(entry, now, XCache::Hit, None);
     }
-    let headers = entry.labelled_headers(XCache::Hit.value(), cache_status_hit(), entry.age(now));
+    let headers = entry.hit_headers(entry.age(now));
     let body = if method == Method::HEAD {
         ProxyBody::empty()
     } else {
