@@ -223,6 +223,15 @@ impl Proxy {
                     // Filled under another Vary variant, or the leader went
                     // away: look again, and maybe lead the next fill.
                     Some(FillState::Filled(_)) | Some(FillState::Abandoned) => continue,
+                    Some(FillState::Failed(err)) => {
+                        if let Some(err) = err.downcast_ref::<upstream::UpstreamError>() {
+                            let (method, headers) = (req.method().clone(), req.headers().clone());
+                            return self.failed(&method, &headers, stale, None, err.clone());
+                        }
+                        return self
+                            .fetch(req, peer, fill::Target { primary, stale }, None)
+                            .await;
+                    }
                     Some(FillState::NotStored) | Some(FillState::Pending) | None => {
                         return self
                             .fetch(req, peer, fill::Target { primary, stale }, None)

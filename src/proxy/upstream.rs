@@ -48,7 +48,7 @@ const UNKEYED_OVERRIDES: [&str; 9] = [
     "x-method-override",
 ];
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect to upstream: {0}")]
     Connect(String),
@@ -339,7 +339,10 @@ mod tests {
         let h = UpstreamHealth::default();
         let t0 = h.origin;
         let w = Duration::from_secs(30);
-        assert!(h.is_ready(t0 + Duration::from_secs(3600), w), "no traffic yet");
+        assert!(
+            h.is_ready(t0 + Duration::from_secs(3600), w),
+            "no traffic yet"
+        );
         h.failure(t0 + Duration::from_secs(1));
         h.failure(t0 + Duration::from_secs(20));
         assert!(h.is_ready(t0 + Duration::from_secs(30), w));
