@@ -21,7 +21,8 @@ use redis_server::RedisServer;
 const PACE: Duration = Duration::from_millis(5);
 
 struct Setup {
-    up: SimUpstream,
+    /// Kept so the upstream lives as long as the scenario.
+    _up: SimUpstream,
     r1: Replica,
     r2: Replica,
     truth: Truth,
@@ -55,7 +56,7 @@ async fn setup(redis: &RedisServer) -> Setup {
         odds["league_id"].as_str().expect("league_id")
     );
     Setup {
-        up,
+        _up: up,
         r1,
         r2,
         truth,
