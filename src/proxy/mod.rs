@@ -197,9 +197,18 @@ impl Proxy {
             }
             match self.store.fill(&key) {
                 Fill::Lead(guard) => {
+                    // A fill that ended between our lookup and taking the
+                    // lead has stored a fresh entry: serve it instead of
+                    // asking the upstream a second time.
+                    if let (Lookup::Found(e), _) = self.store.lookup(&primary, req.headers()) {
+                        if matches!(e.freshness(Instant::now()), Freshness::Fresh) {
+                            guard.finish(FillState::Filled(e));
+                            continue;
+                        }
+                    }
                     return self
                         .fetch(req, peer, fill::Target { primary, stale }, Some(guard))
-                        .await
+                        .await;
                 }
                 Fill::Wait(rx) => match wait_fill(rx, self.settings.coalesce_timeout).await {
                     Some(FillState::Filled(e)) if e.key == key && !e.is_dead() => {
