@@ -5,7 +5,6 @@
 //! Run with `cargo test --test l2`.
 
 #[path = "common/redis.rs"]
-#[allow(dead_code)] // shared with tests/fleet.rs, which uses all of it
 mod redis_server;
 #[path = "common/sidecar.rs"]
 mod sidecar;

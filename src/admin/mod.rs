@@ -11,7 +11,7 @@
 //! | `GET /api/v1/shared/cache/stats` | L1 entries and bytes, hit/miss/stale/coalesced counts, upstream errors, Redis state |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | liveness: 200 while the process serves |
-//! | `GET /readyz` | 200 unless the upstream has been unreachable for 30s (Redis does not count) |
+//! | `GET /readyz` | 200 unless the upstream has been unreachable for `admin.readiness_window`, 30s by default (Redis does not count) |
 //! | `GET /openapi.json` | the OpenAPI 3 document of this port |
 //!
 //! Reads are open: the port is meant for in-pod or in-cluster access only.
@@ -67,6 +67,9 @@ pub struct Admin {
     store: Arc<Store>,
     /// Whether the upstream answers, for `/readyz`.
     health: Arc<UpstreamHealth>,
+    /// `admin.readiness_window`: how long the upstream may fail before
+    /// `/readyz` says 503.
+    readiness_window: Duration,
     /// `ODDSCACHE_ADMIN_TOKEN`; `None` disables mutations. Never logged.
     token: Option<String>,
     /// One global quota for mutations: an invalidation storm from a script
@@ -94,6 +97,7 @@ impl Admin {
             invalidator,
             metrics,
             health,
+            readiness_window: config.admin.readiness_window.get(),
             token: config.admin.token.clone(),
             limiter: RateLimiter::direct(Quota::per_second(per_second)),
             shutdown,

@@ -288,7 +288,7 @@ fn gauge(n: u64) -> i64 {
 
 fn readyz(admin: &Admin) -> Response<AdminBody> {
     let now = Instant::now();
-    let ready = admin.health.is_ready(now);
+    let ready = admin.health.is_ready(now, admin.readiness_window);
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "unready" },
         "upstream_last_success_seconds_ago": admin.health.last_success_age(now).map(|d| d.as_secs_f64()),

@@ -134,6 +134,10 @@ pub enum FillState {
     NotStored,
     /// The leader went away (client gone, error); one waiter takes over.
     Abandoned,
+    /// The leader's fetch failed (connect error, timeout): waiters answer
+    /// with that failure too, rather than each asking a failing upstream
+    /// again and waiting out a second timeout.
+    Failed(Arc<dyn std::error::Error + Send + Sync>),
 }
 
 pub enum Lookup {

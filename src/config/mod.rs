@@ -103,6 +103,10 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     pub events_capacity: usize,
     pub mutations_per_second: u32,
+    /// How long every upstream request must fail before `/readyz` says 503:
+    /// long enough that one upstream deploy does not pull every replica out
+    /// of the load balancer at once.
+    pub readiness_window: Dur,
     /// Only ever from `ODDSCACHE_ADMIN_TOKEN`: a token in a committed file leaks.
     #[serde(skip)]
     pub token: Option<String>,
@@ -114,6 +118,7 @@ impl Default for AdminConfig {
             listen: ([127, 0, 0, 1], 9090).into(),
             events_capacity: 1000,
             mutations_per_second: 10,
+            readiness_window: Dur::secs(30),
             token: None,
         }
     }
@@ -386,6 +391,11 @@ impl Config {
         check(
             self.admin.mutations_per_second > 0,
             "admin.mutations_per_second",
+            "must be greater than 0",
+        );
+        check(
+            !self.admin.readiness_window.get().is_zero(),
+            "admin.readiness_window",
             "must be greater than 0",
         );
         check(

@@ -212,3 +212,18 @@ fn max_connections_must_allow_one() {
     assert_eq!(keys(&problems), ["proxy.max_connections"]);
     assert_eq!(load("").unwrap().proxy.max_connections, 10_000);
 }
+
+#[test]
+fn readiness_window_must_be_positive() {
+    let problems = load("[admin]\nreadiness_window = \"0s\"").unwrap_err();
+    assert_eq!(keys(&problems), ["admin.readiness_window"]);
+    assert_eq!(
+        load("").unwrap().admin.readiness_window.get(),
+        std::time::Duration::from_secs(30)
+    );
+    let short = load("[admin]\nreadiness_window = \"1s\"").unwrap();
+    assert_eq!(
+        short.admin.readiness_window.get(),
+        std::time::Duration::from_secs(1)
+    );
+}

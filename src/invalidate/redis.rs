@@ -105,6 +105,10 @@ pub struct RedisTier {
     /// commands fail at once instead of each waiting `command_timeout`, so
     /// a dead or stalled Redis costs fills nothing.
     healthy: AtomicBool,
+    /// Whether the subscriber holds its subscription. With `healthy`, it
+    /// makes `oddscache_redis_up`: either one down means peers' events or
+    /// our own commands are not going through.
+    subscribed: AtomicBool,
 }
 
 impl RedisTier {
@@ -131,6 +135,7 @@ impl RedisTier {
             metrics,
             cas: redis::Script::new(CAS_LUA),
             healthy: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
         });
         tokio::spawn(Arc::clone(&tier).connect_loop(shutdown.clone()));
         tokio::spawn(Arc::clone(&tier).write_registrations(rx, shutdown));
@@ -174,6 +179,7 @@ impl RedisTier {
                 Ok(conn) => {
                     *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
                     self.healthy.store(true, Ordering::Relaxed);
+                    self.publish_up();
                     tracing::info!("connected to Redis");
                     return self.probe_loop(shutdown).await;
                 }
@@ -205,7 +211,9 @@ impl RedisTier {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.recv() => return,
             }
-            let Ok(mut conn) = self.connection() else {
+            // The manager, not `connection()`: that one refuses while
+            // unhealthy, and the probe is what makes Redis healthy again.
+            let Some(mut conn) = self.manager() else {
                 continue;
             };
             let ping = redis::cmd("PING");
@@ -219,10 +227,10 @@ impl RedisTier {
                     tracing::info!("Redis commands are going through again");
                 } else {
                     self.metrics.redis_errors.inc();
-                    self.metrics.redis_up.set(0);
                     tracing::warn!("Redis is not answering; registrations are dropped and decisions made locally until it does");
                 }
             }
+            self.publish_up();
         }
     }
 
@@ -298,9 +306,17 @@ impl RedisTier {
             RedisError::Redis(e) => e.is_io_error() || e.is_unrecoverable_error() || e.is_timeout(),
             RedisError::NotConnected | RedisError::Decode(_) => false,
         };
-        if broken {
-            self.healthy.store(false, Ordering::Relaxed);
+        if broken && self.healthy.swap(false, Ordering::Relaxed) {
+            self.publish_up();
+            tracing::warn!(error = %e, "a Redis command failed; registrations are dropped and decisions made locally until a probe answers");
         }
+    }
+
+    /// `oddscache_redis_up`: 1 while commands go through and the
+    /// subscription is held.
+    fn publish_up(&self) {
+        let up = self.healthy.load(Ordering::Relaxed) && self.subscribed.load(Ordering::Relaxed);
+        self.metrics.redis_up.set(i64::from(up));
     }
 
     /// Queues a stored entry's registration, and its L2 copy with
@@ -554,7 +570,8 @@ impl RedisTier {
                         let dropped = invalidator.store().flush_tagged();
                         tracing::warn!(dropped, "resubscribed to Redis; dropped tagged L1 entries that may have missed invalidations");
                     }
-                    self.metrics.redis_up.set(1);
+                    self.subscribed.store(true, Ordering::Relaxed);
+                    self.publish_up();
                     backoff = Duration::from_millis(50);
                     loop {
                         tokio::select! {
@@ -573,7 +590,8 @@ impl RedisTier {
                 Err(e) => tracing::debug!(error = %e, "cannot subscribe to Redis"),
             }
             missed_some = true;
-            self.metrics.redis_up.set(0);
+            self.subscribed.store(false, Ordering::Relaxed);
+            self.publish_up();
             self.metrics.redis_errors.inc();
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}

@@ -172,7 +172,10 @@ impl Proxy {
 
     /// The upstream gave no response: a stale copy if one may stand in,
     /// else 502/504 with a JSON body.
-    fn failed(
+    /// Answers an upstream failure: a usable stale copy, else the error.
+    /// The leader's waiters are told the failure and answer it the same
+    /// way, so a failing upstream gets one request per key per fill.
+    pub(super) fn failed(
         &self,
         method: &Method,
         client_headers: &HeaderMap,
@@ -180,10 +183,8 @@ impl Proxy {
         guard: Option<FillGuard>,
         err: UpstreamError,
     ) -> Response<ProxyBody> {
-        // Waiters try for themselves at once rather than queueing behind
-        // one another's timeouts.
         if let Some(g) = guard {
-            g.finish(FillState::NotStored);
+            g.finish(FillState::Failed(Arc::new(err.clone())));
         }
         tracing::warn!(upstream = self.upstream.url(), error = %err, "upstream request failed");
         let fwd = if stale.is_some() {

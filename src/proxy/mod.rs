@@ -206,6 +206,15 @@ impl Proxy {
             }
             match self.store.fill(&key) {
                 Fill::Lead(guard) => {
+                    // A fill that ended between our lookup and taking the
+                    // lead has stored a fresh entry: serve it instead of
+                    // asking the upstream a second time.
+                    if let (Lookup::Found(e), _) = self.store.lookup(&primary, req.headers()) {
+                        if matches!(e.freshness(Instant::now()), Freshness::Fresh) {
+                            guard.finish(FillState::Filled(e));
+                            continue;
+                        }
+                    }
                     let guard = match self
                         .answer_from_l2(req.method(), req.headers(), &key, &primary, guard)
                         .await
@@ -239,6 +248,15 @@ impl Proxy {
                     // Filled under another Vary variant, or the leader went
                     // away: look again, and maybe lead the next fill.
                     Some(FillState::Filled(_)) | Some(FillState::Abandoned) => continue,
+                    Some(FillState::Failed(err)) => {
+                        if let Some(err) = err.downcast_ref::<upstream::UpstreamError>() {
+                            let (method, headers) = (req.method().clone(), req.headers().clone());
+                            return self.failed(&method, &headers, stale, None, err.clone());
+                        }
+                        return self
+                            .fetch(req, peer, fill::Target { primary, stale }, None)
+                            .await;
+                    }
                     Some(FillState::NotStored) | Some(FillState::Pending) | None => {
                         return self
                             .fetch(req, peer, fill::Target { primary, stale }, None)

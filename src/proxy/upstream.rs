@@ -48,7 +48,7 @@ const UNKEYED_OVERRIDES: [&str; 9] = [
     "x-method-override",
 ];
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect to upstream: {0}")]
     Connect(String),
@@ -75,10 +75,6 @@ impl UpstreamError {
         }
     }
 }
-
-/// How long the upstream may fail without a single answer before the
-/// sidecar reports itself unready.
-pub const UNREADY_AFTER: Duration = Duration::from_secs(30);
 
 /// Whether the upstream has answered lately, for `/readyz`.
 ///
@@ -123,12 +119,13 @@ impl UpstreamHealth {
         );
     }
 
-    /// Ready unless every request for [`UNREADY_AFTER`] has failed. A
+    /// Ready unless every request for `window` (`admin.readiness_window`)
+    /// has failed. A
     /// sidecar that has seen no traffic yet is ready: the upstream may
     /// simply be idle.
-    pub fn is_ready(&self, now: Instant) -> bool {
+    pub fn is_ready(&self, now: Instant, window: Duration) -> bool {
         let since = self.failing_since.load(Ordering::Relaxed);
-        since == 0 || self.stamp(now).saturating_sub(since) < UNREADY_AFTER.as_nanos() as u64
+        since == 0 || self.stamp(now).saturating_sub(since) < window.as_nanos() as u64
     }
 
     /// How long ago the upstream last answered, if it ever did.
@@ -341,13 +338,21 @@ mod tests {
     fn ready_until_the_upstream_has_failed_for_a_while() {
         let h = UpstreamHealth::default();
         let t0 = h.origin;
-        assert!(h.is_ready(t0 + Duration::from_secs(3600)), "no traffic yet");
+        let w = Duration::from_secs(30);
+        assert!(
+            h.is_ready(t0 + Duration::from_secs(3600), w),
+            "no traffic yet"
+        );
         h.failure(t0 + Duration::from_secs(1));
         h.failure(t0 + Duration::from_secs(20));
-        assert!(h.is_ready(t0 + Duration::from_secs(30)));
-        assert!(!h.is_ready(t0 + Duration::from_secs(31)));
+        assert!(h.is_ready(t0 + Duration::from_secs(30), w));
+        assert!(!h.is_ready(t0 + Duration::from_secs(31), w));
+        assert!(
+            !h.is_ready(t0 + Duration::from_secs(3), Duration::from_secs(1)),
+            "a shorter window flips sooner"
+        );
         h.success(t0 + Duration::from_secs(40));
-        assert!(h.is_ready(t0 + Duration::from_secs(500)));
+        assert!(h.is_ready(t0 + Duration::from_secs(500), w));
         assert_eq!(
             h.last_success_age(t0 + Duration::from_secs(45)),
             Some(Duration::from_secs(5))

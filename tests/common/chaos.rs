@@ -1,0 +1,659 @@
+//! The chaos harness: two sidecars with admin ports, the demo simulator as
+//! a restartable upstream, a steady load that records every response, and
+//! a truth model that knows each game's status at every instant.
+//!
+//! A scenario breaks something under load, then judges what the clients
+//! saw: failures, 5xx, stale statuses (shown after the change plus
+//! [`BOUND`]), and leaks (open connections, live tasks).
+#![allow(dead_code)] // each chaos binary uses a different part
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use oddscache::config::{Config, Overrides, SHIPPED};
+use oddscache::demo::{SimConfig, Simulator};
+use oddscache::shutdown;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::common::Sidecar;
+
+/// The propagation bound: a change must be visible on every replica this
+/// long after the write that made it returned. A correctness bound, not a
+/// speed target: loopback propagation is a few milliseconds.
+pub const BOUND: Duration = Duration::from_secs(1);
+/// Any single client request may take this long before it counts as failed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a condition the scenario waits for may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+/// The admin token the chaos sidecars accept.
+pub const TOKEN: &str = "chaos-token";
+
+/// Chaos scenarios measure latency and memory; one at a time per binary.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The shipped config with `edits` (pairs of exact text and replacement)
+/// applied, pointed at `upstream` and `redis`, as `replica`.
+pub fn config(
+    upstream: &str,
+    redis: Option<&str>,
+    replica: &str,
+    edits: &[(&str, &str)],
+) -> Config {
+    let mut text = SHIPPED.to_string();
+    for (from, to) in edits {
+        assert!(text.contains(from), "config.toml has no {from:?}");
+        text = text.replacen(from, to, 1);
+    }
+    Config::from_toml(
+        &text,
+        &Overrides {
+            upstream: Some(upstream.to_string()),
+            redis_url: redis.map(str::to_string),
+            replica_id: Some(replica.to_string()),
+            admin_token: Some(TOKEN.to_string()),
+            ..Overrides::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("chaos config is invalid: {e}"))
+}
+
+/// One sidecar with its admin port.
+pub struct Replica {
+    pub name: String,
+    pub sidecar: Sidecar,
+    pub admin: SocketAddr,
+}
+
+impl Replica {
+    pub async fn start(name: &str, config: Config) -> Replica {
+        let (sidecar, _handle, admin) = Sidecar::with_handle(config).await;
+        Replica {
+            name: name.to_string(),
+            sidecar,
+            admin,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.sidecar.url(path)
+    }
+
+    /// One sample of a metric (the first series whose name and labels
+    /// start with `series`), from `/metrics`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (status, body) = admin_get(self.admin, "/metrics").await;
+        assert_eq!(status, 200, "/metrics");
+        let text = String::from_utf8_lossy(&body);
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series || name.starts_with(&format!("{series}{{")))
+                    .then(|| value.parse().ok())
+                    .flatten()
+            })
+            .unwrap_or_else(|| panic!("no {series} in /metrics"))
+    }
+
+    pub async fn admin_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, body) = admin_get(self.admin, path).await;
+        let json = serde_json::from_slice(&body).unwrap_or_else(|e| {
+            panic!("{path}: not JSON ({e}): {}", String::from_utf8_lossy(&body))
+        });
+        (status, json)
+    }
+
+    /// Waits until `metric` reads `want`; answers when it did.
+    pub async fn wait_metric(&self, series: &str, want: f64) -> Instant {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.metric(series).await;
+            if got == want {
+                return Instant::now();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {series} stayed {got}, never {want}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A GET on a fresh connection closed after the answer, so probes hold no
+/// pooled connection or task that a leak check would count.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    raw_request(addr, "GET", path, &[], "").await
+}
+
+pub async fn admin_post(addr: SocketAddr, path: &str, body: &str) -> (u16, Vec<u8>) {
+    let auth = format!("Bearer {TOKEN}");
+    raw_request(
+        addr,
+        "POST",
+        path,
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await
+}
+
+async fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<u8>) {
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await.expect("connect to admin");
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: chaos\r\nconnection: close\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).await.expect("write");
+        s.write_all(body.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        out
+    };
+    let out = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} on {addr} hung"));
+    let text = String::from_utf8_lossy(&out);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {text:?}"));
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(out.len(), |i| i + 4);
+    let mut body = out[split..].to_vec();
+    if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&raw[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 || raw.len() < eol + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+        raw = &raw[(eol + 4 + size).min(raw.len())..];
+    }
+    out
+}
+
+/// The demo API without its ticker, killable and restartable on its port.
+pub struct SimUpstream {
+    pub sim: Arc<Simulator>,
+    pub addr: SocketAddr,
+    running: Option<(shutdown::Trigger, JoinHandle<()>)>,
+}
+
+impl SimUpstream {
+    pub async fn start() -> SimUpstream {
+        let sim = Simulator::new(SimConfig {
+            tick: Duration::ZERO,
+            ..SimConfig::default()
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut up = SimUpstream {
+            sim,
+            addr,
+            running: None,
+        };
+        up.serve(listener);
+        up
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (trigger, signal) = shutdown::channel();
+        let task = tokio::spawn(oddscache::demo::serve(
+            Arc::clone(&self.sim),
+            listener,
+            signal,
+        ));
+        self.running = Some((trigger, task));
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops listening and closes its connections: the port refuses.
+    pub async fn kill(&mut self) {
+        if let Some((trigger, task)) = self.running.take() {
+            trigger.fire();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens on the same port again.
+    pub async fn restart(&mut self) {
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the upstream's port");
+        self.serve(listener);
+    }
+}
+
+/// A game as one response showed it.
+#[derive(Clone, Debug)]
+pub struct Shown {
+    pub game: String,
+    pub status: String,
+}
+
+/// One client request and what came back.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub replica: usize,
+    pub path: String,
+    pub start: Instant,
+    pub took: Duration,
+    /// 0 when no response arrived (connect error, timeout, broken body).
+    pub status: u16,
+    pub x_cache: String,
+    pub games: Vec<Shown>,
+    pub error: Option<String>,
+}
+
+impl Sample {
+    pub fn failed(&self) -> bool {
+        self.status == 0
+    }
+}
+
+fn games_in(body: &[u8]) -> Vec<Shown> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    let one = |g: &serde_json::Value| {
+        Some(Shown {
+            game: g.get("game_id")?.as_str()?.to_string(),
+            status: g.get("status")?.as_str()?.to_string(),
+        })
+    };
+    match v.get("games").and_then(|g| g.as_array()) {
+        Some(list) => list.iter().filter_map(one).collect(),
+        None => one(&v).into_iter().collect(),
+    }
+}
+
+/// A pooled HTTP/1.1 client that reports failures instead of panicking.
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http::new()
+    }
+}
+
+impl Http {
+    pub fn new() -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn sample(&self, replica: usize, base: &str, path: &str) -> Sample {
+        let start = Instant::now();
+        let req = Request::get(format!("{base}{path}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let exchange = async {
+            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let x_cache = resp
+                .headers()
+                .get("x-cache")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, x_cache, body))
+        };
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_TIMEOUT:?}")));
+        let took = start.elapsed();
+        let mut s = Sample {
+            replica,
+            path: path.to_string(),
+            start,
+            took,
+            status: 0,
+            x_cache: String::new(),
+            games: Vec::new(),
+            error: None,
+        };
+        match outcome {
+            Ok((status, x_cache, body)) => {
+                s.status = status;
+                s.x_cache = x_cache;
+                if status == 200 {
+                    s.games = games_in(&body);
+                }
+            }
+            Err(e) => s.error = Some(e),
+        }
+        s
+    }
+
+    /// A write through a replica; panics unless it answers 200.
+    pub async fn put(&self, url: &str, body: &str) {
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri(url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("request");
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req))
+            .await
+            .unwrap_or_else(|_| panic!("PUT {url} hung"))
+            .unwrap_or_else(|e| panic!("PUT {url} failed: {e}"));
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        assert_eq!(status, 200, "PUT {url}");
+    }
+}
+
+/// A steady request load on every (replica, path) pair, recording each
+/// response. A `{n}` in a path becomes a fresh number per request, to make
+/// misses.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<Vec<Sample>>>,
+}
+
+impl Load {
+    pub fn start(replicas: &[&Replica], paths: &[&str], workers: usize, pace: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counter = Arc::new(AtomicU64::new(0));
+        let targets: Arc<Vec<(usize, String, String)>> = Arc::new(
+            replicas
+                .iter()
+                .enumerate()
+                .flat_map(|(i, r)| paths.iter().map(move |p| (i, r.url(""), (*p).to_string())))
+                .collect(),
+        );
+        let workers = (0..workers)
+            .map(|w| {
+                let (stop, counter, targets) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&counter),
+                    Arc::clone(&targets),
+                );
+                tokio::spawn(async move {
+                    let http = Http::new();
+                    let mut samples = Vec::new();
+                    let mut i = w;
+                    while !stop.load(Ordering::Relaxed) {
+                        let (replica, base, path) = &targets[i % targets.len()];
+                        let n = counter.fetch_add(1, Ordering::Relaxed);
+                        let path = path.replace("{n}", &n.to_string());
+                        samples.push(http.sample(*replica, base, &path).await);
+                        i += 1;
+                        tokio::time::sleep(pace).await;
+                    }
+                    samples
+                })
+            })
+            .collect();
+        Load { stop, workers }
+    }
+
+    /// Stops the workers and hands back every sample, oldest first. The
+    /// workers' clients, and their pooled connections, are gone after it.
+    pub async fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for w in self.workers {
+            all.extend(w.await.expect("load worker panicked"));
+        }
+        all.sort_by_key(|s| s.start);
+        all
+    }
+}
+
+/// One status a game held: from when the write that set it began, to when
+/// the write that replaced it ended (plus [`BOUND`]).
+#[derive(Clone, Debug)]
+struct Held {
+    status: String,
+    begin: Instant,
+}
+
+#[derive(Clone, Debug)]
+struct Change {
+    held: Held,
+    /// When the write returned: the old status may show until this + BOUND.
+    end: Instant,
+}
+
+/// Each tracked game's true status over time.
+#[derive(Default)]
+pub struct Truth {
+    games: Mutex<HashMap<String, (Held, Vec<Change>)>>,
+    /// (replica, from, until): stale answers in here are allowed (e.g. the
+    /// peer of a change made while Redis was down, until it resubscribes).
+    excused: Mutex<Vec<(usize, Instant, Instant)>>,
+}
+
+/// How one run went, judged against the truth.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub sent: usize,
+    pub failed: usize,
+    pub server_errors: usize,
+    pub stale: usize,
+    pub stale_excused: usize,
+    /// Up to five stale samples, for the failure message.
+    pub examples: Vec<String>,
+}
+
+impl Truth {
+    /// Sets a game's status in the simulator before any replica caches it.
+    pub fn init(&self, sim: &Simulator, game: &str, status: &str) {
+        assert!(sim.set_status(game, status), "unknown game {game}");
+        let held = Held {
+            status: status.to_string(),
+            begin: Instant::now(),
+        };
+        self.games
+            .lock()
+            .unwrap()
+            .insert(game.to_string(), (held, Vec::new()));
+    }
+
+    /// Changes a game's status with a watched write through `replica`.
+    pub async fn change(&self, http: &Http, replica: &Replica, game: &str, status: &str) {
+        let begin = Instant::now();
+        http.put(
+            &replica.url(&format!("/api/v1/games/{game}")),
+            &format!(r#"{{"status":"{status}"}}"#),
+        )
+        .await;
+        let end = Instant::now();
+        let mut games = self.games.lock().unwrap();
+        let (_, changes) = games.get_mut(game).expect("a tracked game");
+        changes.push(Change {
+            held: Held {
+                status: status.to_string(),
+                begin,
+            },
+            end,
+        });
+    }
+
+    pub fn excuse(&self, replica: usize, from: Instant, until: Instant) {
+        self.excused.lock().unwrap().push((replica, from, until));
+    }
+
+    /// Whether a game may show `status` to a request that ran from `at`
+    /// to `done`: the status held at some instant of it.
+    fn allowed(&self, game: &str, status: &str, at: Instant, done: Instant) -> bool {
+        let games = self.games.lock().unwrap();
+        let Some((first, changes)) = games.get(game) else {
+            return true; // not tracked
+        };
+        // Each status holds from when its write began until the write
+        // that replaced it returned, plus the bound.
+        let mut held = first;
+        for c in changes {
+            if held.status == status && done >= held.begin && at < c.end + BOUND {
+                return true;
+            }
+            held = &c.held;
+        }
+        held.status == status && done >= held.begin
+    }
+
+    fn excused(&self, replica: usize, at: Instant) -> bool {
+        self.excused
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(r, from, until)| *r == replica && at >= *from && at < *until)
+    }
+
+    /// Judges every sample; 5xx are counted, not judged stale.
+    pub fn judge(&self, samples: &[Sample]) -> Verdict {
+        let mut v = Verdict {
+            sent: samples.len(),
+            ..Verdict::default()
+        };
+        for s in samples {
+            if s.failed() {
+                v.failed += 1;
+                continue;
+            }
+            if s.status >= 500 {
+                v.server_errors += 1;
+            }
+            for g in &s.games {
+                if self.allowed(&g.game, &g.status, s.start, s.start + s.took) {
+                    continue;
+                }
+                if self.excused(s.replica, s.start) {
+                    v.stale_excused += 1;
+                } else {
+                    v.stale += 1;
+                    if v.examples.len() < 5 {
+                        v.examples.push(format!(
+                            "r{} {} {} showed {} {} ({})",
+                            s.replica, s.path, s.x_cache, g.game, g.status, s.status
+                        ));
+                    }
+                }
+            }
+        }
+        v
+    }
+}
+
+/// Prints the scenario's row of the chaos table.
+pub fn report(scenario: &str, v: &Verdict, recovery: Option<Duration>) {
+    let recovery = recovery.map_or("-".to_string(), |d| format!("{:.2}s", d.as_secs_f64()));
+    println!(
+        "CHAOS | {scenario} | requests {} | failed {} | 5xx {} | stale {} (excused {}) | recovery {recovery}",
+        v.sent, v.failed, v.server_errors, v.stale, v.stale_excused
+    );
+}
+
+/// Tasks alive on this runtime: a leak check's raw figure.
+pub fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Waits until the runtime's live tasks are back to at most `baseline +
+/// slack` and the replicas' open proxy connections to zero: nothing the
+/// load started outlives it.
+pub async fn assert_no_leaks(replicas: &[&Replica], baseline: usize, slack: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut open = 0.0;
+        for r in replicas {
+            open += r.metric("oddscache_connections").await;
+        }
+        let tasks = alive_tasks();
+        if open == 0.0 && tasks <= baseline + slack {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leak: {open} proxy connections still open, {tasks} tasks alive (baseline {baseline} + {slack})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Percentile of durations (sorted in place).
+pub fn percentile(d: &mut [Duration], p: f64) -> Duration {
+    if d.is_empty() {
+        return Duration::ZERO;
+    }
+    d.sort();
+    d[((d.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// The HIT latencies of samples started in `[from, until)`.
+pub fn hit_latencies(samples: &[Sample], from: Instant, until: Instant) -> Vec<Duration> {
+    samples
+        .iter()
+        .filter(|s| s.x_cache == "HIT" && s.start >= from && s.start < until)
+        .map(|s| s.took)
+        .collect()
+}
+
+/// Resident memory of this process, from /proc (Linux).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
