@@ -23,6 +23,12 @@ pub const EVENTS: &str = "/api/v1/shared/cache/invalidation/events";
 pub const STREAM: &str = "/api/v1/shared/cache/invalidation/events/stream";
 pub const INVALIDATE: &str = "/api/v1/shared/cache/invalidate";
 pub const CACHE_STATS: &str = "/api/v1/shared/cache/stats";
+/// Prometheus scrape path; the k8s annotations and the dashboard use it.
+pub const METRICS: &str = "/metrics";
+/// Liveness: the kubelet's `livenessProbe`.
+pub const HEALTHZ: &str = "/healthz";
+/// Readiness: the kubelet's `readinessProbe`.
+pub const READYZ: &str = "/readyz";
 
 /// `limit` when the query names none.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -37,7 +43,7 @@ pub async fn dispatch(
     let path = req.uri().path();
     let allowed = match path {
         INVALIDATE => (Method::POST, "POST"),
-        STATS | EVENTS | STREAM | CACHE_STATS | "/metrics" | "/healthz" | "/readyz" => {
+        STATS | EVENTS | STREAM | CACHE_STATS | METRICS | HEALTHZ | READYZ => {
             (Method::GET, "GET")
         }
         _ => {
@@ -62,9 +68,9 @@ pub async fn dispatch(
         EVENTS => events(admin, req.uri().query()),
         STREAM => sse::stream(admin),
         CACHE_STATS => json(StatusCode::OK, &cache_stats(admin)),
-        "/metrics" => metrics(admin),
-        "/healthz" => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
-        "/readyz" => readyz(admin),
+        METRICS => metrics(admin),
+        HEALTHZ => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+        READYZ => readyz(admin),
         _ => mutate::invalidate(admin, req, peer).await,
     }
 }
@@ -210,12 +216,14 @@ fn metrics(admin: &Admin) -> Response<AdminBody> {
     let m = &admin.metrics;
     m.cache_entries.set(gauge(admin.store.entry_count()));
     m.cache_bytes.set(gauge(admin.store.weighted_size()));
-    let rate = admin
-        .invalidator
-        .journal()
-        .snapshot()
-        .invalidations_last_minute;
-    m.invalidations_per_minute.set(gauge(rate));
+    let journal = admin.invalidator.journal().snapshot();
+    m.invalidations_per_minute
+        .set(gauge(journal.invalidations_last_minute));
+    m.alert_threshold_per_minute
+        .set(gauge(journal.alert_threshold_per_minute));
+    m.alerting.set(i64::from(journal.alerting));
+    m.redis_configured
+        .set(i64::from(admin.invalidator.redis().is_some()));
     let mut resp = Response::new(Full::new(Bytes::from(m.encode())).boxed_unsync());
     resp.headers_mut().insert(
         CONTENT_TYPE,
