@@ -125,7 +125,10 @@ struct Sidecar {
 
 fn deployment() -> (String, Sidecar, BTreeMap<String, u16>) {
     let text = read("k8s/deployment.yaml");
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().starts_with('#')).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().starts_with('#'))
+        .collect();
     let sidecar = container(&lines, "oddscache");
     let api = container(&lines, "odds-api");
     let s = Sidecar {
@@ -172,7 +175,10 @@ fn sidecar_env_vars_are_the_ones_the_binary_reads() {
         let known = help.contains(&format!("[env: {name}="))
             || name == ADMIN_TOKEN_ENV
             || name == "RUST_LOG";
-        assert!(known, "the sidecar sets {name}, which oddscache does not read:\n{help}");
+        assert!(
+            known,
+            "the sidecar sets {name}, which oddscache does not read:\n{help}"
+        );
     }
     for name in [
         "ODDSCACHE_CONFIG",
@@ -239,20 +245,34 @@ fn ports_probes_and_scrape_target_match_the_binary() {
     let service = read("k8s/service.yaml");
     let service: Vec<&str> = service.lines().collect();
     let target = scalar(&service, "targetPort");
-    assert_eq!(s.ports.get(&target), Some(&s.ports["proxy"]), "Service targetPort {target}");
+    assert_eq!(
+        s.ports.get(&target),
+        Some(&s.ports["proxy"]),
+        "Service targetPort {target}"
+    );
 
     let policy = read("k8s/networkpolicy.yaml");
-    let policy: Vec<&str> = policy.lines().filter(|l| !l.trim().starts_with('#')).collect();
+    let policy: Vec<&str> = policy
+        .lines()
+        .filter(|l| !l.trim().starts_with('#'))
+        .collect();
     let (at, _) = find(&policy, "namespaceSelector").expect("no namespaceSelector");
     let rule = &policy[at..];
     let port: u16 = scalar(rule, "port").parse().unwrap();
-    assert_eq!(port, s.ports["admin"], "monitoring must reach the admin port");
+    assert_eq!(
+        port, s.ports["admin"],
+        "monitoring must reach the admin port"
+    );
     let open: Vec<u16> = policy[..at]
         .iter()
         .filter_map(|l| value_of(l, "port"))
         .map(|p| p.parse().unwrap())
         .collect();
-    assert_eq!(open, vec![s.ports["proxy"]], "only the proxy port is open to all");
+    assert_eq!(
+        open,
+        vec![s.ports["proxy"]],
+        "only the proxy port is open to all"
+    );
 }
 
 #[test]
@@ -275,7 +295,9 @@ fn config_file_and_shutdown_timing_fit_the_pod() {
     // preStop sleep, then SIGTERM and shutdown_grace, within the grace period.
     let (_, pre_stop) = find(&lines, "preStop").unwrap();
     let pre_stop: u64 = scalar(&pre_stop, "seconds").parse().unwrap();
-    let grace: u64 = scalar(&all, "terminationGracePeriodSeconds").parse().unwrap();
+    let grace: u64 = scalar(&all, "terminationGracePeriodSeconds")
+        .parse()
+        .unwrap();
     let drain = config.proxy.shutdown_grace.get().as_secs();
     assert!(
         pre_stop >= 1 && pre_stop + drain < grace,
@@ -302,7 +324,10 @@ fn config_file_and_shutdown_timing_fit_the_pod() {
     }
     let (_, resources) = find(&lines, "resources").unwrap();
     for key in ["requests", "limits", "memory", "cpu"] {
-        assert!(resources.iter().any(|l| value_of(l, key).is_some()), "resources.{key}");
+        assert!(
+            resources.iter().any(|l| value_of(l, key).is_some()),
+            "resources.{key}"
+        );
     }
 }
 
@@ -313,31 +338,61 @@ fn dockerfile_builds_and_runs_what_ci_checks() {
     assert!(dockerfile.contains(r#"ENTRYPOINT ["/usr/local/bin/oddscache"]"#));
     assert!(dockerfile.contains("USER 65532"));
     let (_, s, _) = deployment();
-    assert!(dockerfile.contains(&format!(
-        "EXPOSE {} {}",
-        s.ports["proxy"], s.ports["admin"]
-    )));
+    assert!(dockerfile.contains(&format!("EXPOSE {} {}", s.ports["proxy"], s.ports["admin"])));
     let check = read("scripts/check-deploy");
     assert!(check.contains("cargo build --release --locked"));
 }
 
-/// GETs `path` from `addr` over HTTP/1.1 and returns the body.
-async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+/// Sends one raw HTTP/1.1 request to `addr`; the whole answer.
+async fn request(addr: std::net::SocketAddr, raw: &str) -> String {
     let mut conn = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    conn.write_all(req.as_bytes()).await.unwrap();
+    conn.write_all(raw.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out))
         .await
         .expect("no answer in time")
         .unwrap();
-    let text = String::from_utf8(out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// GETs `path` from `addr`; the body of a 200.
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let text = request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
     assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
     text.split_once("\r\n\r\n").unwrap().1.to_string()
 }
 
-/// Every series name a live `/metrics` can carry, from its `# TYPE` lines
-/// (families without samples yet still announce their type).
+/// Series names from `# TYPE` lines of a Prometheus text exposition.
+fn exposed_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let sample = line.split(['{', ' ']).next().unwrap();
+            assert!(names.contains(sample), "{sample} has no # TYPE line");
+        }
+    }
+    names
+}
+
+/// Every series name a live `/metrics` carries after a proxied request and
+/// a manual invalidation. A labelled family appears only once it has a
+/// child, and a body the watcher cannot read needs an upstream that sends
+/// one, so the names of families still empty come from the same registry
+/// code with one child each.
 async fn live_metric_names() -> BTreeSet<String> {
     let sim = Simulator::new(SimConfig {
         tick: Duration::ZERO,
@@ -351,6 +406,7 @@ async fn live_metric_names() -> BTreeSet<String> {
         SHIPPED,
         &Overrides {
             upstream: Some(format!("http://{sim_addr}")),
+            admin_token: Some("t".into()),
             ..Overrides::default()
         },
     )
@@ -370,25 +426,31 @@ async fn live_metric_names() -> BTreeSet<String> {
         },
     ));
     get(proxy_addr, "/api/v1/games/g-1001/odds").await;
+    let invalidated = request(
+        admin_addr,
+        &format!(
+            "POST {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: 21\r\nConnection: close\r\n\r\n{{\"game_id\": \"g-1001\"}}",
+            oddscache::admin::routes::INVALIDATE
+        ),
+    )
+    .await;
+    assert!(invalidated.starts_with("HTTP/1.1 200"), "{invalidated}");
     let text = get(admin_addr, METRICS).await;
     drop(stop);
-    let mut names = BTreeSet::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
-            (words.next(), words.next(), words.next(), words.next())
-        {
-            let suffixes: &[&str] = match kind {
-                "counter" => &["_total"],
-                "histogram" => &["_bucket", "_sum", "_count"],
-                _ => &[""],
-            };
-            names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
-        } else if !line.starts_with('#') && !line.is_empty() {
-            let sample = line.split(['{', ' ']).next().unwrap();
-            assert!(names.contains(sample), "{sample} has no # TYPE line");
-        }
-    }
+    let mut names = exposed_names(&text);
+    assert!(names.contains("oddscache_invalidations_total"), "{text}");
+    let registry = oddscache::metrics::Metrics::new();
+    registry.watch_skipped("test");
+    registry.upstream_status("200");
+    registry
+        .invalidations
+        .get_or_create(&oddscache::metrics::ReasonLabel {
+            reason: "MANUAL".into(),
+        })
+        .inc();
+    let all = exposed_names(&registry.encode());
+    assert!(names.is_subset(&all), "{names:?} vs {all:?}");
+    names.extend(all);
     names
 }
 
@@ -539,8 +601,14 @@ fn readme_config_reference_matches_the_config_struct() {
         let default = cells.get(1).copied().unwrap_or("").trim_matches('`');
         documented.insert(key.to_string(), default.to_string());
     }
-    let missing: Vec<_> = keys.keys().filter(|k| !documented.contains_key(*k)).collect();
-    let extra: Vec<_> = documented.keys().filter(|k| !keys.contains_key(*k)).collect();
+    let missing: Vec<_> = keys
+        .keys()
+        .filter(|k| !documented.contains_key(*k))
+        .collect();
+    let extra: Vec<_> = documented
+        .keys()
+        .filter(|k| !keys.contains_key(*k))
+        .collect();
     let rows: String = missing
         .iter()
         .map(|k| format!("| `{k}` | `{}` | |\n", keys[*k]))

@@ -43,9 +43,7 @@ pub async fn dispatch(
     let path = req.uri().path();
     let allowed = match path {
         INVALIDATE => (Method::POST, "POST"),
-        STATS | EVENTS | STREAM | CACHE_STATS | METRICS | HEALTHZ | READYZ => {
-            (Method::GET, "GET")
-        }
+        STATS | EVENTS | STREAM | CACHE_STATS | METRICS | HEALTHZ | READYZ => (Method::GET, "GET"),
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
