@@ -67,7 +67,7 @@ fn container<'a>(lines: &[&'a str], name: &str) -> Vec<&'a str> {
         .iter()
         .position(|l| l.trim() == format!("- name: {name}"))
         .unwrap_or_else(|| panic!("no container {name}"));
-    let mut own = vec![containers[at].trim_start_matches(|c| c == ' ')];
+    let mut own = vec![containers[at].trim_start_matches(' ')];
     // The container's keys sit at the dash's indent + 2.
     let inner = indent(containers[at]) + 2;
     own.extend(
@@ -111,10 +111,6 @@ fn env(container: &[&str]) -> BTreeMap<String, Option<String>> {
         }
     }
     out
-}
-
-fn port_of(addr: &str) -> u16 {
-    addr.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 struct Sidecar {
