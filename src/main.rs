@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use oddscache::config::{Config, ConfigError, Overrides, SHIPPED};
+use oddscache::config::{Config, ConfigError, Overrides, ADMIN_TOKEN_ENV, SHIPPED};
 use oddscache::{shutdown, Listeners};
 use tokio::net::TcpListener;
 
@@ -146,7 +146,7 @@ fn overrides(args: &RunArgs) -> Overrides {
         upstream: args.upstream.clone(),
         redis_url: args.redis_url.clone(),
         replica_id: args.replica_id.clone(),
-        admin_token: std::env::var("ODDSCACHE_ADMIN_TOKEN").ok(),
+        admin_token: std::env::var(ADMIN_TOKEN_ENV).ok(),
     }
 }
 
@@ -205,7 +205,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         admin_listen: Some(args.admin_listen),
         upstream: Some(format!("http://{sim_addr}")),
         redis_url: args.redis_url.clone(),
-        admin_token: std::env::var("ODDSCACHE_ADMIN_TOKEN").ok(),
+        admin_token: std::env::var(ADMIN_TOKEN_ENV).ok(),
         ..Overrides::default()
     };
     let config = Config::from_toml(SHIPPED, &overrides).context("the shipped config is invalid")?;

@@ -76,8 +76,16 @@ pub struct Metrics {
     pub invalidations: Family<ReasonLabel, Counter>,
     pub keys_deleted: Counter,
     pub invalidations_per_minute: Gauge,
+    /// `invalidation.alert_per_minute`, so dashboards and alert rules
+    /// compare against the configured threshold instead of a copy of it.
+    pub alert_threshold_per_minute: Gauge,
+    /// 1 while the per-minute rate is above the threshold (`alerting`).
+    pub alerting: Gauge,
     pub propagation: Histogram,
     pub redis_up: Gauge,
+    /// 1 when a Redis URL is configured, so "Redis down" alerts can skip
+    /// local-only sidecars, whose `redis_up` is always 0.
+    pub redis_configured: Gauge,
     pub redis_errors: Counter,
     pub registrations_dropped: Counter,
     pub l2_hits: Counter,
@@ -156,6 +164,18 @@ impl Metrics {
             "Invalidations in the last 60 seconds",
             invalidations_per_minute.clone(),
         );
+        let alert_threshold_per_minute = Gauge::default();
+        registry.register(
+            "invalidation_alert_threshold_per_minute",
+            "The configured invalidation.alert_per_minute",
+            alert_threshold_per_minute.clone(),
+        );
+        let alerting = Gauge::default();
+        registry.register(
+            "invalidation_alerting",
+            "1 while invalidations in the last 60 seconds exceed the threshold",
+            alerting.clone(),
+        );
         let propagation = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register(
             "invalidation_propagation_seconds",
@@ -167,6 +187,12 @@ impl Metrics {
             "redis_up",
             "1 when the Redis connection and subscription are up",
             redis_up.clone(),
+        );
+        let redis_configured = Gauge::default();
+        registry.register(
+            "redis_configured",
+            "1 when a Redis URL is configured (0: local-only)",
+            redis_configured.clone(),
         );
         let redis_errors = Counter::default();
         registry.register(
@@ -228,8 +254,11 @@ impl Metrics {
             invalidations,
             keys_deleted,
             invalidations_per_minute,
+            alert_threshold_per_minute,
+            alerting,
             propagation,
             redis_up,
+            redis_configured,
             redis_errors,
             registrations_dropped,
             l2_hits,

@@ -23,6 +23,12 @@ pub const EVENTS: &str = "/api/v1/shared/cache/invalidation/events";
 pub const STREAM: &str = "/api/v1/shared/cache/invalidation/events/stream";
 pub const INVALIDATE: &str = "/api/v1/shared/cache/invalidate";
 pub const CACHE_STATS: &str = "/api/v1/shared/cache/stats";
+/// Prometheus scrape path; the k8s annotations and the dashboard use it.
+pub const METRICS: &str = "/metrics";
+/// Liveness: the kubelet's `livenessProbe`.
+pub const HEALTHZ: &str = "/healthz";
+/// Readiness: the kubelet's `readinessProbe`.
+pub const READYZ: &str = "/readyz";
 
 /// `limit` when the query names none.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -57,9 +63,9 @@ pub const ROUTES: &[Route] = &[
     route(STREAM, "GET", Endpoint::Stream),
     route(INVALIDATE, "POST", Endpoint::Invalidate),
     route(CACHE_STATS, "GET", Endpoint::CacheStats),
-    route("/metrics", "GET", Endpoint::Metrics),
-    route("/healthz", "GET", Endpoint::Healthz),
-    route("/readyz", "GET", Endpoint::Readyz),
+    route(METRICS, "GET", Endpoint::Metrics),
+    route(HEALTHZ, "GET", Endpoint::Healthz),
+    route(READYZ, "GET", Endpoint::Readyz),
     route("/openapi.json", "GET", Endpoint::OpenApi),
 ];
 
@@ -257,12 +263,14 @@ fn metrics(admin: &Admin, headers: &http::HeaderMap) -> Response<AdminBody> {
     let m = &admin.metrics;
     m.cache_entries.set(gauge(admin.store.entry_count()));
     m.cache_bytes.set(gauge(admin.store.weighted_size()));
-    let rate = admin
-        .invalidator
-        .journal()
-        .snapshot()
-        .invalidations_last_minute;
-    m.invalidations_per_minute.set(gauge(rate));
+    let journal = admin.invalidator.journal().snapshot();
+    m.invalidations_per_minute
+        .set(gauge(journal.invalidations_last_minute));
+    m.alert_threshold_per_minute
+        .set(gauge(journal.alert_threshold_per_minute));
+    m.alerting.set(i64::from(journal.alerting));
+    m.redis_configured
+        .set(i64::from(admin.invalidator.redis().is_some()));
     let openmetrics = headers
         .get_all(http::header::ACCEPT)
         .iter()

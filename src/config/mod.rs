@@ -22,6 +22,9 @@ pub use types::{Dur, Size};
 /// fallback when the default path does not exist.
 pub const SHIPPED: &str = include_str!("../../config.toml");
 
+/// The only place the admin token comes from (SPEC §1): never a file.
+pub const ADMIN_TOKEN_ENV: &str = "ODDSCACHE_ADMIN_TOKEN";
+
 /// One problem, with the key it concerns.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {message}")]
