@@ -21,6 +21,9 @@ use chaos::{
 };
 use redis_server::RedisServer;
 
+/// How long after recovery a 502 may still start (see its use).
+const JOINED_FILL_GRACE: Duration = Duration::from_millis(250);
+
 const PACE: Duration = Duration::from_millis(5);
 
 fn odds(game: &str) -> String {
@@ -114,9 +117,13 @@ async fn upstream_killed_then_restarted() {
             s.path
         );
         assert!(s.took < Duration::from_secs(1), "a 502 took {:?}", s.took);
+        // A request that joined a fill begun just before the upstream came
+        // back shares that fill's failure; on a loaded machine that fill can
+        // end a little after /readyz was seen to recover.
         assert!(
-            s.start >= killed && s.start < ready[s.replica],
-            "a 502 outside the outage"
+            s.start >= killed && s.start < ready[s.replica] + JOINED_FILL_GRACE,
+            "a 502 outside the outage: started {:?} after recovery",
+            s.start.saturating_duration_since(ready[s.replica])
         );
     }
     let stale_served = samples
