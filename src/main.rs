@@ -171,20 +171,26 @@ fn check(args: &RunArgs) -> ExitCode {
     }
 }
 
+/// Serves both ports until SIGTERM or SIGINT, then drains.
+async fn run_until_signal(
+    config: Config,
+    proxy: TcpListener,
+    admin: TcpListener,
+) -> anyhow::Result<()> {
+    let listeners = Listeners {
+        proxy,
+        admin: Some(admin),
+    };
+    oddscache::run(config, listeners, shutdown::os_signal()).await?;
+    Ok(())
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let proxy = TcpListener::bind(config.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {} (proxy.listen)", config.proxy.listen))?;
     let admin = bind_admin(&config).await?;
-    oddscache::run(
-        config,
-        Listeners {
-            proxy,
-            admin: Some(admin),
-        },
-        shutdown::os_signal(),
-    )
-    .await?;
+    run_until_signal(config, proxy, admin).await?;
     Ok(())
 }
 
@@ -252,15 +258,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         println!("  (set ODDSCACHE_ADMIN_TOKEN to enable POST {admin_base}/api/v1/shared/cache/invalidate)");
     }
     println!("statuses and odds move every few seconds; watch X-Cache and Age. Ctrl-C stops.");
-    oddscache::run(
-        config,
-        Listeners {
-            proxy,
-            admin: Some(admin),
-        },
-        shutdown::os_signal(),
-    )
-    .await?;
+    run_until_signal(config, proxy, admin).await?;
     sim_trigger.fire();
     let _ = sim_task.await;
     Ok(())

@@ -51,16 +51,7 @@ pub fn hit(
     {
         return not_modified_response(entry, now, XCache::Hit, None);
     }
-    let headers = entry.hit_headers(entry.age(now));
-    let body = if method == Method::HEAD {
-        ProxyBody::empty()
-    } else {
-        ProxyBody::full(entry.body.clone())
-    };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = entry.status;
-    *resp.headers_mut() = headers;
-    resp
+    with_body(method, entry, entry.hit_headers(entry.age(now)))
 }
 
 /// An entry served with a non-HIT status line (STALE, or a MISS that just
@@ -79,6 +70,11 @@ pub fn from_entry(
         return not_modified_response(entry, now, x_cache, Some(status));
     }
     let headers = entry.labelled_headers(x_cache.value(), status.to_header_value(), entry.age(now));
+    with_body(method, entry, headers)
+}
+
+/// The entry's status and body (none for HEAD) under `headers`.
+fn with_body(method: &Method, entry: &Entry, headers: HeaderMap) -> Response<ProxyBody> {
     let body = if method == Method::HEAD {
         ProxyBody::empty()
     } else {
