@@ -6,7 +6,7 @@
 # its built-in non-root user 65532, with the binary as entrypoint.
 
 # The toolchain CI builds with; scripts/check-deploy checks that every
-# locked crate's rust-version allows it (some need 1.89, above Cargo.toml's
+# locked crate's rust-version allows it (some need 1.89, as Cargo.toml's
 # rust-version).
 ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
