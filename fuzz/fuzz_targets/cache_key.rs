@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let primary = key::primary(&uri);
-    assert!(primary.starts_with('/') || primary == "*", "{uri:?} -> {primary:?}");
+    assert!(
+        primary.starts_with('/') || primary == "*",
+        "{uri:?} -> {primary:?}"
+    );
     let again: Uri = primary
         .parse()
         .unwrap_or_else(|e| panic!("{uri:?} -> {primary:?} is no URI: {e}"));

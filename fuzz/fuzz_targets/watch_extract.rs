@@ -15,7 +15,13 @@ use oddscache::watch::{self, GameId, WatchRules, WatchSpec};
 
 /// The shipped `cache.max_object_bytes`; larger bodies are never watched.
 const MAX_DECODED: usize = 1 << 20;
-const CODINGS: [Option<&str>; 5] = [None, Some("gzip"), Some("deflate"), Some("br"), Some("gzip, br")];
+const CODINGS: [Option<&str>; 5] = [
+    None,
+    Some("gzip"),
+    Some("deflate"),
+    Some("br"),
+    Some("gzip, br"),
+];
 
 fn rules() -> &'static WatchRules {
     static RULES: OnceLock<WatchRules> = OnceLock::new();
@@ -39,7 +45,11 @@ fn check(body: &[u8]) {
     assert_eq!(x.skipped.is_some(), x.games.is_empty(), "{x:?}");
     let mut seen = HashSet::new();
     for g in &x.games {
-        assert!(GameId::try_from(g.game_id.as_str()).is_ok(), "{:?}", g.game_id);
+        assert!(
+            GameId::try_from(g.game_id.as_str()).is_ok(),
+            "{:?}",
+            g.game_id
+        );
         assert!(seen.insert(g.game_id.clone()), "duplicate {}", g.game_id);
         assert!(g.lines.values().all(|v| v.is_finite()), "{:?}", g.lines);
         assert!(g.raw_status.as_ref().is_none_or(|r| r.len() <= 64));
@@ -47,6 +57,10 @@ fn check(body: &[u8]) {
             assert!(GameId::try_from(label.as_str()).is_ok(), "{label:?}");
         }
         let state = watch::next_state(None, g, false);
-        assert_eq!(watch::diff(Some(&state), g, rules.threshold()), None, "{g:?}");
+        assert_eq!(
+            watch::diff(Some(&state), g, rules.threshold()),
+            None,
+            "{g:?}"
+        );
     }
 }

@@ -14,5 +14,9 @@ fuzz_target!(|data: &[u8]| {
     assert!(msg.keys.len() <= wire::MAX_KEYS);
     assert_eq!(msg.v, wire::VERSION);
     let bytes = wire::encode(&msg);
-    assert_eq!(wire::decode(&bytes).as_ref(), Ok(&msg), "round trip of {msg:?}");
+    assert_eq!(
+        wire::decode(&bytes).as_ref(),
+        Ok(&msg),
+        "round trip of {msg:?}"
+    );
 });
