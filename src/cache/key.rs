@@ -16,7 +16,10 @@ pub fn primary(uri: &Uri) -> Cow<'_, str> {
     let Some(query) = pq.query() else {
         return Cow::Borrowed(pq.as_str());
     };
-    if query_is_normal(query) {
+    // An absolute-form target with an empty path (`http://h?a=1`) keeps no
+    // `/` in its text; it is the same resource as `/?a=1`, so it takes the
+    // owned path, where `path()` supplies the `/`.
+    if query_is_normal(query) && pq.as_str().starts_with(pq.path()) {
         return Cow::Borrowed(pq.as_str());
     }
     let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
@@ -101,6 +104,16 @@ mod tests {
     fn repeated_names_keep_their_order() {
         assert_eq!(key("/g?a=2&b=1&a=1"), "/g?a=2&a=1&b=1");
         assert_ne!(key("/g?a=1&a=2"), key("/g?a=2&a=1"));
+    }
+
+    #[test]
+    fn an_empty_absolute_path_is_slash() {
+        // Found by fuzz/cache_key: this was the key "?a=1", which is no
+        // path and split the cache from "/?a=1".
+        assert_eq!(key("http://h?a=1"), "/?a=1");
+        assert_eq!(key("http://h?b=1&a=2"), key("/?a=2&b=1"));
+        assert_eq!(key("http://h"), "/");
+        assert_eq!(key("*"), "*");
     }
 
     #[test]

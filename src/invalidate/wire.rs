@@ -111,6 +111,22 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn baselines_round_trip_bit_for_bit() {
+        // Found by fuzz/wire_decode: serde_json's default float parser could
+        // land one ULP off the nearest f64, so a peer re-encoding a baseline
+        // sent a different number than it received.
+        let text = "-1111111100000000000000000000000000000000000000000012810238940076077511.5";
+        let mut m = message();
+        let json = String::from_utf8(encode(&m)).unwrap().replace("2.1", text);
+        let decoded = decode(json.as_bytes()).unwrap();
+        let line = decoded.state.as_ref().unwrap().baseline["/moneyline/home"];
+        assert_eq!(line, text.parse::<f64>().unwrap());
+        assert_eq!(decode(&encode(&decoded)).unwrap(), decoded);
+        m.state.as_mut().unwrap().baseline.insert("/x".into(), line);
+        assert_eq!(decode(&encode(&m)).unwrap(), m);
+    }
+
     proptest! {
         #[test]
         fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

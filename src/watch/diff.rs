@@ -408,14 +408,55 @@ mod tests {
     proptest! {
         #[test]
         fn moves_within_the_threshold_never_fire(
-            old in 0.01f64..1000.0, negative: bool, threshold in 0.01f64..1.0,
-            frac in 0.0f64..0.999_999, up: bool,
+            lines in prop::collection::vec(
+                (0.01f64..1000.0, any::<bool>(), 0.0f64..0.999_999, any::<bool>()), 1..8),
+            threshold in 0.01f64..1.0,
         ) {
+            // Every line of the game moves, each by less than the threshold,
+            // up or down: nothing is invalidated and the baseline stays.
+            let named = |i: usize| format!("/l{i}");
+            let (mut was, mut now) = (Lines::new(), Lines::new());
+            for (i, &(old, negative, frac, up)) in lines.iter().enumerate() {
+                let old = if negative { -old } else { old };
+                let t = frac * threshold;
+                was.insert(named(i), old);
+                now.insert(named(i), old * if up { 1.0 + t } else { 1.0 - t });
+            }
+            let mut known = state_of(&snap(Status::Live, &[]));
+            known.baseline = was;
+            let mut new = snap(Status::Live, &[]);
+            new.lines = now;
+            prop_assert_eq!(diff(Some(&known), &new, threshold), None);
+            prop_assert_eq!(next_state(Some(&known), &new, false), known);
+        }
+
+        #[test]
+        fn a_move_fires_iff_its_relative_size_exceeds_the_threshold(
+            a in -1000.0f64..1000.0, b in -1000.0f64..1000.0, threshold in 0.001f64..2.0,
+        ) {
+            let relative = (b - a).abs() / a.abs();
+            // Within float noise of the threshold either answer is right.
+            prop_assume!(a == 0.0 || (relative / threshold - 1.0).abs() > 1e-6);
+            let expected = if a == 0.0 { b != 0.0 } else { relative > threshold };
+            let known = state_of(&snap(Status::Live, &[("/l", a)]));
+            let change = diff(Some(&known), &snap(Status::Live, &[("/l", b)]), threshold);
+            prop_assert_eq!(change.is_some(), expected, "{} -> {}: {}", a, b, relative);
+        }
+
+        #[test]
+        fn up_and_down_moves_of_one_size_are_treated_alike(
+            old in 0.01f64..1000.0, negative: bool, threshold in 0.01f64..1.0,
+            frac in 0.0f64..3.0,
+        ) {
+            prop_assume!((frac - 1.0).abs() > 1e-6);
             let old = if negative { -old } else { old };
-            let t = frac * threshold;
-            let new = old * if up { 1.0 + t } else { 1.0 - t };
+            let delta = frac * threshold * old.abs();
             let known = state_of(&snap(Status::Live, &[("/l", old)]));
-            prop_assert_eq!(diff(Some(&known), &snap(Status::Live, &[("/l", new)]), threshold), None);
+            let fires = |new: f64| diff(Some(&known), &snap(Status::Live, &[("/l", new)]), threshold)
+                .map(|c| c.reason);
+            let (up, down) = (fires(old + delta), fires(old - delta));
+            prop_assert_eq!(up, down, "{} +/- {}", old, delta);
+            prop_assert_eq!(up.is_some(), frac > 1.0);
         }
 
         #[test]
