@@ -1,0 +1,252 @@
+//! A throwaway 3-primary Redis Cluster on loopback, and a Sentinel set
+//! (primary, replica, 3 sentinels), killed on drop.
+//!
+//! A missing `redis-server` or `redis-cli` is a loud failure, never a skip.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a fresh cluster or sentinel set may take to settle.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// A loopback port that is free, and whose cluster-bus port (+10000) is too.
+fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("cannot find a free loopback port")
+            .port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn scratch_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "oddscache-{what}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).expect("cannot create a scratch directory");
+    dir
+}
+
+/// One `redis-server` (or sentinel) process, killed on drop.
+pub struct Node {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Node {
+    fn spawn(port: u16, args: &[String]) -> Node {
+        let child = Command::new("redis-server")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): these tests need it on PATH \
+                     (apt-get install redis-server); they are not skipped"
+                )
+            });
+        Node {
+            child: Some(child),
+            port,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("valid redis url")
+    }
+
+    /// Blocking, for set-up: one command on this node alone.
+    pub fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        let mut c = self
+            .client()
+            .get_connection_with_timeout(Duration::from_millis(500))?;
+        cmd.query(&mut c)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn wait_ping(&mut self) {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().expect("cannot poll redis-server"))
+            {
+                panic!(
+                    "redis-server on port {} exited at start: {status}",
+                    self.port
+                );
+            }
+            let pong = self.cmd::<String>(&redis::cmd("PING"));
+            if matches!(pong.as_deref(), Ok("PONG")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "port {} did not answer PING: {pong:?}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three primaries, no replicas, all 16384 slots assigned.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let dir = scratch_dir("cluster");
+        let mut nodes: Vec<Node> = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let args: Vec<String> = [
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &dir.join(format!("nodes-{port}.conf")).to_string_lossy(),
+                    "--dir",
+                    &dir.to_string_lossy(),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                Node::spawn(port, &args)
+            })
+            .collect();
+        for n in &mut nodes {
+            n.wait_ping();
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}); it is not skipped"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Cluster { nodes, dir };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Every node says `cluster_state:ok`.
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + READY_WITHIN;
+        for n in &self.nodes {
+            loop {
+                let info = n
+                    .cmd::<String>(redis::cmd("CLUSTER").arg("INFO"))
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} never reached cluster_state:ok: {info}",
+                    n.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::url).collect()
+    }
+
+    /// A cluster-aware connection for the test's own reads.
+    pub async fn connection(&self) -> redis::cluster_async::ClusterConnection {
+        redis::cluster::ClusterClient::new(self.urls())
+            .expect("valid seed urls")
+            .get_async_connection()
+            .await
+            .expect("cannot connect to the test cluster")
+    }
+
+    /// Index of the node that owns `key`.
+    pub fn owner(&self, key: &str) -> usize {
+        let slot: i64 = self.nodes[0]
+            .cmd(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
+            .expect("CLUSTER KEYSLOT");
+        self.nodes
+            .iter()
+            .position(|n| {
+                let ranges: Vec<(i64, i64)> = n
+                    .cmd::<Vec<Vec<redis::Value>>>(redis::cmd("CLUSTER").arg("SLOTS"))
+                    .expect("CLUSTER SLOTS")
+                    .into_iter()
+                    .filter(|r| owner_port(r) == Some(i64::from(n.port)))
+                    .filter_map(|r| match (&r[0], &r[1]) {
+                        (redis::Value::Int(a), redis::Value::Int(b)) => Some((*a, *b)),
+                        _ => None,
+                    })
+                    .collect();
+                ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+            })
+            .expect("a slot without an owner")
+    }
+}
+
+fn owner_port(range: &[redis::Value]) -> Option<i64> {
+    match range.get(2) {
+        Some(redis::Value::Array(node)) => match node.get(1) {
+            Some(redis::Value::Int(p)) => Some(*p),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
