@@ -350,7 +350,29 @@ impl RedisTier {
 
     /// Sentinel mode, after a failed probe: if the sentinels name another
     /// primary (a failover), connects to it and drops the old connection.
-    async fn follow_failover(&self) {
+    /// One health check: PING, or in sentinel mode ROLE, since a demoted
+    /// primary still answers PING.
+    async fn probe(&self, conn: &mut Conn, sentinel: bool) -> bool {
+        if sentinel {
+            let role = redis::cmd("ROLE");
+            match tokio::time::timeout(self.timeout, role.query_async::<redis::Value>(conn)).await {
+                Ok(Ok(redis::Value::Array(v))) => matches!(
+                    v.first(),
+                    Some(redis::Value::BulkString(r)) if r.as_slice() == b"master"
+                ),
+                _ => false,
+            }
+        } else {
+            let ping = redis::cmd("PING");
+            matches!(
+                tokio::time::timeout(self.timeout, ping.query_async::<String>(conn)).await,
+                Ok(Ok(_))
+            )
+        }
+    }
+
+    /// Whether it switched to a primary that answers as one.
+    async fn follow_failover(&self) -> bool {
         let current = self
             .primary
             .lock()
@@ -360,22 +382,24 @@ impl RedisTier {
             Ok(found) => found,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot ask the sentinels for the primary");
-                return;
+                return false;
             }
         };
         if current.as_deref() == Some(addr.as_str()) {
-            return;
+            return false;
         }
-        match client.get_connection_manager().await {
-            Ok(conn) => {
-                *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(Conn::Standalone(conn));
-                *self.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr.clone());
-                tracing::warn!(primary = %addr, "the sentinels named a new primary; switched to it");
-            }
+        let mut conn = match client.get_connection_manager().await {
+            Ok(conn) => Conn::Standalone(conn),
             Err(e) => {
-                tracing::debug!(error = %e, primary = %addr, "cannot connect to the new primary")
+                tracing::debug!(error = %e, primary = %addr, "cannot connect to the new primary");
+                return false;
             }
-        }
+        };
+        let ok = self.probe(&mut conn, true).await;
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+        *self.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr.clone());
+        tracing::warn!(primary = %addr, "the sentinels named a new primary; switched to it");
+        ok
     }
 
     /// PINGs twice a second (ten times while unhealthy). The ConnectionManager reconnects on the next
@@ -399,30 +423,10 @@ impl RedisTier {
                 continue;
             };
             let sentinel = matches!(self.backend, Backend::Sentinel(_));
-            let ok = if sentinel {
-                // A demoted primary still answers PING; ROLE tells.
-                let role = redis::cmd("ROLE");
-                match tokio::time::timeout(
-                    self.timeout,
-                    role.query_async::<redis::Value>(&mut conn),
-                )
-                .await
-                {
-                    Ok(Ok(redis::Value::Array(v))) => matches!(
-                        v.first(),
-                        Some(redis::Value::BulkString(r)) if r.as_slice() == b"master"
-                    ),
-                    _ => false,
-                }
-            } else {
-                let ping = redis::cmd("PING");
-                matches!(
-                    tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut conn)).await,
-                    Ok(Ok(_))
-                )
-            };
+            let mut ok = self.probe(&mut conn, sentinel).await;
             if sentinel && !ok {
-                self.follow_failover().await;
+                // Healthy at once on the new primary, not a probe later.
+                ok = self.follow_failover().await;
             }
             let was = self.healthy.swap(ok, Ordering::Relaxed);
             if was != ok {

@@ -250,3 +250,137 @@ impl Drop for Cluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The name the sentinels monitor the primary under.
+pub const MASTER_NAME: &str = "odds";
+
+/// A primary, one replica and three sentinels (quorum 2) watching it with a
+/// 1 s down-after, so a killed primary is replaced within a few seconds.
+pub struct Sentinels {
+    pub primary: Node,
+    pub replica: Node,
+    pub sentinels: Vec<Node>,
+    dir: PathBuf,
+}
+
+fn server_args(port: u16, dir: &std::path::Path) -> Vec<String> {
+    [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        &dir.to_string_lossy(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl Sentinels {
+    pub fn start() -> Sentinels {
+        let dir = scratch_dir("sentinel");
+        let p = free_port();
+        let mut primary = Node::spawn(p, &server_args(p, &dir));
+        primary.wait_ping();
+        let r = free_port();
+        let mut args = server_args(r, &dir);
+        args.extend(["--replicaof".into(), "127.0.0.1".into(), p.to_string()]);
+        let mut replica = Node::spawn(r, &args);
+        replica.wait_ping();
+        let sentinels = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let conf = dir.join(format!("sentinel-{port}.conf"));
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "port {port}\nbind 127.0.0.1\ndir {}\n\
+                         sentinel monitor {MASTER_NAME} 127.0.0.1 {p} 2\n\
+                         sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                         sentinel failover-timeout {MASTER_NAME} 5000\n\
+                         sentinel parallel-syncs {MASTER_NAME} 1\n",
+                        dir.display()
+                    ),
+                )
+                .expect("cannot write a sentinel config");
+                let mut n = Node::spawn(
+                    port,
+                    &[conf.to_string_lossy().into_owned(), "--sentinel".into()],
+                );
+                n.wait_ping();
+                n
+            })
+            .collect();
+        let set = Sentinels {
+            primary,
+            replica,
+            sentinels,
+            dir,
+        };
+        set.wait_settled();
+        set
+    }
+
+    /// Every sentinel knows the replica and the two other sentinels, and
+    /// the replica is in sync: a failover can happen.
+    fn wait_settled(&self) {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            let ready = self.sentinels.iter().all(|s| {
+                let replicas: Vec<redis::Value> = s
+                    .cmd(redis::cmd("SENTINEL").arg("REPLICAS").arg(MASTER_NAME))
+                    .unwrap_or_default();
+                let peers: Vec<redis::Value> = s
+                    .cmd(redis::cmd("SENTINEL").arg("SENTINELS").arg(MASTER_NAME))
+                    .unwrap_or_default();
+                replicas.len() == 1 && peers.len() == 2
+            });
+            let info: String = self
+                .replica
+                .cmd(redis::cmd("INFO").arg("replication"))
+                .unwrap_or_default();
+            if ready && info.contains("master_link_status:up") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel set never settled: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(Node::url).collect()
+    }
+
+    /// The primary's port as the first sentinel answering names it.
+    pub fn primary_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| {
+            s.cmd::<Option<(String, u16)>>(
+                redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(MASTER_NAME),
+            )
+            .ok()
+            .flatten()
+            .map(|(_, port)| port)
+        })
+    }
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        for n in &mut self.sentinels {
+            n.kill();
+        }
+        self.primary.kill();
+        self.replica.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
