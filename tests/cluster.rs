@@ -10,6 +10,8 @@ mod redis_cluster;
 mod sidecar;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oddscache::config::{Config, RedisConfig, RedisMode};
@@ -59,6 +61,32 @@ async fn wait_subscribed(cluster: &Cluster, i: usize) {
             Instant::now() < deadline,
             "nobody subscribed on node {i} (port {})",
             cluster.nodes[i].port
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until the live nodes have `n` subscribers between them.
+async fn wait_subscribers(cluster: &Cluster, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let subs: usize = cluster
+            .primaries()
+            .into_iter()
+            .chain((0..cluster.nodes.len()).filter(|i| !cluster.primaries().contains(i)))
+            .filter_map(|i| {
+                cluster.nodes[i]
+                    .cmd::<(String, usize)>(redis::cmd("PUBSUB").arg("NUMSUB").arg(CHANNEL))
+                    .ok()
+            })
+            .map(|(_, s)| s)
+            .sum();
+        if subs >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{subs} subscribers on the cluster, want {n}"
         );
         tokio::time::sleep(POLL).await;
     }
@@ -180,6 +208,120 @@ async fn registration_invalidation_and_fan_out_across_slots_and_nodes() {
                 "r2 still serves the old status of {id} {PROPAGATION:?} after the change"
             );
             tokio::time::sleep(POLL).await;
+        }
+    }
+    r1.stop().await;
+    r2.stop().await;
+}
+
+/// A primary dies under two sidecars, one of them subscribed on it: while
+/// its replica takes over, clients reading from both see no errors and no
+/// wrong odds; afterwards a status change written through r1 deletes its
+/// keys on the new topology and reaches r2. Nothing stale survives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_failing_over_costs_clients_nothing_and_leaves_nothing_stale() {
+    let mut cluster = Cluster::start_with(1);
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3, "three primaries, three replicas");
+    let (victim, other) = (primaries[0], primaries[1]);
+    let up = Upstream::start().await;
+    let r1 = Sidecar::start(cluster_config(
+        &up.url(),
+        seeds_from(&cluster, victim),
+        "r1",
+    ))
+    .await;
+    let r2 = Sidecar::start(cluster_config(&up.url(), seeds_from(&cluster, other), "r2")).await;
+    wait_subscribed(&cluster, victim).await;
+    wait_subscribed(&cluster, other).await;
+    let http = Http::new();
+
+    let ids: Vec<String> = up.sim.game_ids().into_iter().take(6).collect();
+    for id in &ids {
+        assert!(up.sim.set_status(id, "pre_game"));
+        for s in [&r1, &r2] {
+            assert_eq!(http.get(&s.url(&odds_path(id))).await.status, 200);
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (stop, errors, reads) = (stop.clone(), errors.clone(), reads.clone());
+        let urls: Vec<String> = ids
+            .iter()
+            .flat_map(|id| [r1.url(&odds_path(id)), r2.url(&odds_path(id))])
+            .collect();
+        tokio::spawn(async move {
+            let http = Http::new();
+            while !stop.load(Ordering::Relaxed) {
+                for u in &urls {
+                    let r = http.get(u).await;
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    if r.status != 200 || r.game_status() != "pre_game" {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("during failover: {u}: {} {}", r.status, r.game_status());
+                    }
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        })
+    };
+
+    let killed_at = Instant::now();
+    cluster.nodes[victim].kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.primaries().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no replica took over the killed primary: {}",
+            cluster.nodes[other]
+                .cmd::<String>(redis::cmd("CLUSTER").arg("NODES"))
+                .unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.wait_ok();
+    wait_subscribers(&cluster, 2, SETUP).await;
+    eprintln!("failover and resubscription took {:?}", killed_at.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    assert_eq!(
+        errors.load(Ordering::Relaxed),
+        0,
+        "clients saw errors or wrong odds during the failover ({} reads)",
+        reads.load(Ordering::Relaxed)
+    );
+
+    let c = &mut cluster.connection().await;
+    for id in &ids {
+        let w = http
+            .put(&r1.url(&game_path(id)), r#"{"status":"in_progress"}"#)
+            .await;
+        assert_eq!(w.status, 200);
+        let registry = format!("{PREFIX}registry:game:{id}");
+        let exists: bool = c.exists(&registry).await.unwrap();
+        assert!(
+            !exists,
+            "{registry} survived the invalidation after failover"
+        );
+    }
+    for id in &ids {
+        for (name, s) in [("r1", &r1), ("r2", &r2)] {
+            let deadline = Instant::now() + PROPAGATION;
+            loop {
+                let r = http.get(&s.url(&odds_path(id))).await;
+                assert_eq!(r.status, 200);
+                if r.game_status() == "in_progress" {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} still serves the old status of {id} {PROPAGATION:?} after the change"
+                );
+                tokio::time::sleep(POLL).await;
+            }
         }
     }
     r1.stop().await;

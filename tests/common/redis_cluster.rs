@@ -116,7 +116,8 @@ impl Drop for Node {
     }
 }
 
-/// Three primaries, no replicas, all 16384 slots assigned.
+/// Three primaries, with `replicas` replicas each, all 16384 slots
+/// assigned; a node missing for a second counts as failed.
 pub struct Cluster {
     pub nodes: Vec<Node>,
     dir: PathBuf,
@@ -124,8 +125,12 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_with(0)
+    }
+
+    pub fn start_with(replicas: usize) -> Cluster {
         let dir = scratch_dir("cluster");
-        let mut nodes: Vec<Node> = (0..3)
+        let mut nodes: Vec<Node> = (0..3 * (1 + replicas))
             .map(|_| {
                 let port = free_port();
                 let args: Vec<String> = [
@@ -135,6 +140,12 @@ impl Cluster {
                     "127.0.0.1",
                     "--cluster-enabled",
                     "yes",
+                    "--cluster-node-timeout",
+                    "1000",
+                    // A replica may always take over: the test kills
+                    // primaries a few seconds after start.
+                    "--cluster-replica-validity-factor",
+                    "0",
                     "--cluster-config-file",
                     &dir.join(format!("nodes-{port}.conf")).to_string_lossy(),
                     "--dir",
@@ -160,7 +171,7 @@ impl Cluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}); it is not skipped"));
         assert!(
@@ -174,10 +185,10 @@ impl Cluster {
         cluster
     }
 
-    /// Every node says `cluster_state:ok`.
-    fn wait_ok(&self) {
+    /// Every live node says `cluster_state:ok`.
+    pub fn wait_ok(&self) {
         let deadline = Instant::now() + READY_WITHIN;
-        for n in &self.nodes {
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
             loop {
                 let info = n
                     .cmd::<String>(redis::cmd("CLUSTER").arg("INFO"))
@@ -199,6 +210,18 @@ impl Cluster {
         self.nodes.iter().map(Node::url).collect()
     }
 
+    /// Indexes of the nodes that are primaries now.
+    pub fn primaries(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i].child.is_some()
+                    && self.nodes[i]
+                        .cmd::<String>(redis::cmd("INFO").arg("replication"))
+                        .is_ok_and(|info| info.contains("role:master"))
+            })
+            .collect()
+    }
+
     /// A cluster-aware connection for the test's own reads.
     pub async fn connection(&self) -> redis::cluster_async::ClusterConnection {
         redis::cluster::ClusterClient::new(self.urls())
@@ -210,12 +233,20 @@ impl Cluster {
 
     /// Index of the node that owns `key`.
     pub fn owner(&self, key: &str) -> usize {
-        let slot: i64 = self.nodes[0]
+        let live = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a live node");
+        let slot: i64 = live
             .cmd(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
             .expect("CLUSTER KEYSLOT");
         self.nodes
             .iter()
             .position(|n| {
+                if n.child.is_none() {
+                    return false;
+                }
                 let ranges: Vec<(i64, i64)> = n
                     .cmd::<Vec<Vec<redis::Value>>>(redis::cmd("CLUSTER").arg("SLOTS"))
                     .expect("CLUSTER SLOTS")
