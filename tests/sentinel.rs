@@ -29,7 +29,7 @@ fn sentinel_config(upstream: &str, sentinels: Vec<String>, replica: &str) -> Con
     cfg.redis = Some(RedisConfig {
         mode: RedisMode::Sentinel,
         urls: sentinels,
-        master_name: Some(MASTER_NAME.into()),
+        master_name: MASTER_NAME.into(),
         ..RedisConfig::default()
     });
     assert!(cfg.redis_enabled().is_some());

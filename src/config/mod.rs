@@ -223,11 +223,9 @@ pub struct RedisConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Cluster mode: seed nodes; sentinel mode: the sentinels.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<String>,
     /// Sentinel mode: the monitored primary's name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub master_name: Option<String>,
+    pub master_name: String,
     pub key_prefix: String,
     pub registry_ttl: Dur,
     pub channel: String,
@@ -241,7 +239,7 @@ impl Default for RedisConfig {
             mode: RedisMode::Standalone,
             url: None,
             urls: Vec::new(),
-            master_name: None,
+            master_name: String::new(),
             key_prefix: "oddscache:".into(),
             registry_ttl: Dur::secs(86_400),
             channel: "oddscache:invalidations".into(),
@@ -534,15 +532,13 @@ fn validate_redis(redis: &RedisConfig, problems: &mut Vec<Problem>) {
             }
         }
     }
-    match (&redis.master_name, redis.mode) {
-        (None, RedisMode::Sentinel) => problems.push(Problem::new(
+    let named = !redis.master_name.trim().is_empty();
+    match redis.mode {
+        RedisMode::Sentinel if !named => problems.push(Problem::new(
             "redis.master_name",
             "mode = \"sentinel\" needs the monitored primary's name",
         )),
-        (Some(n), RedisMode::Sentinel) if n.trim().is_empty() => {
-            problems.push(Problem::new("redis.master_name", "must not be empty"))
-        }
-        (Some(_), RedisMode::Standalone | RedisMode::Cluster) => problems.push(Problem::new(
+        RedisMode::Standalone | RedisMode::Cluster if named => problems.push(Problem::new(
             "redis.master_name",
             "only for mode = \"sentinel\"",
         )),

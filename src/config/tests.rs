@@ -242,10 +242,7 @@ fn redis_modes_are_validated_with_their_keys() {
         "[redis]\nmode = \"sentinel\"\nurls = [\"redis://127.0.0.1:26379\"]\nmaster_name = \"odds\"\n",
     )
     .unwrap();
-    assert_eq!(
-        cfg.redis_enabled().unwrap().master_name.as_deref(),
-        Some("odds")
-    );
+    assert_eq!(cfg.redis_enabled().unwrap().master_name, "odds");
 
     let problems = load("[redis]\nmode = \"sentinel\"\nurl = \"redis://x\"\n").unwrap_err();
     assert_eq!(

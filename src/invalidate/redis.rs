@@ -230,10 +230,9 @@ impl RedisTier {
                 Backend::Cluster { client, seeds }
             }
             RedisMode::Sentinel => {
-                let name = cfg.master_name.clone().ok_or(RedisError::NotConnected)?;
                 let client = SentinelClient::build(
                     cfg.urls.iter().map(String::as_str).collect(),
-                    name,
+                    cfg.master_name.clone(),
                     None,
                     SentinelServerType::Master,
                 )?;
