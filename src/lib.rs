@@ -68,7 +68,15 @@ impl Core {
         let redis = match config.redis_enabled() {
             Some(rc) => Some(
                 invalidate::redis::RedisTier::start(rc, Arc::clone(&metrics), signal.clone())
-                    .map_err(|e| RunError::Config(format!("redis.url: {e}")))?,
+                    .map_err(|e| {
+                        let key = match rc.mode {
+                            config::RedisMode::Standalone => "redis.url",
+                            config::RedisMode::Cluster | config::RedisMode::Sentinel => {
+                                "redis.urls"
+                            }
+                        };
+                        RunError::Config(format!("{key}: {e}"))
+                    })?,
             ),
             None => None,
         };

@@ -98,12 +98,16 @@ async fn invalidation_storm() {
     let mut sent = 0u64;
     while started.elapsed() < STORM {
         every.tick().await;
-        let game = if sent % 10 == 0 {
+        let game = if sent.is_multiple_of(10) {
             games[(sent / 10) as usize % games.len()].clone()
         } else {
             format!("g-storm-{}", sent % 500)
         };
-        let admin = if sent % 2 == 0 { r1.admin } else { r2.admin };
+        let admin = if sent.is_multiple_of(2) {
+            r1.admin
+        } else {
+            r2.admin
+        };
         let (status, body) = admin_post(
             admin,
             "/api/v1/shared/cache/invalidate",

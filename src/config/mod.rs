@@ -214,9 +214,18 @@ impl Default for InvalidationConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// Without a URL (here, `--redis-url` or `ODDSCACHE_REDIS_URL`) the sidecar runs local-only.
+    /// How to reach Redis: one server (`url`), a Redis Cluster (seed
+    /// `urls`) or a Sentinel-managed primary (sentinel `urls` and
+    /// `master_name`).
+    pub mode: RedisMode,
+    /// Standalone mode: without a URL (here, `--redis-url` or
+    /// `ODDSCACHE_REDIS_URL`) the sidecar runs local-only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Cluster mode: seed nodes; sentinel mode: the sentinels.
+    pub urls: Vec<String>,
+    /// Sentinel mode: the monitored primary's name.
+    pub master_name: String,
     pub key_prefix: String,
     pub registry_ttl: Dur,
     pub channel: String,
@@ -227,7 +236,10 @@ pub struct RedisConfig {
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
+            mode: RedisMode::Standalone,
             url: None,
+            urls: Vec::new(),
+            master_name: String::new(),
             key_prefix: "oddscache:".into(),
             registry_ttl: Dur::secs(86_400),
             channel: "oddscache:invalidations".into(),
@@ -235,6 +247,16 @@ impl Default for RedisConfig {
             command_timeout: Dur::millis(250),
         }
     }
+}
+
+/// `[redis] mode`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    #[default]
+    Standalone,
+    Cluster,
+    Sentinel,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -443,9 +465,14 @@ impl Config {
         }
     }
 
-    /// Whether the Redis tier is on: a `[redis]` table with a URL.
+    /// Whether the Redis tier is on: a `[redis]` table with a URL
+    /// (standalone) or with `urls` (cluster, sentinel).
     pub fn redis_enabled(&self) -> Option<&RedisConfig> {
-        self.redis.as_ref().filter(|r| r.url.is_some())
+        self.redis.as_ref().filter(|r| match r.mode {
+            RedisMode::Standalone => r.url.is_some(),
+            RedisMode::Cluster => r.url.is_some() || !r.urls.is_empty(),
+            RedisMode::Sentinel => !r.urls.is_empty(),
+        })
     }
 
     /// The effective config as TOML, for `oddscache check`.
@@ -453,6 +480,7 @@ impl Config {
         let mut shown = self.clone();
         if let Some(redis) = shown.redis.as_mut() {
             redis.url = redis.url.as_deref().map(redact_url);
+            redis.urls = redis.urls.iter().map(|u| redact_url(u)).collect();
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
@@ -463,6 +491,58 @@ fn validate_redis(redis: &RedisConfig, problems: &mut Vec<Problem>) {
         if let Err(e) = redis::Client::open(url.as_str()) {
             problems.push(Problem::new("redis.url", format!("invalid Redis URL: {e}")));
         }
+    }
+    for (i, url) in redis.urls.iter().enumerate() {
+        if let Err(e) = redis::Client::open(url.as_str()) {
+            problems.push(Problem::new(
+                format!("redis.urls[{i}]"),
+                format!("invalid Redis URL: {e}"),
+            ));
+        }
+    }
+    match redis.mode {
+        RedisMode::Standalone => {
+            if !redis.urls.is_empty() {
+                problems.push(Problem::new(
+                    "redis.urls",
+                    "only for mode = \"cluster\" or \"sentinel\"; a single server takes `url`",
+                ));
+            }
+        }
+        RedisMode::Cluster => {
+            if redis.urls.is_empty() && redis.url.is_none() {
+                problems.push(Problem::new(
+                    "redis.urls",
+                    "mode = \"cluster\" needs at least one seed node",
+                ));
+            }
+        }
+        RedisMode::Sentinel => {
+            if redis.urls.is_empty() {
+                problems.push(Problem::new(
+                    "redis.urls",
+                    "mode = \"sentinel\" needs at least one sentinel address",
+                ));
+            }
+            if redis.url.is_some() {
+                problems.push(Problem::new(
+                    "redis.url",
+                    "not used with mode = \"sentinel\": the sentinels name the primary",
+                ));
+            }
+        }
+    }
+    let named = !redis.master_name.trim().is_empty();
+    match redis.mode {
+        RedisMode::Sentinel if !named => problems.push(Problem::new(
+            "redis.master_name",
+            "mode = \"sentinel\" needs the monitored primary's name",
+        )),
+        RedisMode::Standalone | RedisMode::Cluster if named => problems.push(Problem::new(
+            "redis.master_name",
+            "only for mode = \"sentinel\"",
+        )),
+        _ => {}
     }
     if redis.channel.is_empty() {
         problems.push(Problem::new("redis.channel", "must not be empty"));

@@ -227,3 +227,34 @@ fn readiness_window_must_be_positive() {
         std::time::Duration::from_secs(1)
     );
 }
+
+#[test]
+fn redis_modes_are_validated_with_their_keys() {
+    let cfg = load(
+        "[redis]\nmode = \"cluster\"\nurls = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n",
+    )
+    .unwrap();
+    let rc = cfg.redis_enabled().expect("cluster seeds turn Redis on");
+    assert_eq!(rc.mode, crate::config::RedisMode::Cluster);
+    assert_eq!(rc.urls.len(), 2);
+
+    let cfg = load(
+        "[redis]\nmode = \"sentinel\"\nurls = [\"redis://127.0.0.1:26379\"]\nmaster_name = \"odds\"\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.redis_enabled().unwrap().master_name, "odds");
+
+    let problems = load("[redis]\nmode = \"sentinel\"\nurl = \"redis://x\"\n").unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        ["redis.urls", "redis.url", "redis.master_name"]
+    );
+    let problems = load("[redis]\nmode = \"cluster\"\nurls = [\"nope://x\"]\n").unwrap_err();
+    assert_eq!(keys(&problems), ["redis.urls[0]"]);
+    let problems = load("[redis]\nmode = \"cluster\"\n").unwrap_err();
+    assert_eq!(keys(&problems), ["redis.urls"]);
+    let problems = load("[redis]\nurls = [\"redis://x\"]\nmaster_name = \"odds\"\n").unwrap_err();
+    assert_eq!(keys(&problems), ["redis.urls", "redis.master_name"]);
+    let problems = load("[redis]\nmode = \"ring\"\n").unwrap_err();
+    assert_eq!(keys(&problems), ["redis.mode"]);
+}

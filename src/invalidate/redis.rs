@@ -12,6 +12,15 @@
 //! the entry's remaining retention as its TTL; fill leaders read it back
 //! on an L1 miss through the health-gated path. Invalidation deletes those
 //! keys with the other registry members.
+//!
+//! The same code runs on one server, a Redis Cluster or a Sentinel-managed
+//! primary (`[redis] mode`): [`Conn`] hides which. In a cluster every
+//! pipeline is sent as single commands, each routed to its slot's node, and
+//! a multi-key UNLINK is split per slot by the cluster client, so no
+//! command crosses slots and the key names stay those of SPEC §6 (see
+//! README, "Redis layout"). The fan-out uses classic PUBLISH, which a
+//! cluster broadcasts to every node, so a subscriber on any one node hears
+//! every replica.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +29,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelServerType};
 use tokio::sync::mpsc;
 
 use super::events::unix_ms;
@@ -27,7 +39,7 @@ use super::wire;
 use super::Invalidator;
 use crate::cache::store::is_local_tag;
 use crate::cache::{l2, Entry, Store};
-use crate::config::RedisConfig;
+use crate::config::{RedisConfig, RedisMode};
 use crate::metrics::Metrics;
 use crate::shutdown;
 use crate::watch::{GameId, GameState};
@@ -79,6 +91,77 @@ pub struct Deleted {
     pub cache_keys: Vec<String>,
 }
 
+/// Where the commands go.
+enum Backend {
+    Standalone(redis::Client),
+    /// The cluster client, and a plain client per seed for the
+    /// subscription (classic pub/sub reaches every node).
+    Cluster {
+        client: ClusterClient,
+        seeds: Vec<redis::Client>,
+    },
+    /// The sentinels, asked for the primary at connect time and whenever
+    /// the primary stops answering as one.
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+/// The command connection, whichever the deployment: one server (or the
+/// primary a sentinel named), or a cluster.
+#[derive(Clone)]
+pub enum Conn {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Standalone(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    /// In a cluster a pipeline's commands are sent one by one, concurrently
+    /// on the client's per-node connections, each to its own slot's node:
+    /// the cluster client refuses pipelines that cross slots.
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => {
+                let c = c.clone();
+                Box::pin(async move {
+                    if offset != 0 {
+                        return Err(redis::RedisError::from((
+                            redis::ErrorKind::Client,
+                            "transactions are not used on a cluster",
+                        )));
+                    }
+                    let calls = pipeline.cmd_iter().take(count).map(|cmd| {
+                        let mut c = c.clone();
+                        async move { c.req_packed_command(cmd).await }
+                    });
+                    futures_util::future::try_join_all(calls).await
+                })
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Standalone(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// A stored entry on its way to Redis: its registry memberships and, with
 /// `store_responses`, its L2 copy.
 struct Registration {
@@ -88,8 +171,10 @@ struct Registration {
 }
 
 pub struct RedisTier {
-    client: redis::Client,
-    conn: Mutex<Option<ConnectionManager>>,
+    backend: Backend,
+    conn: Mutex<Option<Conn>>,
+    /// Sentinel mode: the address of the primary `conn` talks to.
+    primary: Mutex<Option<String>>,
     prefix: String,
     registry_ttl: u64,
     channel: String,
@@ -119,12 +204,46 @@ impl RedisTier {
         metrics: Arc<Metrics>,
         shutdown: shutdown::Signal,
     ) -> Result<Arc<RedisTier>, RedisError> {
-        let url = cfg.url.as_deref().ok_or(RedisError::NotConnected)?;
-        let client = redis::Client::open(url)?;
+        let backend = match cfg.mode {
+            RedisMode::Standalone => {
+                let url = cfg.url.as_deref().ok_or(RedisError::NotConnected)?;
+                Backend::Standalone(redis::Client::open(url)?)
+            }
+            RedisMode::Cluster => {
+                let urls: Vec<&str> = cfg
+                    .urls
+                    .iter()
+                    .map(String::as_str)
+                    .chain(cfg.url.as_deref())
+                    .collect();
+                if urls.is_empty() {
+                    return Err(RedisError::NotConnected);
+                }
+                let seeds = urls
+                    .iter()
+                    .map(|u| redis::Client::open(*u))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let client = ClusterClient::builder(urls)
+                    .connection_timeout(cfg.command_timeout.get().max(Duration::from_secs(1)))
+                    .response_timeout(cfg.command_timeout.get())
+                    .build()?;
+                Backend::Cluster { client, seeds }
+            }
+            RedisMode::Sentinel => {
+                let client = SentinelClient::build(
+                    cfg.urls.iter().map(String::as_str).collect(),
+                    cfg.master_name.clone(),
+                    None,
+                    SentinelServerType::Master,
+                )?;
+                Backend::Sentinel(tokio::sync::Mutex::new(client))
+            }
+        };
         let (tx, rx) = mpsc::channel(QUEUE);
         let tier = Arc::new(RedisTier {
-            client,
+            backend,
             conn: Mutex::new(None),
+            primary: Mutex::new(None),
             prefix: cfg.key_prefix.clone(),
             registry_ttl: cfg.registry_ttl.get().as_secs().max(1),
             channel: cfg.channel.clone(),
@@ -175,7 +294,7 @@ impl RedisTier {
     async fn connect_loop(self: Arc<Self>, mut shutdown: shutdown::Signal) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.client.get_connection_manager().await {
+            match self.open().await {
                 Ok(conn) => {
                     *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
                     self.healthy.store(true, Ordering::Relaxed);
@@ -194,6 +313,92 @@ impl RedisTier {
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+    }
+
+    /// A new command connection. Sentinel mode asks the sentinels for the
+    /// primary first.
+    async fn open(&self) -> Result<Conn, RedisError> {
+        match &self.backend {
+            Backend::Standalone(client) => {
+                Ok(Conn::Standalone(client.get_connection_manager().await?))
+            }
+            Backend::Cluster { client, .. } => {
+                Ok(Conn::Cluster(client.get_async_connection().await?))
+            }
+            Backend::Sentinel(_) => {
+                let (client, addr) = self.sentinel_primary().await?;
+                let conn = client.get_connection_manager().await?;
+                *self.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+                Ok(Conn::Standalone(conn))
+            }
+        }
+    }
+
+    /// The primary the sentinels name now, and its address.
+    async fn sentinel_primary(&self) -> Result<(redis::Client, String), RedisError> {
+        let Backend::Sentinel(sentinel) = &self.backend else {
+            return Err(RedisError::NotConnected);
+        };
+        let ask = async { sentinel.lock().await.async_get_client().await };
+        let client = tokio::time::timeout(self.timeout.max(Duration::from_secs(1)), ask)
+            .await
+            .map_err(|_| RedisError::Timeout(self.timeout))??;
+        let addr = client.get_connection_info().addr().to_string();
+        Ok((client, addr))
+    }
+
+    /// Sentinel mode, after a failed probe: if the sentinels name another
+    /// primary (a failover), connects to it and drops the old connection.
+    /// One health check: PING, or in sentinel mode ROLE, since a demoted
+    /// primary still answers PING.
+    async fn probe(&self, conn: &mut Conn, sentinel: bool) -> bool {
+        if sentinel {
+            let role = redis::cmd("ROLE");
+            match tokio::time::timeout(self.timeout, role.query_async::<redis::Value>(conn)).await {
+                Ok(Ok(redis::Value::Array(v))) => matches!(
+                    v.first(),
+                    Some(redis::Value::BulkString(r)) if r.as_slice() == b"master"
+                ),
+                _ => false,
+            }
+        } else {
+            let ping = redis::cmd("PING");
+            matches!(
+                tokio::time::timeout(self.timeout, ping.query_async::<String>(conn)).await,
+                Ok(Ok(_))
+            )
+        }
+    }
+
+    /// Whether it switched to a primary that answers as one.
+    async fn follow_failover(&self) -> bool {
+        let current = self
+            .primary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (client, addr) = match self.sentinel_primary().await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot ask the sentinels for the primary");
+                return false;
+            }
+        };
+        if current.as_deref() == Some(addr.as_str()) {
+            return false;
+        }
+        let mut conn = match client.get_connection_manager().await {
+            Ok(conn) => Conn::Standalone(conn),
+            Err(e) => {
+                tracing::debug!(error = %e, primary = %addr, "cannot connect to the new primary");
+                return false;
+            }
+        };
+        let ok = self.probe(&mut conn, true).await;
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+        *self.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr.clone());
+        tracing::warn!(primary = %addr, "the sentinels named a new primary; switched to it");
+        ok
     }
 
     /// PINGs twice a second (ten times while unhealthy). The ConnectionManager reconnects on the next
@@ -216,11 +421,12 @@ impl RedisTier {
             let Some(mut conn) = self.manager() else {
                 continue;
             };
-            let ping = redis::cmd("PING");
-            let ok = matches!(
-                tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut conn)).await,
-                Ok(Ok(_))
-            );
+            let sentinel = matches!(self.backend, Backend::Sentinel(_));
+            let mut ok = self.probe(&mut conn, sentinel).await;
+            if sentinel && !ok {
+                // Healthy at once on the new primary, not a probe later.
+                ok = self.follow_failover().await;
+            }
             let was = self.healthy.swap(ok, Ordering::Relaxed);
             if was != ok {
                 if ok {
@@ -234,11 +440,11 @@ impl RedisTier {
         }
     }
 
-    fn manager(&self) -> Option<ConnectionManager> {
+    fn manager(&self) -> Option<Conn> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn connection(&self) -> Result<ConnectionManager, RedisError> {
+    fn connection(&self) -> Result<Conn, RedisError> {
         if !self.healthy.load(Ordering::Relaxed) {
             return Err(RedisError::NotConnected);
         }
@@ -285,7 +491,7 @@ impl RedisTier {
 
     async fn round_trip<T: redis::FromRedisValue>(
         &self,
-        mut conn: ConnectionManager,
+        mut conn: Conn,
         pipe: &redis::Pipeline,
         timeout: Duration,
     ) -> Result<T, RedisError> {
@@ -303,7 +509,12 @@ impl RedisTier {
         self.metrics.redis_errors.inc();
         let broken = match e {
             RedisError::Timeout(_) => true,
-            RedisError::Redis(e) => e.is_io_error() || e.is_unrecoverable_error() || e.is_timeout(),
+            RedisError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_unrecoverable_error()
+                    || e.is_timeout()
+                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+            }
             RedisError::NotConnected | RedisError::Decode(_) => false,
         };
         if broken && self.healthy.swap(false, Ordering::Relaxed) {
@@ -563,8 +774,9 @@ impl RedisTier {
     ) {
         let mut backoff = Duration::from_millis(50);
         let mut missed_some = false;
+        let mut attempt = 0usize;
         loop {
-            match self.subscribe_once().await {
+            match self.subscribe_once(attempt).await {
                 Ok(mut stream) => {
                     if missed_some {
                         let dropped = invalidator.store().flush_tagged();
@@ -590,6 +802,7 @@ impl RedisTier {
                 Err(e) => tracing::debug!(error = %e, "cannot subscribe to Redis"),
             }
             missed_some = true;
+            attempt = attempt.wrapping_add(1);
             self.subscribed.store(false, Ordering::Relaxed);
             self.publish_up();
             self.metrics.redis_errors.inc();
@@ -601,9 +814,21 @@ impl RedisTier {
         }
     }
 
-    async fn subscribe_once(&self) -> Result<redis::aio::PubSubStream, RedisError> {
+    /// The client the subscription uses: the server, the primary the
+    /// sentinels name, or in a cluster the next seed node in turn (classic
+    /// pub/sub is broadcast to every node, so any one will do).
+    async fn subscription_client(&self, attempt: usize) -> Result<redis::Client, RedisError> {
+        match &self.backend {
+            Backend::Standalone(client) => Ok(client.clone()),
+            Backend::Cluster { seeds, .. } => Ok(seeds[attempt % seeds.len()].clone()),
+            Backend::Sentinel(_) => Ok(self.sentinel_primary().await?.0),
+        }
+    }
+
+    async fn subscribe_once(&self, attempt: usize) -> Result<redis::aio::PubSubStream, RedisError> {
         let connect = async {
-            let mut ps = self.client.get_async_pubsub().await?;
+            let client = self.subscription_client(attempt).await?;
+            let mut ps = client.get_async_pubsub().await?;
             ps.subscribe(&self.channel).await?;
             Ok::<_, RedisError>(ps.into_on_message())
         };

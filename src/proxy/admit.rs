@@ -82,7 +82,11 @@ impl Admission {
     pub fn check(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<(), Duration> {
         let ip = self.client_ip(headers, peer);
         let outcome = self.limiter.check_key(&ip);
-        if self.checks.fetch_add(1, Ordering::Relaxed) % LEN_CHECK_EVERY == 0 {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(LEN_CHECK_EVERY)
+        {
             self.cap_keys();
         }
         outcome.map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
