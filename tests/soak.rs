@@ -338,9 +338,9 @@ async fn soak() {
     }
     writer.await.expect("the writer panicked (a write failed)");
     judge.judge(&truth, None);
-    let t = judge.tally.lock().unwrap();
     let (_, _, c1) = store(&replicas[0]).await;
     let (_, _, c2) = store(&replicas[1]).await;
+    let t = judge.tally.lock().unwrap();
     println!(
         "SOAK | result | {}s | requests served {} (replicas counted {}) | hits {:.1}% | errors {} | stale {} | writes {} | RSS at 5 min {} | RSS at end {:.1} MiB",
         started.elapsed().as_secs(),
