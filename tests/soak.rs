@@ -255,7 +255,7 @@ async fn soak() {
                 tick.tick().await;
                 let g = (i / 2) as usize % games.len();
                 let via = &replicas[(i / 3 % 2) as usize];
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     step[g] = (step[g] + 1) % CYCLE.len();
                     truth.change(&http, via, &games[g], CYCLE[step[g]]).await;
                 } else {
