@@ -46,11 +46,6 @@ pub struct WhyLabel {
     pub why: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OriginLabel {
-    pub origin: String,
-}
-
 /// The connections of one listener, which the accept loop updates.
 ///
 /// Cloning shares the underlying metrics, so the loop gets its own handle.
