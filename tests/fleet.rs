@@ -31,44 +31,6 @@ const PROPAGATION: Duration = Duration::from_secs(2);
 const SETUP: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
 
-async fn conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("cannot connect to the test Redis")
-}
-
-/// Readiness probe: `n` replicas hold their command connection and their
-/// subscription to the invalidation channel.
-async fn wait_fleet_connected(redis: &RedisServer, n: usize) {
-    let mut c = conn(redis).await;
-    let deadline = Instant::now() + SETUP;
-    loop {
-        let (_, subs): (String, usize) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(CHANNEL)
-            .query_async(&mut c)
-            .await
-            .expect("PUBSUB NUMSUB");
-        let clients: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query_async(&mut c)
-            .await
-            .expect("CLIENT LIST");
-        // Our own connection plus two per replica.
-        let others = clients.lines().count().saturating_sub(1);
-        if subs >= n && others >= 2 * n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the fleet did not connect to Redis: {subs} subscribers, {others} clients, want {n} replicas"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 fn odds_path(id: &str) -> String {
     format!("/api/v1/games/{id}/odds")
 }
@@ -87,7 +49,7 @@ async fn a_status_change_on_one_replica_evicts_the_game_on_its_peers() {
     for r in ["r1", "r2", "r3"] {
         fleet.push(Sidecar::start(config(&up.url(), Some(&redis.url()), r)).await);
     }
-    wait_fleet_connected(&redis, 3).await;
+    redis.wait_fleet_connected(CHANNEL, 3).await;
     let http = Http::new();
     let id = up.sim.game_ids()[0].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
@@ -216,7 +178,7 @@ async fn replicas(redis: &RedisServer, n: usize) -> Vec<Replica> {
         );
         tokio::time::sleep(POLL).await;
     }
-    wait_fleet_connected(redis, n).await;
+    redis.wait_fleet_connected(CHANNEL, n).await;
     fleet
 }
 
@@ -257,7 +219,8 @@ async fn until_events(
 }
 
 async fn redis_state(redis: &RedisServer, game: &str) -> serde_json::Value {
-    let raw: Option<String> = conn(redis)
+    let raw: Option<String> = redis
+        .conn()
         .await
         .get(format!("{PREFIX}game:{game}"))
         .await
@@ -365,7 +328,7 @@ async fn nine_percent_odds_movement_invalidates_nothing_eleven_does() {
     let up = Upstream::start().await;
     let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
     let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
-    wait_fleet_connected(&redis, 2).await;
+    redis.wait_fleet_connected(CHANNEL, 2).await;
     let http = Http::new();
     let id = up.sim.game_ids()[1].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
@@ -394,7 +357,7 @@ async fn nine_percent_odds_movement_invalidates_nothing_eleven_does() {
         assert_eq!(r.x_cache, "HIT", "9% must not invalidate");
         assert_eq!(home(&r), base);
     }
-    let conn_ = &mut conn(&redis).await;
+    let conn_ = &mut redis.conn().await;
     let state: String = conn_.get(format!("{PREFIX}game:{id}")).await.unwrap();
     assert!(
         state.contains(&format!("{base}")),
@@ -431,11 +394,11 @@ async fn registry_sets_expire_in_a_day_and_go_with_the_game() {
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
-    wait_fleet_connected(&redis, 1).await;
+    redis.wait_fleet_connected(CHANNEL, 1).await;
     let http = Http::new();
     let id = up.sim.game_ids()[2].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
-    let c = &mut conn(&redis).await;
+    let c = &mut redis.conn().await;
 
     assert_eq!(http.get(&r1.url(&odds_path(&id))).await.x_cache, "MISS");
     let registries = [
@@ -509,7 +472,7 @@ async fn the_fleet_rides_out_a_redis_outage_and_converges_after() {
     let up = Upstream::start().await;
     let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
     let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
-    wait_fleet_connected(&redis, 2).await;
+    redis.wait_fleet_connected(CHANNEL, 2).await;
     let http = Http::new();
     let ids = up.sim.game_ids();
     let (a, b) = (ids[3].clone(), ids[4].clone());
@@ -533,7 +496,7 @@ async fn the_fleet_rides_out_a_redis_outage_and_converges_after() {
     assert_eq!(http.get(&r1.url(&odds_path(&b))).await.x_cache, "HIT");
 
     let redis = RedisServer::start_on(port);
-    wait_fleet_connected(&redis, 2).await;
+    redis.wait_fleet_connected(CHANNEL, 2).await;
     // A resubscribed replica drops its tagged entries, since it may have
     // missed invalidations: the game is filled again, then cached again.
     for s in [&r1, &r2] {
@@ -621,7 +584,7 @@ async fn figures_propagation_latency_and_bulk_delete() {
     );
     assert!(p99 < PROPAGATION);
 
-    let c = &mut conn(&redis).await;
+    let c = &mut redis.conn().await;
     let tag = "game:g-bulk";
     let registry = format!("{PREFIX}registry:{tag}");
     fill_registry(c, &registry, 10_000).await;

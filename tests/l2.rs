@@ -33,43 +33,6 @@ fn l2_config(up: &Upstream, redis: &RedisServer, replica: &str) -> Config {
     cfg
 }
 
-async fn conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("cannot connect to the test Redis")
-}
-
-/// Readiness probe: `n` replicas hold their command connection and their
-/// subscription to the invalidation channel.
-async fn wait_fleet_connected(redis: &RedisServer, n: usize) {
-    let mut c = conn(redis).await;
-    let deadline = Instant::now() + SETUP;
-    loop {
-        let (_, subs): (String, usize) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(CHANNEL)
-            .query_async(&mut c)
-            .await
-            .expect("PUBSUB NUMSUB");
-        let clients: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query_async(&mut c)
-            .await
-            .expect("CLIENT LIST");
-        let others = clients.lines().count().saturating_sub(1);
-        if subs >= n && others >= 2 * n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the fleet did not connect to Redis: {subs} subscribers, {others} clients, want {n} replicas"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 fn odds_path(id: &str) -> String {
     format!("/api/v1/games/{id}/odds")
 }
@@ -99,8 +62,8 @@ async fn a_peer_answers_from_the_l2_until_an_invalidation_removes_it() {
     let up = Upstream::start().await;
     let r1 = Sidecar::start(l2_config(&up, &redis, "r1")).await;
     let r2 = Sidecar::start(l2_config(&up, &redis, "r2")).await;
-    wait_fleet_connected(&redis, 2).await;
-    let mut c = conn(&redis).await;
+    redis.wait_fleet_connected(CHANNEL, 2).await;
+    let mut c = redis.conn().await;
     let http = Http::new();
     let id = up.sim.game_ids()[0].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
@@ -182,8 +145,8 @@ async fn unsafe_methods_and_junk_do_not_serve_from_the_l2() {
     let up = Upstream::start().await;
     let r1 = Sidecar::start(l2_config(&up, &redis, "r1")).await;
     let r2 = Sidecar::start(l2_config(&up, &redis, "r2")).await;
-    wait_fleet_connected(&redis, 2).await;
-    let mut c = conn(&redis).await;
+    redis.wait_fleet_connected(CHANNEL, 2).await;
+    let mut c = redis.conn().await;
     let http = Http::new();
     let ids = up.sim.game_ids();
     let odds = odds_path(&ids[0]);

@@ -59,6 +59,44 @@ impl RedisServer {
         redis::Client::open(self.url()).expect("valid redis url")
     }
 
+    /// An async connection for inspecting what the sidecars wrote.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        self.client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("cannot connect to the test Redis")
+    }
+
+    /// Readiness probe: `n` replicas hold their command connection and their
+    /// subscription to `channel` (bounded by `READY_WITHIN`).
+    pub async fn wait_fleet_connected(&self, channel: &str, n: usize) {
+        let mut c = self.conn().await;
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            let (_, subs): (String, usize) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(channel)
+                .query_async(&mut c)
+                .await
+                .expect("PUBSUB NUMSUB");
+            let clients: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut c)
+                .await
+                .expect("CLIENT LIST");
+            // Our own connection plus two per replica.
+            let others = clients.lines().count().saturating_sub(1);
+            if subs >= n && others >= 2 * n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the fleet did not connect to Redis: {subs} subscribers, {others} clients, want {n} replicas"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Readiness probe: polls PING with a bounded number of attempts.
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_WITHIN;
