@@ -2,8 +2,11 @@
 //!
 //! Shaped after hyper-util's `server_graceful` example: accept until the
 //! shutdown signal fires, then stop accepting and give in-flight connections
-//! up to the grace period to finish. HTTP/1.1 and h2c share one port through
-//! hyper-util's auto builder.
+//! up to the grace period to finish. HTTP/1.1 and h2c (prior knowledge)
+//! share one port: the accept task peeks at the first bytes, which it must
+//! wait for anyway to bound silent clients, and hands the connection to
+//! hyper's HTTP/1.1 or HTTP/2 server. hyper-util's auto builder does the
+//! same sniffing, but then reads every request through a rewind buffer.
 //!
 //! Hostile clients are bounded here, before any request exists: at most
 //! `max_connections` are open at once, and a client must start its request
@@ -17,9 +20,9 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
+use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
@@ -98,16 +101,13 @@ pub async fn serve<M, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         // hyper's floor for the read buffer is 8 KiB.
         .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(
@@ -139,32 +139,32 @@ pub async fn serve<M, S, B>(
         };
         let open = Open::new(conns.as_ref().map(|c| &c.open));
         let _ = stream.set_nodelay(true);
-        let builder = builder.clone();
+        let (h1, h2) = (h1.clone(), h2.clone());
         let service = make_service(peer);
         let watcher = graceful.watcher();
         let mut stop = shutdown.clone();
         let first_byte = limits.header_read_timeout;
         tokio::spawn(async move {
             let _held = (permit, open);
-            // hyper's header_read_timeout only starts once the auto builder
-            // has seen enough bytes to tell HTTP/1.1 from h2, and that wait
-            // has no bound of its own: a client that connects and says
-            // nothing, or half of the h2 preface, would hold its
-            // connection forever.
-            tokio::select! {
-                said = tokio::time::timeout(first_byte, says_which_version(&stream)) => match said {
-                    Ok(true) => {}
+            // The wait for the first bytes is bounded like hyper bounds a
+            // request head: a client that connects and says nothing, or
+            // half of the h2 preface, does not hold its connection.
+            let version = tokio::select! {
+                said = tokio::time::timeout(first_byte, which_version(&stream)) => match said {
+                    Ok(Some(v)) => v,
                     _ => {
                         debug!(listener = name, %peer, "no request within header_read_timeout; closing");
                         return;
                     }
                 },
                 _ = stop.recv() => return,
-            }
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
+            };
+            let io = TokioIo::new(stream);
+            let ended = match version {
+                Version::Http1 => watcher.watch(h1.serve_connection(io, service)).await,
+                Version::H2 => watcher.watch(h2.serve_connection(io, service)).await,
+            };
+            if let Err(e) = ended {
                 debug!(listener = name, %peer, error = %e, "connection ended with error");
             }
         });
@@ -180,16 +180,26 @@ pub async fn serve<M, S, B>(
     }
 }
 
-/// Waits until the client has sent enough for hyper to tell HTTP/1.1 from
-/// h2c: a byte that leaves the h2 preface, or the whole preface. False when
-/// the client hung up first.
-async fn says_which_version(stream: &tokio::net::TcpStream) -> bool {
+/// The protocol a connection speaks, from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    Http1,
+    /// h2c with prior knowledge (RFC 9113 §3.3): the client's preface.
+    H2,
+}
+
+/// Waits until the client has sent enough to tell HTTP/1.1 from h2c: a
+/// byte that leaves the h2 preface, or the whole preface. `None` when the
+/// client hung up first. Peeking consumes nothing, so hyper reads the
+/// bytes again from the socket.
+async fn which_version(stream: &tokio::net::TcpStream) -> Option<Version> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut buf = [0u8; PREFACE.len()];
     loop {
         match stream.peek(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) if n == PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+            Ok(0) | Err(_) => return None,
+            Ok(n) if buf[..n] != PREFACE[..n] => return Some(Version::Http1),
+            Ok(n) if n == PREFACE.len() => return Some(Version::H2),
             // Real h2c clients send the preface in one write, so only a
             // dawdler waits here; peek does not consume, so poll gently.
             Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
