@@ -18,6 +18,11 @@ use tokio::sync::watch;
 use super::entry::Entry;
 use super::key;
 
+/// Hashes cache keys for moka: foldhash with a per-process random seed, a
+/// fraction of SipHash's cost on every lookup, and no fixed hash function
+/// a client could aim colliding URLs at.
+type KeyHasher = foldhash::quality::RandomState;
+
 /// What moka holds under a key.
 #[derive(Clone, Debug)]
 pub enum Slot {
@@ -41,7 +46,7 @@ pub fn is_local_tag(tag: &str) -> bool {
 }
 
 pub struct Store {
-    cache: Cache<Arc<str>, Slot>,
+    cache: Cache<Arc<str>, Slot, KeyHasher>,
     shared: Arc<Shared>,
 }
 
@@ -171,7 +176,7 @@ impl Store {
                     listener_shared.unindex(&key, &e);
                 }
             })
-            .build();
+            .build_with_hasher(KeyHasher::default());
         Store { cache, shared }
     }
 

@@ -152,9 +152,33 @@ impl Proxy {
         match *req.method() {
             // A Range request is not filled (no 206 storage), but a hit may
             // answer it whole, which RFC 9110 §14.2 allows.
-            Method::GET | Method::HEAD => self.lookup(req, peer).await,
-            _ => self.forward_unsafe(req, peer).await,
+            Method::GET | Method::HEAD => {
+                if let Some(resp) = self.fresh_hit(&req) {
+                    return resp;
+                }
+                // Everything past a fresh hit is boxed: the future hyper
+                // keeps for every request stays small, and a hit neither
+                // builds nor moves the state of a fill.
+                Box::pin(self.lookup(req, peer)).await
+            }
+            _ => Box::pin(self.forward_unsafe(req, peer)).await,
         }
+    }
+
+    /// A fresh hit, answered without awaiting anything. Anything else
+    /// (a miss, a stale or dead entry) goes to [`Self::lookup`], which
+    /// looks again.
+    fn fresh_hit(&self, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+        let primary = key::primary(req.uri());
+        let (Lookup::Found(e), _) = self.store.lookup(&primary, req.headers()) else {
+            return None;
+        };
+        let now = Instant::now();
+        if !matches!(e.freshness(now), Freshness::Fresh) {
+            return None;
+        }
+        self.metrics.hits.inc();
+        Some(respond::hit(req.method(), req.headers(), &e, now))
     }
 
     async fn lookup(
@@ -357,15 +381,24 @@ impl Proxy {
 /// A refusal closes the connection: whatever follows the refused request
 /// on it may be the smuggled part, and must not be read as a request.
 fn reject_framing(req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
-    let h = req.headers();
+    // One pass over the fields (a request has few) instead of a hashed
+    // lookup per name.
+    let (mut lengths, mut chunked) = (0usize, false);
+    for (name, _) in req.headers() {
+        if name == CONTENT_LENGTH {
+            lengths += 1;
+        } else if name == TRANSFER_ENCODING {
+            chunked = true;
+        }
+    }
     let (status, why) = if req.method() == Method::CONNECT {
         (StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported")
-    } else if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
+    } else if chunked && lengths > 0 {
         (
             StatusCode::BAD_REQUEST,
             "conflicting Content-Length and Transfer-Encoding",
         )
-    } else if h.get_all(CONTENT_LENGTH).iter().count() > 1 {
+    } else if lengths > 1 {
         (StatusCode::BAD_REQUEST, "more than one Content-Length")
     } else {
         return None;
