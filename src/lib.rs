@@ -20,6 +20,7 @@ pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod demo;
+mod header_timer;
 pub mod invalidate;
 pub mod metrics;
 pub mod proxy;

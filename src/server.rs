@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::header_timer::HeaderDeadlines;
 use crate::metrics::ConnectionMetrics;
 use crate::shutdown;
 
@@ -101,9 +102,11 @@ pub async fn serve<M, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // Each connection gets its own header timer (see `header_timer`).
+    let deadlines = HeaderDeadlines::new(limits.header_read_timeout);
+    let sweeper = tokio::spawn(Arc::clone(&deadlines).sweep());
     let mut h1 = http1::Builder::new();
-    h1.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+    h1.header_read_timeout(limits.header_read_timeout)
         // hyper's floor for the read buffer is 8 KiB.
         .max_buf_size(limits.max_header_bytes.max(8192));
     let mut h2 = http2::Builder::new(TokioExecutor::new());
@@ -139,7 +142,8 @@ pub async fn serve<M, S, B>(
         };
         let open = Open::new(conns.as_ref().map(|c| &c.open));
         let _ = stream.set_nodelay(true);
-        let (h1, h2) = (h1.clone(), h2.clone());
+        let (mut h1, h2) = (h1.clone(), h2.clone());
+        h1.timer(deadlines.timer());
         let service = make_service(peer);
         let watcher = graceful.watcher();
         let mut stop = shutdown.clone();
@@ -178,6 +182,7 @@ pub async fn serve<M, S, B>(
         _ = graceful.shutdown() => debug!(listener = name, "drained"),
         _ = tokio::time::sleep(grace) => warn!(listener = name, ?grace, "shutdown grace expired; closing remaining connections"),
     }
+    sweeper.abort();
 }
 
 /// The protocol a connection speaks, from its first bytes.
