@@ -221,7 +221,7 @@ impl Sidecar {
             listeners.proxy,
             move |peer| {
                 let proxy = Arc::clone(&proxy);
-                hyper::service::service_fn(move |req| Arc::clone(&proxy).serve(req, peer))
+                hyper::service::service_fn(move |req| proxy.call(req, peer))
             },
             limits,
             Some(proxy_connections),

@@ -12,9 +12,13 @@ pub mod respond;
 pub mod upstream;
 
 use std::convert::Infallible;
+use std::future::{ready, Future, Ready};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_util::future::Either;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RANGE, RETRY_AFTER, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -33,6 +37,13 @@ use admit::Admission;
 use body::ProxyBody;
 use respond::XCache;
 use upstream::Upstream;
+
+/// What [`Proxy::call`] gives hyper: a hit, ready at once, or the boxed
+/// rest of the request path.
+pub type Answer = Either<
+    Ready<Result<Response<ProxyBody>, Infallible>>,
+    Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>,
+>;
 
 /// The settings of `[cache]` the request path reads, resolved once.
 #[derive(Clone, Debug)]
@@ -109,20 +120,44 @@ impl Proxy {
     }
 
     /// The hyper entry point: one request from `peer`.
-    pub async fn serve(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Result<Response<ProxyBody>, Infallible> {
+    ///
+    /// A fresh hit is answered here, synchronously, and its request is
+    /// dropped before hyper returns to the connection: hyper starts the
+    /// next head's read (and its deadline) as soon as a request is handed
+    /// over, and a request still alive then pins the read buffer its
+    /// fields point into, so every read would need a fresh one. Anything
+    /// else runs in a boxed future.
+    pub fn call(self: &Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Answer {
         // The per-request log line costs a clock read and two copies; only
         // pay for it when someone listens.
-        if !tracing::enabled!(tracing::Level::DEBUG) {
-            return Ok(self.handle(req, peer).await);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            return Either::Right(Box::pin(Arc::clone(self).serve_logged(req, peer)));
         }
+        if let Some(resp) = self.refuse(&mut req, peer) {
+            return Either::Left(ready(Ok(resp)));
+        }
+        if let Some(resp) = self.fresh_hit(&req) {
+            return Either::Left(ready(Ok(resp)));
+        }
+        let this = Arc::clone(self);
+        Either::Right(Box::pin(async move { Ok(this.route(req, peer).await) }))
+    }
+
+    async fn serve_logged(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let resp = self.handle(req, peer).await;
+        let resp = match self.refuse(&mut req, peer) {
+            Some(resp) => resp,
+            None => match self.fresh_hit(&req) {
+                Some(resp) => resp,
+                None => self.route(req, peer).await,
+            },
+        };
         debug!(
             %peer,
             %method,
@@ -135,40 +170,29 @@ impl Proxy {
         Ok(resp)
     }
 
-    async fn handle(
-        self: &Arc<Self>,
-        mut req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<ProxyBody> {
+    /// What every request passes before it is looked up or forwarded: the
+    /// client's rate limit and the framing checks. The refusal, if any;
+    /// otherwise pins `Host` (see [`upstream::pin_host`]).
+    fn refuse(&self, req: &mut Request<Incoming>, peer: SocketAddr) -> Option<Response<ProxyBody>> {
         if let Some(admission) = &self.admission {
             if let Err(wait) = admission.check(req.headers(), peer) {
-                return self.rate_limited(wait);
+                return Some(self.rate_limited(wait));
             }
         }
-        if let Some(resp) = reject_framing(&req) {
-            return resp;
+        if let Some(resp) = reject_framing(req) {
+            return Some(resp);
         }
-        upstream::pin_host(&mut req);
-        match *req.method() {
-            // A Range request is not filled (no 206 storage), but a hit may
-            // answer it whole, which RFC 9110 §14.2 allows.
-            Method::GET | Method::HEAD => {
-                if let Some(resp) = self.fresh_hit(&req) {
-                    return resp;
-                }
-                // Everything past a fresh hit is boxed: the future hyper
-                // keeps for every request stays small, and a hit neither
-                // builds nor moves the state of a fill.
-                Box::pin(self.lookup(req, peer)).await
-            }
-            _ => Box::pin(self.forward_unsafe(req, peer)).await,
-        }
+        upstream::pin_host(req);
+        None
     }
 
-    /// A fresh hit, answered without awaiting anything. Anything else
-    /// (a miss, a stale or dead entry) goes to [`Self::lookup`], which
-    /// looks again.
+    /// A fresh hit for a GET or HEAD, answered without awaiting anything.
+    /// Anything else (a miss, a stale or dead entry) goes to
+    /// [`Self::lookup`], which looks again.
     fn fresh_hit(&self, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return None;
+        }
         let primary = key::primary(req.uri());
         let (Lookup::Found(e), _) = self.store.lookup(&primary, req.headers()) else {
             return None;
@@ -179,6 +203,20 @@ impl Proxy {
         }
         self.metrics.hits.inc();
         Some(respond::hit(req.method(), req.headers(), &e, now))
+    }
+
+    /// An admitted request that is not a fresh hit.
+    async fn route(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        match *req.method() {
+            // A Range request is not filled (no 206 storage), but a hit may
+            // answer it whole, which RFC 9110 §14.2 allows.
+            Method::GET | Method::HEAD => self.lookup(req, peer).await,
+            _ => self.forward_unsafe(req, peer).await,
+        }
     }
 
     async fn lookup(
