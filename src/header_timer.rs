@@ -38,6 +38,9 @@ struct Slot {
     /// Which sleep armed the slot: a replaced sleep dropped after its
     /// successor armed it must not disarm it.
     armed_by: AtomicU64,
+    /// The sleep whose deadline the sweeper found passed, so that a poll
+    /// needs no clock read.
+    expired: AtomicU64,
     waker: AtomicWaker,
 }
 
@@ -92,6 +95,8 @@ impl HeaderDeadlines {
             };
             let deadline = slot.deadline.load(Ordering::Acquire);
             if deadline != 0 && deadline <= now {
+                let id = slot.armed_by.load(Ordering::Acquire);
+                slot.expired.store(id, Ordering::Release);
                 slot.waker.wake();
             }
             true
@@ -114,23 +119,22 @@ impl Timer for ConnTimer {
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.slot.armed_by.store(id, Ordering::Relaxed);
+        self.slot.armed_by.store(id, Ordering::Release);
         self.slot
             .deadline
             .store(self.deadlines.nanos(deadline), Ordering::Release);
         Box::pin(HeaderSleep {
             slot: Arc::clone(&self.slot),
-            deadline,
             id,
         })
     }
 }
 
-/// A sleep armed in its connection's slot.
+/// A sleep armed in its connection's slot. It ends when the sweeper has
+/// found its deadline passed.
 #[derive(Debug)]
 struct HeaderSleep {
     slot: Arc<Slot>,
-    deadline: Instant,
     id: u64,
 }
 
@@ -138,11 +142,12 @@ impl Future for HeaderSleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if Instant::now() >= self.deadline {
+        if self.slot.expired.load(Ordering::Acquire) == self.id {
             return Poll::Ready(());
         }
-        // The sweeper wakes the slot on every tick past the deadline, so a
-        // wake racing this registration is repeated, never lost.
+        // The sweeper marks and wakes the slot on every tick past the
+        // deadline, so a wake racing this registration is repeated, never
+        // lost.
         self.slot.waker.register(cx.waker());
         Poll::Pending
     }
@@ -185,8 +190,15 @@ mod tests {
 
         d.wake_expired(start + Duration::from_secs(4));
         assert_eq!(wakes.load(Ordering::SeqCst), 0, "woken before its deadline");
+        assert!(sleep.as_mut().poll(&mut cx).is_pending());
         d.wake_expired(start + Duration::from_secs(6));
         assert_eq!(wakes.load(Ordering::SeqCst), 1);
+        assert!(sleep.as_mut().poll(&mut cx).is_ready());
+
+        // The next head's sleep starts afresh.
+        drop(sleep);
+        let mut next = timer.sleep_until(start + Duration::from_secs(10));
+        assert!(next.as_mut().poll(&mut cx).is_pending());
     }
 
     #[test]
