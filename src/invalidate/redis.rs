@@ -722,14 +722,25 @@ impl RedisTier {
     }
 
     /// Atomically replaces the game's state if it is still `expected`.
+    ///
+    /// A transition (`expected` known) is tried even while Redis looks
+    /// unhealthy, like the deletion and the publish that follow it: one
+    /// decided locally leaves the fleet's state behind, and the next CAS
+    /// against that old state would judge a real change to be none. Seeding
+    /// a first sighting (`expected` = `None`) fails at once instead: it
+    /// runs on fills, which a dead Redis must not slow down.
     pub async fn compare_and_set(
         &self,
         id: &GameId,
         expected: Option<&GameState>,
         new: &GameState,
     ) -> Result<Cas, RedisError> {
+        let mut conn = if expected.is_some() {
+            self.manager().ok_or(RedisError::NotConnected)?
+        } else {
+            self.connection()?
+        };
         let expected = expected.map(encode_state).unwrap_or_default();
-        let mut conn = self.connection()?;
         let mut invocation = self.cas.key(self.game_key(id));
         invocation
             .arg(expected)
