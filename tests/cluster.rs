@@ -1,5 +1,8 @@
 //! oddscache on a real Redis Cluster (issue 8): three primaries on
-//! loopback, two sidecars connected through different seed nodes.
+//! loopback, two sidecars connected through different seed nodes. The
+//! fan-out is sharded pub/sub (Redis 7): both subscribe on the node that
+//! owns the channel's slot, wherever their seeds are; `pubsub = "classic"`
+//! keeps them on their seeds.
 //!
 //! Run with `cargo test --test cluster`; needs `redis-server` and
 //! `redis-cli` on PATH (Debian's redis packages).
@@ -14,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oddscache::config::{Config, RedisConfig, RedisMode};
+use oddscache::config::{Config, PubSubMode, RedisConfig, RedisMode};
 use redis::AsyncCommands;
 
 use redis_cluster::Cluster;
@@ -47,46 +50,96 @@ fn seeds_from(cluster: &Cluster, first: usize) -> Vec<String> {
     urls
 }
 
-/// Waits until node `i` has a subscriber to the invalidation channel.
-async fn wait_subscribed(cluster: &Cluster, i: usize) {
+/// Subscribers to the invalidation channel on node `i`: classic
+/// (`PUBSUB NUMSUB`) or sharded (`PUBSUB SHARDNUMSUB`). 0 for a dead node.
+fn subscribers_on(cluster: &Cluster, i: usize, sharded: bool) -> usize {
+    let sub = if sharded { "SHARDNUMSUB" } else { "NUMSUB" };
+    cluster.nodes[i]
+        .cmd::<(String, usize)>(redis::cmd("PUBSUB").arg(sub).arg(CHANNEL))
+        .map_or(0, |(_, n)| n)
+}
+
+/// Classic and sharded subscribers summed over every node.
+fn subscribers(cluster: &Cluster) -> (usize, usize) {
+    (0..cluster.nodes.len()).fold((0, 0), |(c, s), i| {
+        (
+            c + subscribers_on(cluster, i, false),
+            s + subscribers_on(cluster, i, true),
+        )
+    })
+}
+
+/// Waits until node `i` has `n` subscribers of the kind.
+async fn wait_subscribed(cluster: &Cluster, i: usize, sharded: bool, n: usize) {
     let deadline = Instant::now() + SETUP;
     loop {
-        let (_, subs): (String, usize) = cluster.nodes[i]
-            .cmd(redis::cmd("PUBSUB").arg("NUMSUB").arg(CHANNEL))
-            .expect("PUBSUB NUMSUB");
-        if subs >= 1 {
+        let subs = subscribers_on(cluster, i, sharded);
+        if subs >= n {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "nobody subscribed on node {i} (port {})",
+            "{subs} subscribers (sharded: {sharded}) on node {i} (port {}), want {n}",
             cluster.nodes[i].port
         );
         tokio::time::sleep(POLL).await;
     }
 }
 
-/// Waits until the live nodes have `n` subscribers between them.
-async fn wait_subscribers(cluster: &Cluster, n: usize, within: Duration) {
+/// Waits until the node that owns the channel's slot now has `n` sharded
+/// subscribers, and no other node has any: every sidecar followed the
+/// slot. Returns that node.
+async fn wait_sharded_on_owner(cluster: &Cluster, n: usize, within: Duration) -> usize {
     let deadline = Instant::now() + within;
     loop {
-        let subs: usize = cluster
-            .primaries()
-            .into_iter()
-            .chain((0..cluster.nodes.len()).filter(|i| !cluster.primaries().contains(i)))
-            .filter_map(|i| {
-                cluster.nodes[i]
-                    .cmd::<(String, usize)>(redis::cmd("PUBSUB").arg("NUMSUB").arg(CHANNEL))
-                    .ok()
-            })
-            .map(|(_, s)| s)
-            .sum();
-        if subs >= n {
+        let owner = cluster.owner(CHANNEL);
+        let on_owner = subscribers_on(cluster, owner, true);
+        let (classic, sharded) = subscribers(cluster);
+        if on_owner == n && sharded == n && classic == 0 {
+            return owner;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{on_owner} sharded subscribers on the channel's owner (node {owner}), \
+             {sharded} sharded and {classic} classic on the cluster; want {n} on the owner only"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Calls of `command` (lower case, e.g. "spublish") on node `i` since start.
+fn calls(cluster: &Cluster, i: usize, command: &str) -> u64 {
+    let info: String = cluster.nodes[i]
+        .cmd(redis::cmd("INFO").arg("commandstats"))
+        .unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `sidecar` serves `id` with upstream status `status`; it may
+/// serve the old one for at most `within`.
+async fn wait_serves(
+    http: &Http,
+    sidecar: &Sidecar,
+    name: &str,
+    id: &str,
+    status: &str,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = http.get(&sidecar.url(&odds_path(id))).await;
+        assert_eq!(r.status, 200);
+        if r.game_status() == status {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{subs} subscribers on the cluster, want {n}"
+            "{name} still serves {} for {id} {within:?} after it became {status}",
+            r.game_status()
         );
         tokio::time::sleep(POLL).await;
     }
@@ -102,16 +155,24 @@ fn game_path(id: &str) -> String {
 
 /// Registrations and L2 copies of several games land on different
 /// primaries; a status change written through r1 deletes every one of them
-/// across slots before r1 answers, and reaches r2, which subscribed on
-/// another node.
+/// across slots before r1 answers, and reaches r2. r1's first seed is the
+/// node that owns the channel's slot, r2's is another one: r2 is redirected
+/// to the owner, both hold sharded subscriptions there and nowhere else,
+/// and the events go out by SPUBLISH, never PUBLISH.
 #[tokio::test(flavor = "multi_thread")]
-async fn registration_invalidation_and_fan_out_across_slots_and_nodes() {
+async fn registration_invalidation_and_sharded_fan_out_across_slots_and_nodes() {
     let cluster = Cluster::start();
+    let owner = cluster.owner(CHANNEL);
+    let elsewhere = (owner + 1) % cluster.nodes.len();
     let up = Upstream::start().await;
-    let r1 = Sidecar::start(cluster_config(&up.url(), seeds_from(&cluster, 0), "r1")).await;
-    let r2 = Sidecar::start(cluster_config(&up.url(), seeds_from(&cluster, 1), "r2")).await;
-    wait_subscribed(&cluster, 0).await;
-    wait_subscribed(&cluster, 1).await;
+    let r1 = Sidecar::start(cluster_config(&up.url(), seeds_from(&cluster, owner), "r1")).await;
+    let r2 = Sidecar::start(cluster_config(
+        &up.url(),
+        seeds_from(&cluster, elsewhere),
+        "r2",
+    ))
+    .await;
+    assert_eq!(wait_sharded_on_owner(&cluster, 2, SETUP).await, owner);
     let http = Http::new();
     let c = &mut cluster.connection().await;
 
@@ -210,20 +271,39 @@ async fn registration_invalidation_and_fan_out_across_slots_and_nodes() {
             tokio::time::sleep(POLL).await;
         }
     }
+    // One event per change, published on the channel's owner.
+    assert!(
+        calls(&cluster, owner, "spublish") >= ids.len() as u64,
+        "{} SPUBLISH on the owner for {} changes",
+        calls(&cluster, owner, "spublish"),
+        ids.len()
+    );
+    for i in 0..cluster.nodes.len() {
+        assert_eq!(
+            calls(&cluster, i, "publish"),
+            0,
+            "a classic PUBLISH on node {i}"
+        );
+    }
     r1.stop().await;
     r2.stop().await;
 }
 
-/// A primary dies under two sidecars, one of them subscribed on it: while
-/// its replica takes over, clients reading from both see no errors and no
-/// wrong odds; afterwards a status change written through r1 deletes its
-/// keys on the new topology and reaches r2. Nothing stale survives.
+/// The primary that owns the channel's slot dies under two sidecars, both
+/// subscribed on it (sharded): while its replica takes over, clients
+/// reading from both see no errors and no wrong odds. A status change
+/// written through r1 just after the kill may never reach r2 as an event
+/// (its publish fails, or lands before r2 is subscribed again), so r2 must
+/// drop its tagged entries when it resubscribes. Both end subscribed on the
+/// new owner, and afterwards status changes written through r1 delete
+/// their keys on the new topology and reach r2. Nothing stale survives.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_primary_failing_over_costs_clients_nothing_and_leaves_nothing_stale() {
+async fn the_channel_owner_failing_over_costs_clients_nothing_and_leaves_nothing_stale() {
     let mut cluster = Cluster::start_with(1);
     let primaries = cluster.primaries();
     assert_eq!(primaries.len(), 3, "three primaries, three replicas");
-    let (victim, other) = (primaries[0], primaries[1]);
+    let victim = cluster.owner(CHANNEL);
+    let other = *primaries.iter().find(|&&p| p != victim).unwrap();
     let up = Upstream::start().await;
     let r1 = Sidecar::start(cluster_config(
         &up.url(),
@@ -232,17 +312,23 @@ async fn a_primary_failing_over_costs_clients_nothing_and_leaves_nothing_stale()
     ))
     .await;
     let r2 = Sidecar::start(cluster_config(&up.url(), seeds_from(&cluster, other), "r2")).await;
-    wait_subscribed(&cluster, victim).await;
-    wait_subscribed(&cluster, other).await;
+    assert_eq!(wait_sharded_on_owner(&cluster, 2, SETUP).await, victim);
     let http = Http::new();
 
-    let ids: Vec<String> = up.sim.game_ids().into_iter().take(6).collect();
-    for id in &ids {
+    let ids: Vec<String> = up.sim.game_ids().into_iter().take(7).collect();
+    // Read throughout; `during` changes while the subscription is down.
+    let (during, ids) = (ids[6].clone(), ids[..6].to_vec());
+    for id in ids.iter().chain([&during]) {
         assert!(up.sim.set_status(id, "pre_game"));
         for s in [&r1, &r2] {
             assert_eq!(http.get(&s.url(&odds_path(id))).await.status, 200);
         }
     }
+    assert_eq!(
+        http.get(&r2.url(&odds_path(&during))).await.x_cache,
+        "HIT",
+        "r2 holds {during} before the kill"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicUsize::new(0));
@@ -271,6 +357,10 @@ async fn a_primary_failing_over_costs_clients_nothing_and_leaves_nothing_stale()
 
     let killed_at = Instant::now();
     cluster.nodes[victim].kill();
+    let w = http
+        .put(&r1.url(&game_path(&during)), r#"{"status":"in_progress"}"#)
+        .await;
+    assert_eq!(w.status, 200, "a write while the channel's owner is down");
     let deadline = Instant::now() + Duration::from_secs(30);
     while cluster.primaries().len() < 3 {
         assert!(
@@ -283,8 +373,10 @@ async fn a_primary_failing_over_costs_clients_nothing_and_leaves_nothing_stale()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cluster.wait_ok();
-    wait_subscribers(&cluster, 2, SETUP).await;
+    let new_owner = wait_sharded_on_owner(&cluster, 2, SETUP).await;
+    assert_ne!(new_owner, victim);
     eprintln!("failover and resubscription took {:?}", killed_at.elapsed());
+    wait_serves(&http, &r2, "r2", &during, "in_progress", PROPAGATION).await;
     stop.store(true, Ordering::Relaxed);
     reader.await.unwrap();
     assert_eq!(
@@ -309,21 +401,109 @@ async fn a_primary_failing_over_costs_clients_nothing_and_leaves_nothing_stale()
     }
     for id in &ids {
         for (name, s) in [("r1", &r1), ("r2", &r2)] {
-            let deadline = Instant::now() + PROPAGATION;
-            loop {
-                let r = http.get(&s.url(&odds_path(id))).await;
-                assert_eq!(r.status, 200);
-                if r.game_status() == "in_progress" {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{name} still serves the old status of {id} {PROPAGATION:?} after the change"
-                );
-                tokio::time::sleep(POLL).await;
-            }
+            wait_serves(&http, s, name, id, "in_progress", PROPAGATION).await;
         }
     }
+    r1.stop().await;
+    r2.stop().await;
+}
+
+/// A manual failover (`CLUSTER FAILOVER` on the owner's replica) moves the
+/// channel's slot without closing any connection: the demoted primary tells
+/// its sharded subscribers (`sunsubscribe`), and both sidecars follow the
+/// slot to the promoted replica. A change written through r1 during the
+/// switch, and one after it, reach r2.
+#[tokio::test(flavor = "multi_thread")]
+async fn sharded_subscriptions_follow_the_channel_slot_to_a_promoted_replica() {
+    let cluster = Cluster::start_with(1);
+    let owner = cluster.owner(CHANNEL);
+    let replica = cluster
+        .replica_of(owner)
+        .expect("the channel's owner has a replica");
+    let up = Upstream::start().await;
+    let r1 = Sidecar::start(cluster_config(&up.url(), seeds_from(&cluster, owner), "r1")).await;
+    let r2 = Sidecar::start(cluster_config(
+        &up.url(),
+        seeds_from(&cluster, replica),
+        "r2",
+    ))
+    .await;
+    assert_eq!(wait_sharded_on_owner(&cluster, 2, SETUP).await, owner);
+    let http = Http::new();
+    let ids: Vec<String> = up.sim.game_ids().into_iter().take(2).collect();
+    for id in &ids {
+        assert!(up.sim.set_status(id, "pre_game"));
+        for s in [&r1, &r2] {
+            assert_eq!(http.get(&s.url(&odds_path(id))).await.status, 200);
+        }
+    }
+
+    let _: String = cluster.nodes[replica]
+        .cmd(redis::cmd("CLUSTER").arg("FAILOVER"))
+        .expect("CLUSTER FAILOVER");
+    let w = http
+        .put(&r1.url(&game_path(&ids[0])), r#"{"status":"in_progress"}"#)
+        .await;
+    assert_eq!(w.status, 200);
+    let deadline = Instant::now() + SETUP;
+    while cluster.owner(CHANNEL) != replica {
+        assert!(
+            Instant::now() < deadline,
+            "the replica never took the slot over"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    cluster.wait_ok();
+    assert_eq!(wait_sharded_on_owner(&cluster, 2, SETUP).await, replica);
+    wait_serves(&http, &r2, "r2", &ids[0], "in_progress", PROPAGATION).await;
+
+    let w = http
+        .put(&r1.url(&game_path(&ids[1])), r#"{"status":"in_progress"}"#)
+        .await;
+    assert_eq!(w.status, 200);
+    wait_serves(&http, &r2, "r2", &ids[1], "in_progress", PROPAGATION).await;
+    assert!(calls(&cluster, replica, "spublish") >= 1);
+    r1.stop().await;
+    r2.stop().await;
+}
+
+/// `pubsub = "classic"` pins classic pub/sub on a cluster that has sharded
+/// pub/sub: each sidecar subscribes on its first seed, nobody on the shard
+/// channel, and a change written through r1 reaches r2 by PUBLISH over the
+/// cluster bus.
+#[tokio::test(flavor = "multi_thread")]
+async fn pubsub_classic_keeps_classic_pub_sub_on_the_seeds() {
+    let cluster = Cluster::start();
+    let up = Upstream::start().await;
+    let classic = |seeds, name| {
+        let mut cfg = cluster_config(&up.url(), seeds, name);
+        cfg.redis.as_mut().unwrap().pubsub = PubSubMode::Classic;
+        cfg
+    };
+    let r1 = Sidecar::start(classic(seeds_from(&cluster, 0), "r1")).await;
+    let r2 = Sidecar::start(classic(seeds_from(&cluster, 1), "r2")).await;
+    wait_subscribed(&cluster, 0, false, 1).await;
+    wait_subscribed(&cluster, 1, false, 1).await;
+    assert_eq!(
+        subscribers(&cluster),
+        (2, 0),
+        "(classic, sharded) subscribers"
+    );
+
+    let http = Http::new();
+    let id = up.sim.game_ids().remove(0);
+    assert!(up.sim.set_status(&id, "pre_game"));
+    for s in [&r1, &r2] {
+        assert_eq!(http.get(&s.url(&odds_path(&id))).await.status, 200);
+    }
+    let w = http
+        .put(&r1.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
+        .await;
+    assert_eq!(w.status, 200);
+    wait_serves(&http, &r2, "r2", &id, "in_progress", PROPAGATION).await;
+    let published: u64 = (0..3).map(|i| calls(&cluster, i, "publish")).sum();
+    let spublished: u64 = (0..3).map(|i| calls(&cluster, i, "spublish")).sum();
+    assert_eq!((published, spublished), (1, 0), "(PUBLISH, SPUBLISH) calls");
     r1.stop().await;
     r2.stop().await;
 }

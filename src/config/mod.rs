@@ -229,6 +229,10 @@ pub struct RedisConfig {
     pub key_prefix: String,
     pub registry_ttl: Dur,
     pub channel: String,
+    /// Which pub/sub carries `channel`: sharded (`SPUBLISH`/`SSUBSCRIBE`)
+    /// in a cluster that supports it, classic otherwise. Pinning one lets a
+    /// fleet agree while it or its Redis is upgraded.
+    pub pubsub: PubSubMode,
     pub store_responses: bool,
     pub command_timeout: Dur,
 }
@@ -243,6 +247,7 @@ impl Default for RedisConfig {
             key_prefix: "oddscache:".into(),
             registry_ttl: Dur::secs(86_400),
             channel: "oddscache:invalidations".into(),
+            pubsub: PubSubMode::Auto,
             store_responses: false,
             command_timeout: Dur::millis(250),
         }
@@ -257,6 +262,19 @@ pub enum RedisMode {
     Standalone,
     Cluster,
     Sentinel,
+}
+
+/// `[redis] pubsub`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PubSubMode {
+    /// Cluster: sharded when the servers know `SPUBLISH` (Redis 7+), else
+    /// classic. Standalone and sentinel: classic.
+    #[default]
+    Auto,
+    Classic,
+    /// Cluster only.
+    Sharded,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -546,6 +564,12 @@ fn validate_redis(redis: &RedisConfig, problems: &mut Vec<Problem>) {
     }
     if redis.channel.is_empty() {
         problems.push(Problem::new("redis.channel", "must not be empty"));
+    }
+    if redis.pubsub == PubSubMode::Sharded && redis.mode != RedisMode::Cluster {
+        problems.push(Problem::new(
+            "redis.pubsub",
+            "\"sharded\" is for mode = \"cluster\"; one server or a sentinel-managed primary uses classic pub/sub",
+        ));
     }
     if redis
         .key_prefix

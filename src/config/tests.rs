@@ -258,3 +258,19 @@ fn redis_modes_are_validated_with_their_keys() {
     let problems = load("[redis]\nmode = \"ring\"\n").unwrap_err();
     assert_eq!(keys(&problems), ["redis.mode"]);
 }
+
+#[test]
+fn pubsub_is_auto_by_default_and_sharded_only_in_a_cluster() {
+    use crate::config::PubSubMode;
+    let cfg = load("[redis]\nmode = \"cluster\"\nurls = [\"redis://127.0.0.1:7000\"]\n").unwrap();
+    assert_eq!(cfg.redis_enabled().unwrap().pubsub, PubSubMode::Auto);
+    let cfg = load(
+        "[redis]\nmode = \"cluster\"\nurls = [\"redis://127.0.0.1:7000\"]\npubsub = \"classic\"\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.redis_enabled().unwrap().pubsub, PubSubMode::Classic);
+    let problems = load("[redis]\nurl = \"redis://x\"\npubsub = \"sharded\"\n").unwrap_err();
+    assert_eq!(keys(&problems), ["redis.pubsub"]);
+    let problems = load("[redis]\nurl = \"redis://x\"\npubsub = \"broadcast\"\n").unwrap_err();
+    assert_eq!(keys(&problems), ["redis.pubsub"]);
+}

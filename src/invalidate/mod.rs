@@ -166,23 +166,28 @@ impl Invalidator {
                 .as_ref()
                 .map(|g| self.expand_patterns(g.as_str()))
                 .unwrap_or_default();
-            match redis.delete(&tags, &patterns).await {
+            // Published even when the deletion failed: a peer whose
+            // subscription never broke has no resync to fall back on, and
+            // its L1 copies are the ones clients see.
+            let keys = match redis.delete(&tags, &patterns).await {
                 Ok(outcome) => {
                     deleted += outcome.deleted;
                     event.keys_deleted = deleted;
-                    let msg = wire::Message {
-                        v: wire::VERSION,
-                        event: event.clone(),
-                        keys: outcome.cache_keys,
-                        state: req.state.clone(),
-                    };
-                    if let Err(e) = redis.publish(&msg).await {
-                        tracing::warn!(error = %e, "cannot publish invalidation; peers rely on TTLs and resync");
-                    }
+                    outcome.cache_keys
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "Redis invalidation failed; L1 is clean, peers resync when Redis returns");
+                    tracing::warn!(error = %e, "Redis could not delete the tags' keys; L1 is clean, publishing the event anyway");
+                    Vec::new()
                 }
+            };
+            let msg = wire::Message {
+                v: wire::VERSION,
+                event: event.clone(),
+                keys,
+                state: req.state.clone(),
+            };
+            if let Err(e) = redis.publish(&msg).await {
+                tracing::warn!(error = %e, "cannot publish invalidation; peers rely on TTLs and resync");
             }
         }
         event.keys_deleted = deleted;

@@ -18,16 +18,14 @@
 //! pipeline is sent as single commands, each routed to its slot's node, and
 //! a multi-key UNLINK is split per slot by the cluster client, so no
 //! command crosses slots and the key names stay those of SPEC §6 (see
-//! README, "Redis layout"). The fan-out uses classic PUBLISH, which a
-//! cluster broadcasts to every node, so a subscriber on any one node hears
-//! every replica.
+//! README, "Redis layout"). The fan-out, classic or sharded pub/sub, and
+//! the subscriber live in [`fanout`].
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -36,13 +34,15 @@ use tokio::sync::mpsc;
 
 use super::events::unix_ms;
 use super::wire;
-use super::Invalidator;
 use crate::cache::store::is_local_tag;
 use crate::cache::{l2, Entry, Store};
-use crate::config::{RedisConfig, RedisMode};
+use crate::config::{PubSubMode, RedisConfig, RedisMode};
 use crate::metrics::Metrics;
 use crate::shutdown;
 use crate::watch::{GameId, GameState};
+
+mod fanout;
+use fanout::Fanout;
 
 /// Registrations waiting for Redis; past this they are dropped.
 const QUEUE: usize = 16_384;
@@ -94,8 +94,8 @@ pub struct Deleted {
 /// Where the commands go.
 enum Backend {
     Standalone(redis::Client),
-    /// The cluster client, and a plain client per seed for the
-    /// subscription (classic pub/sub reaches every node).
+    /// The cluster client, and a plain client per seed where the
+    /// subscription starts.
     Cluster {
         client: ClusterClient,
         seeds: Vec<redis::Client>,
@@ -178,6 +178,10 @@ pub struct RedisTier {
     prefix: String,
     registry_ttl: u64,
     channel: String,
+    /// `[redis] pubsub`, as configured.
+    pubsub: PubSubMode,
+    /// The pub/sub this process uses, decided once (see [`fanout`]).
+    fanout: OnceLock<Fanout>,
     timeout: Duration,
     store_responses: bool,
     /// The L1, so the writer can skip L2 copies of entries that were
@@ -247,6 +251,8 @@ impl RedisTier {
             prefix: cfg.key_prefix.clone(),
             registry_ttl: cfg.registry_ttl.get().as_secs().max(1),
             channel: cfg.channel.clone(),
+            pubsub: cfg.pubsub,
+            fanout: OnceLock::new(),
             timeout: cfg.command_timeout.get(),
             store_responses: cfg.store_responses,
             store: OnceLock::new(),
@@ -698,15 +704,6 @@ impl RedisTier {
         })
     }
 
-    pub async fn publish(&self, msg: &wire::Message) -> Result<(), RedisError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("PUBLISH")
-            .arg(&self.channel)
-            .arg(wire::encode(msg))
-            .ignore();
-        self.query_always::<()>(&pipe).await
-    }
-
     /// The fleet's known state of each game, in one round trip.
     pub async fn load_states(&self, ids: &[&GameId]) -> Result<Vec<Option<GameState>>, RedisError> {
         if ids.is_empty() {
@@ -725,14 +722,25 @@ impl RedisTier {
     }
 
     /// Atomically replaces the game's state if it is still `expected`.
+    ///
+    /// A transition (`expected` known) is tried even while Redis looks
+    /// unhealthy, like the deletion and the publish that follow it: one
+    /// decided locally leaves the fleet's state behind, and the next CAS
+    /// against that old state would judge a real change to be none. Seeding
+    /// a first sighting (`expected` = `None`) fails at once instead: it
+    /// runs on fills, which a dead Redis must not slow down.
     pub async fn compare_and_set(
         &self,
         id: &GameId,
         expected: Option<&GameState>,
         new: &GameState,
     ) -> Result<Cas, RedisError> {
+        let mut conn = if expected.is_some() {
+            self.manager().ok_or(RedisError::NotConnected)?
+        } else {
+            self.connection()?
+        };
         let expected = expected.map(encode_state).unwrap_or_default();
-        let mut conn = self.connection()?;
         let mut invocation = self.cas.key(self.game_key(id));
         invocation
             .arg(expected)
@@ -754,87 +762,6 @@ impl RedisTier {
         serde_json::from_str(&current)
             .map(Cas::Current)
             .map_err(|e| RedisError::Decode(e.to_string()))
-    }
-
-    /// Subscribes to the channel and applies peers' events, resubscribing
-    /// with backoff; after any resubscribe the tagged L1 entries are dropped.
-    pub fn spawn_subscriber(
-        self: &Arc<Self>,
-        invalidator: Arc<Invalidator>,
-        shutdown: shutdown::Signal,
-    ) {
-        let tier = Arc::clone(self);
-        tokio::spawn(async move { tier.subscribe_loop(invalidator, shutdown).await });
-    }
-
-    async fn subscribe_loop(
-        self: Arc<Self>,
-        invalidator: Arc<Invalidator>,
-        mut shutdown: shutdown::Signal,
-    ) {
-        let mut backoff = Duration::from_millis(50);
-        let mut missed_some = false;
-        let mut attempt = 0usize;
-        loop {
-            match self.subscribe_once(attempt).await {
-                Ok(mut stream) => {
-                    if missed_some {
-                        let dropped = invalidator.store().flush_tagged();
-                        tracing::warn!(dropped, "resubscribed to Redis; dropped tagged L1 entries that may have missed invalidations");
-                    }
-                    self.subscribed.store(true, Ordering::Relaxed);
-                    self.publish_up();
-                    backoff = Duration::from_millis(50);
-                    loop {
-                        tokio::select! {
-                            msg = stream.next() => match msg {
-                                Some(msg) => match wire::decode(msg.get_payload_bytes()) {
-                                    Ok(m) => { invalidator.apply_peer(m); }
-                                    Err(e) => tracing::warn!(error = %e, "ignored a malformed invalidation message"),
-                                },
-                                None => break,
-                            },
-                            _ = shutdown.recv() => return,
-                        }
-                    }
-                    tracing::warn!("lost the Redis subscription; serving from L1 and upstream while reconnecting");
-                }
-                Err(e) => tracing::debug!(error = %e, "cannot subscribe to Redis"),
-            }
-            missed_some = true;
-            attempt = attempt.wrapping_add(1);
-            self.subscribed.store(false, Ordering::Relaxed);
-            self.publish_up();
-            self.metrics.redis_errors.inc();
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.recv() => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-    }
-
-    /// The client the subscription uses: the server, the primary the
-    /// sentinels name, or in a cluster the next seed node in turn (classic
-    /// pub/sub is broadcast to every node, so any one will do).
-    async fn subscription_client(&self, attempt: usize) -> Result<redis::Client, RedisError> {
-        match &self.backend {
-            Backend::Standalone(client) => Ok(client.clone()),
-            Backend::Cluster { seeds, .. } => Ok(seeds[attempt % seeds.len()].clone()),
-            Backend::Sentinel(_) => Ok(self.sentinel_primary().await?.0),
-        }
-    }
-
-    async fn subscribe_once(&self, attempt: usize) -> Result<redis::aio::PubSubStream, RedisError> {
-        let connect = async {
-            let client = self.subscription_client(attempt).await?;
-            let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe(&self.channel).await?;
-            Ok::<_, RedisError>(ps.into_on_message())
-        };
-        tokio::time::timeout(self.timeout.max(Duration::from_secs(1)), connect)
-            .await
-            .map_err(|_| RedisError::Timeout(self.timeout))?
     }
 }
 

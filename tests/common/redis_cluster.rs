@@ -222,6 +222,19 @@ impl Cluster {
             .collect()
     }
 
+    /// Index of a live replica of the primary at `primary`.
+    pub fn replica_of(&self, primary: usize) -> Option<usize> {
+        let port = format!("master_port:{}", self.nodes[primary].port);
+        (0..self.nodes.len()).find(|&i| {
+            self.nodes[i].child.is_some()
+                && self.nodes[i]
+                    .cmd::<String>(redis::cmd("INFO").arg("replication"))
+                    .is_ok_and(|info| {
+                        info.contains("role:slave") && info.lines().any(|l| l.trim() == port)
+                    })
+        })
+    }
+
     /// A cluster-aware connection for the test's own reads.
     pub async fn connection(&self) -> redis::cluster_async::ClusterConnection {
         redis::cluster::ClusterClient::new(self.urls())
