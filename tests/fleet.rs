@@ -320,6 +320,62 @@ async fn cancelled_and_postponed_give_their_reasons() {
     }
 }
 
+fn observed(r: &Replica, body: serde_json::Value) -> Vec<GameSnapshot> {
+    let games = r.detector.extract(None, body.to_string().as_bytes());
+    assert_eq!(games.len(), 1);
+    games
+}
+
+/// The first odds after a status change set the baseline for the fleet,
+/// not for the replica that saw them: r1 fills from 2.0 after the game
+/// went live (its revealing body had no odds), then r2 meets 2.5, 25% away
+/// from what r1's entries were built from. That is a movement, decided once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_odds_after_a_status_change_set_the_fleet_baseline() {
+    let redis = RedisServer::start();
+    let fleet = replicas(&redis, 2).await;
+    let (r1, r2) = (&fleet[0], &fleet[1]);
+    let game = "g-31";
+    for r in &fleet {
+        r.detector.observe(&snapshot(r, game, "pre_game")).await;
+    }
+    // The change, revealed by a body without odds: no baseline any more.
+    let bare = serde_json::json!({"game_id": game, "status": "in_progress"});
+    r1.detector.observe(&observed(r1, bare)).await;
+    assert_eq!(r1.events(game), [(Origin::Local, Reason::StatusChange)]);
+    until_events(&fleet, game, |all| !all[1].is_empty()).await;
+    assert_eq!(redis_state(&redis, game).await["baseline_known"], false);
+
+    // r1 refills from 2.0: that is the baseline of its entries, fleet-wide.
+    let at = |r: &Replica, home: f64| {
+        observed(
+            r,
+            serde_json::from_str(&game_json(game, "in_progress", home)).unwrap(),
+        )
+    };
+    r1.detector.observe(&at(r1, 2.0)).await;
+    assert_eq!(r1.events(game).len(), 1, "setting a baseline is no change");
+    let shared = redis_state(&redis, game).await;
+    assert_eq!(shared["baseline_known"], true, "{shared}");
+    assert_eq!(shared["baseline"]["/moneyline/home"], 2.0, "{shared}");
+
+    // r2 meets 2.5: r1's copies built from 2.0 are stale.
+    r2.detector.observe(&at(r2, 2.5)).await;
+    assert_eq!(
+        r2.events(game),
+        [
+            (Origin::Peer, Reason::StatusChange),
+            (Origin::Local, Reason::OddsMovement)
+        ]
+    );
+    until_events(&fleet, game, |all| all[0].len() == 2).await;
+    assert_eq!(r1.events(game)[1], (Origin::Peer, Reason::OddsMovement));
+    assert_eq!(
+        redis_state(&redis, game).await["baseline"]["/moneyline/home"],
+        2.5
+    );
+}
+
 /// The threshold is 10%: 9% is kept in cache, a drift to 11% from the
 /// baseline evicts the game on every replica.
 #[tokio::test(flavor = "multi_thread")]

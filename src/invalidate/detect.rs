@@ -161,18 +161,13 @@ impl Detector {
         for _ in 0..CAS_ATTEMPTS {
             let change = watch::diff(known.as_ref(), g, threshold);
             let next = watch::next_state(known.as_ref(), g, change.is_some());
-            let Some(change) = change else {
-                if known.as_ref() != Some(&next) {
-                    if known.is_none() {
-                        if let Some(redis) = self.invalidator.redis() {
-                            // First sighting fleet-wide seeds the shared state.
-                            let _ = redis.compare_and_set(&g.game_id, None, &next).await;
-                        }
-                    }
-                    self.known.insert(g.game_id.clone(), next);
-                }
+            if change.is_none() && known.as_ref() == Some(&next) {
                 return;
-            };
+            }
+            // A change, a first sighting, or the first odds since an
+            // invalidation setting the baseline: all go through the
+            // compare-and-set, so every replica judges the next body against
+            // the same baseline, not one it set on its own.
             if let Some(redis) = self.invalidator.redis() {
                 match redis
                     .compare_and_set(&g.game_id, known.as_ref(), &next)
@@ -191,6 +186,9 @@ impl Detector {
                 }
             }
             self.known.insert(g.game_id.clone(), next.clone());
+            let Some(change) = change else {
+                return;
+            };
             let status_changed = change.from != change.to;
             let req = Request {
                 target: Target::Game {
