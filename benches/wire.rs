@@ -4,6 +4,7 @@
 //! `cargo bench --bench wire -- --warm-up-time 1 --measurement-time 3`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use oddscache::invalidate::detect::Known;
 use oddscache::invalidate::wire::{self, Message};
 use oddscache::invalidate::{Event, Origin};
 use oddscache::watch::{GameState, Reason, Status};
@@ -42,24 +43,27 @@ fn message() -> Message {
             "/api/v1/games?league_id=epl&sport_id=soccer".into(),
             "/api/v1/sidebar/soccer/epl".into(),
         ],
-        state: Some(GameState {
-            status: Status::Live,
-            baseline: [
-                ("/moneyline/home", 2.1),
-                ("/moneyline/draw", 3.3),
-                ("/moneyline/away", 3.6),
-                ("/spread/line", -0.5),
-                ("/spread/home", 1.95),
-                ("/spread/away", 1.9),
-                ("/total/line", 2.5),
-                ("/total/over", 1.85),
-                ("/total/under", 2.0),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-            baseline_known: true,
-        }),
+        state: Some(Known::after(
+            None,
+            GameState {
+                status: Status::Live,
+                baseline: [
+                    ("/moneyline/home", 2.1),
+                    ("/moneyline/draw", 3.3),
+                    ("/moneyline/away", 3.6),
+                    ("/spread/line", -0.5),
+                    ("/spread/home", 1.95),
+                    ("/spread/away", 1.9),
+                    ("/total/line", 2.5),
+                    ("/total/over", 1.85),
+                    ("/total/under", 2.0),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+                baseline_known: true,
+            },
+        )),
     }
 }
 

@@ -13,11 +13,12 @@ mod sidecar;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oddscache::invalidate::detect::Detector;
+use oddscache::invalidate::detect::{Detector, Known};
 use oddscache::invalidate::redis::RedisTier;
-use oddscache::invalidate::{Invalidator, Origin, Request, Target};
+use oddscache::invalidate::wire::{self, Message};
+use oddscache::invalidate::{Event, Invalidator, Origin, Request, Target};
 use oddscache::shutdown;
-use oddscache::watch::{GameSnapshot, Reason};
+use oddscache::watch::{self, GameSnapshot, Reason};
 use redis::AsyncCommands;
 
 use redis_server::RedisServer;
@@ -318,6 +319,138 @@ async fn cancelled_and_postponed_give_their_reasons() {
         peer.detector.observe(&snapshot(peer, game, status)).await;
         assert_eq!(peer.events(game).len(), 1);
     }
+}
+
+fn observed(r: &Replica, body: serde_json::Value) -> Vec<GameSnapshot> {
+    let games = r.detector.extract(None, body.to_string().as_bytes());
+    assert_eq!(games.len(), 1);
+    games
+}
+
+/// The first odds after a status change set the baseline for the fleet,
+/// not for the replica that saw them: r1 fills from 2.0 after the game
+/// went live (its revealing body had no odds), then r2 meets 2.5, 25% away
+/// from what r1's entries were built from. That is a movement, decided once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_odds_after_a_status_change_set_the_fleet_baseline() {
+    let redis = RedisServer::start();
+    let fleet = replicas(&redis, 2).await;
+    let (r1, r2) = (&fleet[0], &fleet[1]);
+    let game = "g-31";
+    for r in &fleet {
+        r.detector.observe(&snapshot(r, game, "pre_game")).await;
+    }
+    // The change, revealed by a body without odds: no baseline any more.
+    let bare = serde_json::json!({"game_id": game, "status": "in_progress"});
+    r1.detector.observe(&observed(r1, bare)).await;
+    assert_eq!(r1.events(game), [(Origin::Local, Reason::StatusChange)]);
+    until_events(&fleet, game, |all| !all[1].is_empty()).await;
+    assert_eq!(redis_state(&redis, game).await["baseline_known"], false);
+
+    // r1 refills from 2.0: that is the baseline of its entries, fleet-wide.
+    let at = |r: &Replica, home: f64| {
+        observed(
+            r,
+            serde_json::from_str(&game_json(game, "in_progress", home)).unwrap(),
+        )
+    };
+    r1.detector.observe(&at(r1, 2.0)).await;
+    assert_eq!(r1.events(game).len(), 1, "setting a baseline is no change");
+    let shared = redis_state(&redis, game).await;
+    assert_eq!(shared["baseline_known"], true, "{shared}");
+    assert_eq!(shared["baseline"]["/moneyline/home"], 2.0, "{shared}");
+
+    // r2 meets 2.5: r1's copies built from 2.0 are stale.
+    r2.detector.observe(&at(r2, 2.5)).await;
+    assert_eq!(
+        r2.events(game),
+        [
+            (Origin::Peer, Reason::StatusChange),
+            (Origin::Local, Reason::OddsMovement)
+        ]
+    );
+    until_events(&fleet, game, |all| all[0].len() == 2).await;
+    assert_eq!(r1.events(game)[1], (Origin::Peer, Reason::OddsMovement));
+    assert_eq!(
+        redis_state(&redis, game).await["baseline"]["/moneyline/home"],
+        2.5
+    );
+}
+
+/// A peer keeps the newest game state by compare-and-set order, not the
+/// last event to arrive: two transitions published in the reverse order of
+/// their compare-and-sets (the first one's Redis deletion was slower) leave
+/// r2 knowing the newer baseline, 2.5, so a body back at 2.0 is a movement.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_keeps_the_newest_state_whatever_order_the_events_arrive_in() {
+    let redis = RedisServer::start();
+    let fleet = replicas(&redis, 2).await;
+    let (r1, r2) = (&fleet[0], &fleet[1]);
+    let game = "g-41";
+    for r in &fleet {
+        r.detector.observe(&snapshot(r, game, "in_progress")).await;
+    }
+    let first: Known = serde_json::from_value(redis_state(&redis, game).await).unwrap();
+    assert!(first.seq > 0, "{first:?}");
+
+    // Two moves, 2.0 -> 2.3 by r8 then 2.3 -> 2.6 by r9, as their
+    // compare-and-sets left Redis.
+    let at = |home: f64| {
+        let g = &observed(
+            r1,
+            serde_json::from_str(&game_json(game, "in_progress", home)).unwrap(),
+        )[0];
+        watch::next_state(Some(&first.state), g, true)
+    };
+    let older = Known::after(Some(&first), at(2.3));
+    let newer = Known::after(Some(&older), at(2.6));
+    let _: () = redis
+        .conn()
+        .await
+        .set(
+            format!("{PREFIX}game:{game}"),
+            serde_json::to_string(&newer).unwrap(),
+        )
+        .await
+        .unwrap();
+    let message = |replica: &str, state: &Known| Message {
+        v: wire::VERSION,
+        event: Event {
+            id: format!("{replica}-1"),
+            at: "2026-11-25T20:31:07.000Z".into(),
+            at_ms: 0,
+            reason: Reason::OddsMovement,
+            game_id: Some(game.into()),
+            tags: vec![format!("game:{game}")],
+            keys_deleted: 0,
+            origin: Origin::Local,
+            replica: replica.into(),
+            detail: String::new(),
+        },
+        keys: Vec::new(),
+        state: Some(state.clone()),
+    };
+    // Delivered newest first.
+    r1.tier.publish(&message("r9", &newer)).await.unwrap();
+    r1.tier.publish(&message("r8", &older)).await.unwrap();
+    until_events(&fleet, game, |all| all[1].len() == 2).await;
+
+    // 2.3 is 11.5% from the fleet's baseline, 2.6: r2's copies are stale.
+    r2.detector
+        .observe(&observed(
+            r2,
+            serde_json::from_str(&game_json(game, "in_progress", 2.3)).unwrap(),
+        ))
+        .await;
+    assert_eq!(
+        r2.events(game).last(),
+        Some(&(Origin::Local, Reason::OddsMovement)),
+        "{:?}",
+        r2.events(game)
+    );
+    let shared: Known = serde_json::from_value(redis_state(&redis, game).await).unwrap();
+    assert!(shared.seq > newer.seq, "{shared:?} after {newer:?}");
+    assert_eq!(shared.state.baseline["/moneyline/home"], 2.3);
 }
 
 /// The threshold is 10%: 9% is kept in cache, a drift to 11% from the

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use crate::cache::Store;
 use crate::config::{route::Template, Config};
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::watch::{GameId, GameState, Reason, Status};
+use crate::watch::{GameId, Reason, Status};
 pub use events::{Event, Journal, Origin, StatsSnapshot};
 
 /// What to invalidate.
@@ -88,7 +88,7 @@ pub struct Request {
     pub origin: Origin,
     pub detail: String,
     /// The game's state after a detected change, shared with peers.
-    pub state: Option<GameState>,
+    pub state: Option<detect::Known>,
 }
 
 pub struct Invalidator {
@@ -211,7 +211,8 @@ impl Invalidator {
             .observe(now_ms.saturating_sub(msg.event.at_ms) as f64 / 1000.0);
         if let (Some(id), Some(state)) = (msg.event.game_id.as_deref(), msg.state) {
             if let Ok(id) = GameId::try_from(id) {
-                self.known.insert(id, state);
+                // Newest by compare-and-set order, not by arrival.
+                detect::adopt(&self.known, id, state);
             }
         }
         let mut event = msg.event;

@@ -32,6 +32,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use tokio::sync::mpsc;
 
+use super::detect::Known;
 use super::events::unix_ms;
 use super::wire;
 use crate::cache::store::is_local_tag;
@@ -39,7 +40,7 @@ use crate::cache::{l2, Entry, Store};
 use crate::config::{PubSubMode, RedisConfig, RedisMode};
 use crate::metrics::Metrics;
 use crate::shutdown;
-use crate::watch::{GameId, GameState};
+use crate::watch::GameId;
 
 mod fanout;
 use fanout::Fanout;
@@ -80,7 +81,7 @@ pub enum RedisError {
 pub enum Cas {
     Set,
     /// Another replica changed it first; this is the state now.
-    Current(GameState),
+    Current(Known),
 }
 
 /// What a deletion removed.
@@ -705,7 +706,7 @@ impl RedisTier {
     }
 
     /// The fleet's known state of each game, in one round trip.
-    pub async fn load_states(&self, ids: &[&GameId]) -> Result<Vec<Option<GameState>>, RedisError> {
+    pub async fn load_states(&self, ids: &[&GameId]) -> Result<Vec<Option<Known>>, RedisError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -732,8 +733,8 @@ impl RedisTier {
     pub async fn compare_and_set(
         &self,
         id: &GameId,
-        expected: Option<&GameState>,
-        new: &GameState,
+        expected: Option<&Known>,
+        new: &Known,
     ) -> Result<Cas, RedisError> {
         let mut conn = if expected.is_some() {
             self.manager().ok_or(RedisError::NotConnected)?
@@ -765,6 +766,6 @@ impl RedisTier {
     }
 }
 
-fn encode_state(s: &GameState) -> String {
+fn encode_state(s: &Known) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::detect::Known;
 use super::events::Event;
-use crate::watch::GameState;
 
 pub const VERSION: u32 = 1;
 /// Larger messages are refused unread: a peer never sends one.
@@ -19,9 +19,10 @@ pub struct Message {
     /// Cache keys (not Redis names) deleted, for peers whose index missed them.
     #[serde(default)]
     pub keys: Vec<String>,
-    /// The game's state after the change, so peers share one baseline.
+    /// The game's state after the change, so peers share one baseline, with
+    /// its `seq` so that they keep the newest whatever the arrival order.
     #[serde(default)]
-    pub state: Option<GameState>,
+    pub state: Option<Known>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,7 +63,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
 mod tests {
     use super::*;
     use crate::invalidate::events::Origin;
-    use crate::watch::{Reason, Status};
+    use crate::watch::{GameState, Reason, Status};
     use proptest::prelude::*;
 
     fn message() -> Message {
@@ -81,10 +82,13 @@ mod tests {
                 detail: "status scheduled -> live".into(),
             },
             keys: vec!["/api/v1/games/g-1/odds".into()],
-            state: Some(GameState {
-                status: Status::Live,
-                baseline: [("/moneyline/home".to_string(), 2.1)].into_iter().collect(),
-                baseline_known: true,
+            state: Some(Known {
+                state: GameState {
+                    status: Status::Live,
+                    baseline: [("/moneyline/home".to_string(), 2.1)].into_iter().collect(),
+                    baseline_known: true,
+                },
+                seq: 1_790_000_000_000,
             }),
         }
     }
@@ -120,10 +124,15 @@ mod tests {
         let mut m = message();
         let json = String::from_utf8(encode(&m)).unwrap().replace("2.1", text);
         let decoded = decode(json.as_bytes()).unwrap();
-        let line = decoded.state.as_ref().unwrap().baseline["/moneyline/home"];
+        let line = decoded.state.as_ref().unwrap().state.baseline["/moneyline/home"];
         assert_eq!(line, text.parse::<f64>().unwrap());
         assert_eq!(decode(&encode(&decoded)).unwrap(), decoded);
-        m.state.as_mut().unwrap().baseline.insert("/x".into(), line);
+        m.state
+            .as_mut()
+            .unwrap()
+            .state
+            .baseline
+            .insert("/x".into(), line);
         assert_eq!(decode(&encode(&m)).unwrap(), m);
     }
 
