@@ -1,14 +1,16 @@
 //! A stored response and the clock arithmetic around it.
 //!
-//! Everything a hit needs is computed once, when the entry is filled: the
-//! response headers including `X-Cache` and `Cache-Status` are prebuilt, and
-//! the body is a `Bytes` that each hit clones by reference count.
+//! An entry is small: its body, its header values and its tags share one
+//! exact-size allocation, its field names are shared with every entry whose
+//! origin sent the same names, and a hit clones a map prebuilt for those
+//! names and writes the entry's values into it.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AGE, ETAG, LAST_MODIFIED};
 use http::{HeaderMap, StatusCode};
 
@@ -24,16 +26,17 @@ pub struct Entry {
     pub id: u64,
     pub key: Arc<str>,
     pub status: StatusCode,
-    /// The origin's headers without hop-by-hop fields, as a plain slice: a
-    /// `HeaderMap` costs ~1.4 kB for eight fields, more than most bodies'
-    /// headers are worth, so each answer builds its map from this. Values
-    /// live in one block of their own, never in the upstream connection's
-    /// read buffer.
-    headers: Box<[(HeaderName, HeaderValue)]>,
-    /// The map a hit clones, built at the entry's first hit: hot entries
-    /// answer at clone speed, cold ones never pay for a map.
-    hit_map: OnceLock<HeaderMap>,
-    pub body: Bytes,
+    /// The origin's field names without hop-by-hop fields, in the order a
+    /// `HeaderMap` iterates them, shared between entries (see [`Fields`]).
+    fields: Arc<Fields>,
+    /// One value per name of `fields`. Their bytes live in `block`, never in
+    /// the upstream connection's read buffer.
+    values: Box<[HeaderValue]>,
+    /// The body, then the header values' bytes, then the tags (each a
+    /// little-endian `u32` length and its text): one exact-size allocation.
+    block: Bytes,
+    body_len: usize,
+    tags_at: usize,
     pub stored_at: Instant,
     /// Age the response already had when it arrived (RFC 9111 §4.2.3).
     pub initial_age: Duration,
@@ -43,7 +46,6 @@ pub struct Entry {
     pub stale_while_revalidate: Duration,
     /// `no-cache` / `must-revalidate`: never served stale without asking.
     pub must_revalidate: bool,
-    pub tags: Box<[Arc<str>]>,
     pub weight: u32,
     /// Set by an invalidation: from then on no lookup returns the entry,
     /// fresh or stale, while its removal from moka happens off the
@@ -76,36 +78,76 @@ pub struct NewEntry {
 
 impl Entry {
     pub fn new(n: NewEntry, now: Instant) -> Entry {
-        let headers = compact(&n.headers);
-        // What the entry really costs, so `max_bytes` bounds the RSS: the
-        // body, each field (its bytes and its slot), key and tags, and a
-        // fixed share for the entry, moka's node and the tag index.
-        let header_bytes: usize = headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + HEADER_SLOT)
-            .sum::<usize>()
-            + (headers.len() + 3) * HIT_MAP_SLOT;
-        let tag_bytes: usize = n.tags.iter().map(|t| t.len() + TAG_SLOT).sum();
-        let weight = n.body.len() + header_bytes + tag_bytes + 2 * n.key.len() + ENTRY_OVERHEAD;
+        let fields = Fields::intern(&n.headers);
+        let value_bytes: usize = n.headers.values().map(HeaderValue::len).sum();
+        let tag_bytes: usize = n.tags.iter().map(|t| 4 + t.len()).sum();
+        // A body read from the upstream is a slice of the connection's read
+        // buffer: copied, it keeps nothing else alive.
+        let mut block = Vec::with_capacity(n.body.len() + value_bytes + tag_bytes);
+        block.extend_from_slice(&n.body);
+        for v in n.headers.values() {
+            block.extend_from_slice(v.as_bytes());
+        }
+        for t in &n.tags {
+            block.extend_from_slice(&(t.len() as u32).to_le_bytes());
+            block.extend_from_slice(t.as_bytes());
+        }
+        let body_len = n.body.len();
+        let tags_at = body_len + value_bytes;
+        let block = Bytes::from(block);
+        let mut at = body_len;
+        let values: Box<[HeaderValue]> = n
+            .headers
+            .values()
+            .map(|v| {
+                let len = v.len();
+                // The bytes were a valid value a moment ago; they still are.
+                let value = HeaderValue::from_maybe_shared(block.slice(at..at + len))
+                    .unwrap_or_else(|_| v.clone());
+                at += len;
+                value
+            })
+            .collect();
+        let weight = weigh(&n.key, block.len(), values.len());
         Entry {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key: n.key,
             status: n.status,
-            headers,
-            hit_map: OnceLock::new(),
-            // A body read from the upstream is a slice of the connection's
-            // read buffer: copied, it keeps nothing else alive.
-            body: Bytes::copy_from_slice(&n.body),
+            fields,
+            values,
+            block,
+            body_len,
+            tags_at,
             stored_at: now,
             initial_age: n.initial_age,
             fresh_for: n.fresh_for,
             stale_if_error: n.stale_if_error,
             stale_while_revalidate: n.stale_while_revalidate,
             must_revalidate: n.must_revalidate,
-            tags: n.tags.into_boxed_slice(),
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
             dead: AtomicBool::new(false),
         }
+    }
+
+    /// The body, shared by reference count.
+    pub fn body(&self) -> Bytes {
+        self.block.slice(..self.body_len)
+    }
+
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.block[..self.body_len]
+    }
+
+    /// The entry's tags, in the order they were given.
+    pub fn tags(&self) -> Tags<'_> {
+        Tags {
+            rest: &self.block[self.tags_at..],
+        }
+    }
+
+    /// The entry's `i`th tag (as [`Self::tags`] counts them).
+    pub fn tag(&self, i: usize) -> Option<&str> {
+        self.tags().nth(i)
     }
 
     fn resident(&self, now: Instant) -> Duration {
@@ -149,8 +191,8 @@ impl Entry {
     }
 
     /// The stored fields, in order.
-    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
-        &self.headers
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&HeaderName, &HeaderValue)> + '_ {
+        self.fields.names.iter().zip(self.values.iter())
     }
 
     /// Every stored value of one field, in order.
@@ -158,9 +200,8 @@ impl Entry {
         &'a self,
         name: &'a HeaderName,
     ) -> impl Iterator<Item = &'a HeaderValue> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n == name)
+        self.headers()
+            .filter(move |(n, _)| *n == name)
             .map(|(_, v)| v)
     }
 
@@ -192,25 +233,33 @@ impl Entry {
         h
     }
 
-    /// The headers of a hit: a clone of the entry's prebuilt map, plus `Age`.
+    /// The headers of a hit: a clone of the map prebuilt for the entry's
+    /// field names, with its values and `Age` written in place.
     pub fn hit_headers(&self, age: Duration) -> HeaderMap {
-        let mut h = self
-            .hit_map
-            .get_or_init(|| {
-                self.labelled_headers(
-                    HeaderValue::from_static("HIT"),
-                    HeaderValue::from_static("oddscache; hit"),
-                    Duration::ZERO,
-                )
-            })
-            .clone();
-        h.insert(AGE, age_value(age));
+        let Some(template) = &self.fields.hit else {
+            return self.labelled_headers(
+                HeaderValue::from_static("HIT"),
+                HeaderValue::from_static("oddscache; hit"),
+                age,
+            );
+        };
+        let mut h = template.clone();
+        let mut slots = h.values_mut();
+        for v in self.values.iter() {
+            if let Some(slot) = slots.next() {
+                *slot = v.clone();
+            }
+        }
+        // Past X-Cache and Cache-Status, which the template holds already.
+        if let Some(slot) = slots.nth(2) {
+            *slot = age_value(age);
+        }
         h
     }
 
     fn headers_with_room(&self, extra: usize) -> HeaderMap {
-        let mut h = HeaderMap::with_capacity(self.headers.len() + extra);
-        for (name, value) in self.headers.iter() {
+        let mut h = HeaderMap::with_capacity(self.values.len() + extra);
+        for (name, value) in self.headers() {
             h.append(name.clone(), value.clone());
         }
         h
@@ -237,45 +286,131 @@ impl Entry {
     }
 }
 
-/// Bytes one stored header field costs beyond its name and value.
-const HEADER_SLOT: usize = 80;
-/// Bytes one field costs in the hit map, once the entry has been hit.
-const HIT_MAP_SLOT: usize = 170;
-/// Bytes one tag costs beyond its text: its `Arc`, its index slot.
-const TAG_SLOT: usize = 96;
-/// The entry itself, moka's node and expiry bookkeeping, the key's `Arc`.
-const ENTRY_OVERHEAD: usize = 640;
-
-/// Copies the fields with every value in one shared block, so an entry
-/// holds one small allocation for its values instead of pinning the
-/// buffers they were parsed from.
-fn compact(headers: &HeaderMap) -> Box<[(HeaderName, HeaderValue)]> {
-    let total: usize = headers.iter().map(|(_, v)| v.len()).sum();
-    let mut block = BytesMut::with_capacity(total);
-    for (_, v) in headers {
-        block.extend_from_slice(v.as_bytes());
-    }
-    let block = block.freeze();
-    let mut at = 0;
-    headers
-        .iter()
-        .map(|(name, v)| {
-            let len = v.len();
-            // The bytes were a valid value a moment ago; they still are.
-            let value = HeaderValue::from_maybe_shared(block.slice(at..at + len))
-                .unwrap_or_else(|_| v.clone());
-            at += len;
-            (name.clone(), value)
-        })
-        .collect()
+/// The tags of an entry, read from its block.
+#[derive(Clone)]
+pub struct Tags<'a> {
+    rest: &'a [u8],
 }
 
-/// `Age` values are prebuilt for the first hour so a hit formats nothing.
+impl<'a> Iterator for Tags<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let (len, rest) = self.rest.split_first_chunk::<4>()?;
+        let (tag, rest) = rest.split_at(u32::from_le_bytes(*len) as usize);
+        self.rest = rest;
+        // Written from a `str` by `Entry::new`.
+        Some(std::str::from_utf8(tag).unwrap_or_default())
+    }
+}
+
+/// What an entry really costs, so `max_bytes` bounds the RSS. Measured with
+/// heaptrack and glibc's malloc on `examples/rss_figures.rs` (chunks rounded
+/// to 16 bytes, 8 of header each).
+fn weigh(key: &str, block: usize, fields: usize) -> usize {
+    let values = fields * std::mem::size_of::<HeaderValue>() + CHUNK;
+    let entry = std::mem::size_of::<Entry>() + 16 + CHUNK;
+    // The key's `Arc<str>`, shared by moka and the tag index.
+    let key = key.len() + 16 + CHUNK;
+    // The block and the `Bytes` header its first slice allocated.
+    let block = block + CHUNK + 32;
+    block + values + entry + key + MOKA_ENTRY + TAGS_INDEX
+}
+
+/// Allocator rounding and bookkeeping, per allocation.
+const CHUNK: usize = 16;
+/// moka's per-entry node: its key `Arc`, value entry, entry info, deque
+/// and timer-wheel nodes, hash-table bucket (eight allocations).
+const MOKA_ENTRY: usize = 380;
+/// The tag index's slots for one entry (16 bytes each, at hashbrown's load).
+const TAGS_INDEX: usize = 100;
+
+/// The field names of stored responses, interned: the names an origin sends
+/// repeat from response to response, so entries with the same names (in
+/// the same order) share one `Fields`, and with it the map their hits clone.
+#[derive(Debug)]
+struct Fields {
+    names: Box<[HeaderName]>,
+    /// `names` with empty values, then `X-Cache: HIT`, `Cache-Status` and
+    /// `Age`; `None` when the origin sent one of those three itself, which
+    /// then replaces it (such a hit builds its map field by field).
+    hit: Option<HeaderMap>,
+}
+
+impl Fields {
+    fn intern(headers: &HeaderMap) -> Arc<Fields> {
+        static TABLE: OnceLock<Mutex<Interned>> = OnceLock::new();
+        let names: Vec<HeaderName> = headers.iter().map(|(n, _)| n.clone()).collect();
+        let mut table = TABLE
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(fields) = table.map.get(names.as_slice()).and_then(Weak::upgrade) {
+            return fields;
+        }
+        let fields = Arc::new(Fields::build(names.clone().into_boxed_slice()));
+        // Names no entry uses any more are forgotten as the table grows.
+        if table.map.len() >= table.prune_at {
+            table.map.retain(|_, f| f.strong_count() > 0);
+            table.prune_at = (2 * table.map.len()).max(64);
+        }
+        table
+            .map
+            .insert(names.into_boxed_slice(), Arc::downgrade(&fields));
+        fields
+    }
+
+    fn build(names: Box<[HeaderName]>) -> Fields {
+        let labels = [&X_CACHE, &CACHE_STATUS, &AGE];
+        let hit = (!names.iter().any(|n| labels.contains(&n))).then(|| {
+            let mut h = HeaderMap::with_capacity(names.len() + labels.len());
+            for name in names.iter() {
+                h.append(name.clone(), HeaderValue::from_static(""));
+            }
+            h.insert(X_CACHE.clone(), HeaderValue::from_static("HIT"));
+            h.insert(
+                CACHE_STATUS.clone(),
+                HeaderValue::from_static("oddscache; hit"),
+            );
+            h.insert(AGE, HeaderValue::from_static("0"));
+            h
+        });
+        // A hit writes values in the map's order: it must be the names'.
+        let hit = hit.filter(|h| {
+            h.iter()
+                .map(|(n, _)| n)
+                .eq(names.iter().chain(labels.iter().copied()))
+        });
+        Fields { names, hit }
+    }
+}
+
+#[derive(Default)]
+struct Interned {
+    map: HashMap<Box<[HeaderName]>, Weak<Fields>>,
+    prune_at: usize,
+}
+
+/// `Age` values are prebuilt for the first hour so a hit formats nothing;
+/// they are static, so cloning one touches no reference count that other
+/// cores share.
 pub fn age_value(age: Duration) -> HeaderValue {
     const PREBUILT: usize = 3600;
     static TABLE: OnceLock<Vec<HeaderValue>> = OnceLock::new();
     let secs = age.as_secs();
-    let table = TABLE.get_or_init(|| (0..PREBUILT as u64).map(HeaderValue::from).collect());
+    let table = TABLE.get_or_init(|| {
+        let text: String = (0..PREBUILT).map(|s| s.to_string()).collect();
+        let text: &'static str = Box::leak(text.into_boxed_str());
+        let mut at = 0;
+        (0..PREBUILT)
+            .map(|s| {
+                let len = s.to_string().len();
+                let v = HeaderValue::from_static(&text[at..at + len]);
+                at += len;
+                v
+            })
+            .collect()
+    });
     usize::try_from(secs)
         .ok()
         .and_then(|s| table.get(s))
@@ -288,11 +423,15 @@ mod tests {
     use super::*;
 
     fn entry(fresh_for: u64, swr: u64, sie: u64) -> Entry {
+        with_headers(HeaderMap::new(), fresh_for, swr, sie)
+    }
+
+    fn with_headers(headers: HeaderMap, fresh_for: u64, swr: u64, sie: u64) -> Entry {
         Entry::new(
             NewEntry {
                 key: "/k".into(),
                 status: StatusCode::OK,
-                headers: HeaderMap::new(),
+                headers,
                 body: Bytes::from_static(b"{}"),
                 initial_age: Duration::from_secs(2),
                 fresh_for: Duration::from_secs(fresh_for),
@@ -341,5 +480,79 @@ mod tests {
         assert_eq!(e.hit_headers(Duration::from_secs(10))[AGE], "10");
         assert_eq!(age_value(Duration::from_secs(42)), "42");
         assert_eq!(age_value(Duration::from_secs(100_000)), "100000");
+    }
+
+    fn fields(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn a_hit_map_is_the_labelled_map() {
+        let hit = |e: &Entry, age| {
+            let labelled = e.labelled_headers(
+                HeaderValue::from_static("HIT"),
+                HeaderValue::from_static("oddscache; hit"),
+                Duration::from_secs(age),
+            );
+            let got = e.hit_headers(Duration::from_secs(age));
+            assert_eq!(got, labelled);
+            // In the same order too, values of one name included.
+            assert!(got.iter().eq(labelled.iter()));
+        };
+        let plain = [
+            ("content-type", "application/json"),
+            ("set-cookie", "a=1"),
+            ("x-odds-feed", "live"),
+            ("set-cookie", "b=2"),
+            ("etag", "\"7\""),
+        ];
+        let a = with_headers(fields(&plain), 10, 0, 0);
+        hit(&a, 3);
+        hit(&a, 7_200);
+        // Same names: one set of names and one template for both entries.
+        let mut other = plain;
+        other[4] = ("etag", "\"8\"");
+        let b = with_headers(fields(&other), 10, 0, 0);
+        assert!(Arc::ptr_eq(&a.fields, &b.fields));
+        hit(&b, 1);
+        assert_eq!(b.hit_headers(Duration::ZERO)[ETAG], "\"8\"");
+        assert_eq!(a.hit_headers(Duration::ZERO)[ETAG], "\"7\"");
+        // An origin's own labels are replaced, as the labelled map does.
+        let labelled = [("age", "100"), ("x-cache", "MISS"), ("via", "1.1 up")];
+        let c = with_headers(fields(&labelled), 10, 0, 0);
+        assert!(c.fields.hit.is_none());
+        hit(&c, 5);
+        hit(&entry(10, 0, 0), 2);
+    }
+
+    #[test]
+    fn body_values_and_tags_share_one_block() {
+        let headers = fields(&[("etag", "\"g-1\""), ("via", "1.1 up")]);
+        let e = Entry::new(
+            NewEntry {
+                key: "/k".into(),
+                status: StatusCode::OK,
+                headers: headers.clone(),
+                body: Bytes::from_static(b"{\"odds\":1}"),
+                initial_age: Duration::ZERO,
+                fresh_for: Duration::from_secs(1),
+                stale_if_error: Duration::ZERO,
+                stale_while_revalidate: Duration::ZERO,
+                must_revalidate: false,
+                tags: vec!["game:g-1".into(), "".into(), "odds:live:g-1".into()],
+            },
+            Instant::now(),
+        );
+        assert_eq!(e.body(), "{\"odds\":1}");
+        assert_eq!(e.body_bytes(), b"{\"odds\":1}");
+        assert_eq!(e.origin_headers(), headers);
+        assert!(e.tags().eq(["game:g-1", "", "odds:live:g-1"]));
+        assert_eq!(e.tag(2), Some("odds:live:g-1"));
+        assert_eq!(e.tag(3), None);
+        assert_eq!(e.block.len(), 11 + 12 + 3 * 4 + 8 + 13);
     }
 }

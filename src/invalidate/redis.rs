@@ -541,10 +541,9 @@ impl RedisTier {
     /// `store_responses`; drops them when the queue is full.
     pub fn register(&self, entry: &Arc<Entry>) {
         let tags: Box<[Arc<str>]> = entry
-            .tags
-            .iter()
+            .tags()
             .filter(|t| !is_local_tag(t))
-            .cloned()
+            .map(Arc::from)
             .collect();
         if tags.is_empty() && !self.store_responses {
             return;

@@ -78,7 +78,7 @@ fn with_body(method: &Method, entry: &Entry, headers: HeaderMap) -> Response<Pro
     let body = if method == Method::HEAD {
         ProxyBody::empty()
     } else {
-        ProxyBody::full(entry.body.clone())
+        ProxyBody::full(entry.body())
     };
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = entry.status;
