@@ -11,11 +11,26 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, AGE, ETAG, LAST_MODIFIED};
+use http::header::{
+    HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES,
+    LAST_MODIFIED, VARY,
+};
 use http::{HeaderMap, StatusCode};
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// RFC 9110 §15.4.5: the fields a 200 would have that a 304 carries too,
+/// as they help the client update its copy.
+pub const NOT_MODIFIED_FIELDS: [HeaderName; 7] = [
+    CACHE_CONTROL,
+    CONTENT_LOCATION,
+    DATE,
+    ETAG,
+    EXPIRES,
+    LAST_MODIFIED,
+    VARY,
+];
 
 /// Distinguishes two entries stored under one key, so an eviction notice
 /// for the old one never unindexes the new one.
@@ -108,7 +123,7 @@ impl Entry {
                 value
             })
             .collect();
-        let weight = weigh(&n.key, block.len(), values.len());
+        let weight = weigh(&n.key, block.len(), values.len(), n.tags.len());
         Entry {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key: n.key,
@@ -206,11 +221,26 @@ impl Entry {
     }
 
     pub fn etag(&self) -> Option<&HeaderValue> {
-        self.header_values(&ETAG).next()
+        self.value_at(self.fields.etag)
     }
 
     pub fn last_modified(&self) -> Option<&HeaderValue> {
-        self.header_values(&LAST_MODIFIED).next()
+        self.value_at(self.fields.last_modified)
+    }
+
+    fn value_at(&self, i: Option<u16>) -> Option<&HeaderValue> {
+        self.values.get(usize::from(i?))
+    }
+
+    /// The stored fields a 304 carries ([`NOT_MODIFIED_FIELDS`]), in that
+    /// list's order.
+    pub fn not_modified_fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> + '_ {
+        self.fields.not_modified.iter().map(|&i| {
+            (
+                &self.fields.names[usize::from(i)],
+                &self.values[usize::from(i)],
+            )
+        })
     }
 
     /// The origin's headers as stored, without this cache's labels.
@@ -307,14 +337,14 @@ impl<'a> Iterator for Tags<'a> {
 /// What an entry really costs, so `max_bytes` bounds the RSS. Measured with
 /// heaptrack and glibc's malloc on `examples/rss_figures.rs` (chunks rounded
 /// to 16 bytes, 8 of header each).
-fn weigh(key: &str, block: usize, fields: usize) -> usize {
+fn weigh(key: &str, block: usize, fields: usize, tags: usize) -> usize {
     let values = fields * std::mem::size_of::<HeaderValue>() + CHUNK;
     let entry = std::mem::size_of::<Entry>() + 16 + CHUNK;
     // The key's `Arc<str>`, shared by moka and the tag index.
     let key = key.len() + 16 + CHUNK;
     // The block and the `Bytes` header its first slice allocated.
     let block = block + CHUNK + 32;
-    block + values + entry + key + MOKA_ENTRY + TAGS_INDEX
+    block + values + entry + key + MOKA_ENTRY + tags * TAG_SLOT
 }
 
 /// Allocator rounding and bookkeeping, per allocation.
@@ -322,8 +352,9 @@ const CHUNK: usize = 16;
 /// moka's per-entry node: its key `Arc`, value entry, entry info, deque
 /// and timer-wheel nodes, hash-table bucket (eight allocations).
 const MOKA_ENTRY: usize = 380;
-/// The tag index's slots for one entry (16 bytes each, at hashbrown's load).
-const TAGS_INDEX: usize = 100;
+/// A tag's slot in the tag index: 16 bytes and a control byte, at the
+/// table's load factor (its text is the entry's own).
+const TAG_SLOT: usize = 32;
 
 /// The field names of stored responses, interned: the names an origin sends
 /// repeat from response to response, so entries with the same names (in
@@ -335,6 +366,11 @@ struct Fields {
     /// `Age`; `None` when the origin sent one of those three itself, which
     /// then replaces it (such a hit builds its map field by field).
     hit: Option<HeaderMap>,
+    /// Where the first `ETag` and `Last-Modified` are.
+    etag: Option<u16>,
+    last_modified: Option<u16>,
+    /// Where the fields a 304 carries are, in [`NOT_MODIFIED_FIELDS`] order.
+    not_modified: Box<[u16]>,
 }
 
 impl Fields {
@@ -381,7 +417,29 @@ impl Fields {
                 .map(|(n, _)| n)
                 .eq(names.iter().chain(labels.iter().copied()))
         });
-        Fields { names, hit }
+        let at = |name: &HeaderName| {
+            names
+                .iter()
+                .position(|n| n == name)
+                .and_then(|i| u16::try_from(i).ok())
+        };
+        let not_modified = NOT_MODIFIED_FIELDS
+            .iter()
+            .flat_map(|wanted| {
+                names
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, n)| *n == wanted)
+                    .filter_map(|(i, _)| u16::try_from(i).ok())
+            })
+            .collect();
+        Fields {
+            etag: at(&ETAG),
+            last_modified: at(&LAST_MODIFIED),
+            not_modified,
+            hit,
+            names,
+        }
     }
 }
 
@@ -553,6 +611,6 @@ mod tests {
         assert!(e.tags().eq(["game:g-1", "", "odds:live:g-1"]));
         assert_eq!(e.tag(2), Some("odds:live:g-1"));
         assert_eq!(e.tag(3), None);
-        assert_eq!(e.block.len(), 11 + 12 + 3 * 4 + 8 + 13);
+        assert_eq!(e.block.len(), 10 + 11 + 3 * 4 + 8 + 13);
     }
 }
