@@ -40,28 +40,27 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub struct Entry {
     pub id: u64,
     pub key: Arc<str>,
-    pub status: StatusCode,
     /// The origin's field names without hop-by-hop fields, in the order a
     /// `HeaderMap` iterates them, shared between entries (see [`Fields`]).
     fields: Arc<Fields>,
     /// One value per name of `fields`. Their bytes live in `block`, never in
     /// the upstream connection's read buffer.
     values: Box<[HeaderValue]>,
-    /// The body, then the header values' bytes, then the tags (each a
-    /// little-endian `u32` length and its text): one exact-size allocation.
+    /// The header values' bytes, then the tags (each a little-endian `u32`
+    /// length and its text), then the body: one exact-size allocation.
     block: Bytes,
-    body_len: usize,
-    tags_at: usize,
     pub stored_at: Instant,
-    /// Age the response already had when it arrived (RFC 9111 §4.2.3).
-    pub initial_age: Duration,
-    /// How long after `stored_at` the entry is fresh.
-    pub fresh_for: Duration,
-    pub stale_if_error: Duration,
-    pub stale_while_revalidate: Duration,
-    /// `no-cache` / `must-revalidate`: never served stale without asking.
-    pub must_revalidate: bool,
-    pub weight: u32,
+    /// The durations below in nanoseconds (584 years at most), so that the
+    /// entry, which moka, the tag index and every hit reach, stays small.
+    initial_age: u64,
+    fresh_for: u64,
+    stale_if_error: u64,
+    stale_while_revalidate: u64,
+    /// Where the body starts in `block`: after fields and tags, which the
+    /// proxy's header limits keep far below 4 GiB.
+    body_at: u32,
+    pub status: StatusCode,
+    must_revalidate: bool,
     /// Set by an invalidation: from then on no lookup returns the entry,
     /// fresh or stale, while its removal from moka happens off the
     /// invalidating path (as Varnish's xkey purge marks objects expired).
@@ -98,8 +97,7 @@ impl Entry {
         let tag_bytes: usize = n.tags.iter().map(|t| 4 + t.len()).sum();
         // A body read from the upstream is a slice of the connection's read
         // buffer: copied, it keeps nothing else alive.
-        let mut block = Vec::with_capacity(n.body.len() + value_bytes + tag_bytes);
-        block.extend_from_slice(&n.body);
+        let mut block = Vec::with_capacity(value_bytes + tag_bytes + n.body.len());
         for v in n.headers.values() {
             block.extend_from_slice(v.as_bytes());
         }
@@ -107,10 +105,10 @@ impl Entry {
             block.extend_from_slice(&(t.len() as u32).to_le_bytes());
             block.extend_from_slice(t.as_bytes());
         }
-        let body_len = n.body.len();
-        let tags_at = body_len + value_bytes;
+        let body_at = u32::try_from(block.len()).unwrap_or(u32::MAX);
+        block.extend_from_slice(&n.body);
         let block = Bytes::from(block);
-        let mut at = body_len;
+        let mut at = 0;
         let values: Box<[HeaderValue]> = n
             .headers
             .values()
@@ -123,40 +121,72 @@ impl Entry {
                 value
             })
             .collect();
-        let weight = weigh(&n.key, block.len(), values.len(), n.tags.len());
         Entry {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key: n.key,
-            status: n.status,
             fields,
             values,
             block,
-            body_len,
-            tags_at,
             stored_at: now,
-            initial_age: n.initial_age,
-            fresh_for: n.fresh_for,
-            stale_if_error: n.stale_if_error,
-            stale_while_revalidate: n.stale_while_revalidate,
+            initial_age: nanos(n.initial_age),
+            fresh_for: nanos(n.fresh_for),
+            stale_if_error: nanos(n.stale_if_error),
+            stale_while_revalidate: nanos(n.stale_while_revalidate),
+            body_at,
+            status: n.status,
             must_revalidate: n.must_revalidate,
-            weight: u32::try_from(weight).unwrap_or(u32::MAX),
             dead: AtomicBool::new(false),
         }
     }
 
+    /// Age the response already had when it arrived (RFC 9111 §4.2.3).
+    pub fn initial_age(&self) -> Duration {
+        Duration::from_nanos(self.initial_age)
+    }
+
+    /// How long after `stored_at` the entry is fresh.
+    pub fn fresh_for(&self) -> Duration {
+        Duration::from_nanos(self.fresh_for)
+    }
+
+    pub fn stale_if_error(&self) -> Duration {
+        Duration::from_nanos(self.stale_if_error)
+    }
+
+    pub fn stale_while_revalidate(&self) -> Duration {
+        Duration::from_nanos(self.stale_while_revalidate)
+    }
+
+    /// `no-cache` / `must-revalidate`: never served stale without asking.
+    pub fn must_revalidate(&self) -> bool {
+        self.must_revalidate
+    }
+
+    /// What the entry costs in memory, for moka's weigher.
+    pub fn weight(&self) -> u32 {
+        let w = weigh(
+            &self.key,
+            self.block.len(),
+            self.values.len(),
+            self.tags().count(),
+        );
+        u32::try_from(w).unwrap_or(u32::MAX)
+    }
+
     /// The body, shared by reference count.
     pub fn body(&self) -> Bytes {
-        self.block.slice(..self.body_len)
+        self.block.slice(self.body_at as usize..)
     }
 
     pub fn body_bytes(&self) -> &[u8] {
-        &self.block[..self.body_len]
+        &self.block[self.body_at as usize..]
     }
 
     /// The entry's tags, in the order they were given.
     pub fn tags(&self) -> Tags<'_> {
+        let values: usize = self.values.iter().map(HeaderValue::len).sum();
         Tags {
-            rest: &self.block[self.tags_at..],
+            rest: &self.block[values..self.body_at as usize],
         }
     }
 
@@ -180,20 +210,21 @@ impl Entry {
 
     /// The `Age` the entry is served with (RFC 9111 §4.2.3).
     pub fn age(&self, now: Instant) -> Duration {
-        self.initial_age + self.resident(now)
+        self.initial_age() + self.resident(now)
     }
 
     /// Seconds of freshness left; negative once stale (for `Cache-Status`).
     pub fn ttl_secs(&self, now: Instant) -> i64 {
-        let fresh = self.fresh_for.as_secs() as i64;
+        let fresh = self.fresh_for().as_secs() as i64;
         fresh - self.resident(now).as_secs() as i64
     }
 
     pub fn freshness(&self, now: Instant) -> Freshness {
         let resident = self.resident(now);
-        if resident < self.fresh_for {
+        let fresh_for = self.fresh_for();
+        if resident < fresh_for {
             Freshness::Fresh
-        } else if !self.must_revalidate && resident < self.fresh_for + self.stale_while_revalidate {
+        } else if !self.must_revalidate && resident < fresh_for + self.stale_while_revalidate() {
             Freshness::StaleRevalidate
         } else {
             Freshness::Stale
@@ -202,7 +233,7 @@ impl Entry {
 
     /// Whether an expired copy may stand in for a failed upstream.
     pub fn usable_on_error(&self, now: Instant) -> bool {
-        self.resident(now) < self.fresh_for + self.stale_if_error
+        self.resident(now) < self.fresh_for() + self.stale_if_error()
     }
 
     /// The stored fields, in order.
@@ -275,14 +306,14 @@ impl Entry {
         };
         let mut h = template.clone();
         let mut slots = h.values_mut();
-        for v in self.values.iter() {
-            if let Some(slot) = slots.next() {
-                *slot = v.clone();
-            }
+        for (v, slot) in self.values.iter().zip(slots.by_ref()) {
+            // The placeholder is static: dropping it would do nothing but
+            // an indirect call, on every field of every hit.
+            std::mem::forget(std::mem::replace(slot, v.clone()));
         }
         // Past X-Cache and Cache-Status, which the template holds already.
         if let Some(slot) = slots.nth(2) {
-            *slot = age_value(age);
+            std::mem::forget(std::mem::replace(slot, age_value(age)));
         }
         h
     }
@@ -303,16 +334,16 @@ impl Entry {
     /// which an expired copy is still useful.
     pub fn retention(&self) -> Duration {
         let revalidate = if self.has_validators() {
-            self.fresh_for
+            self.fresh_for()
                 .clamp(Duration::from_secs(10), Duration::from_secs(600))
         } else {
             Duration::ZERO
         };
         let grace = self
-            .stale_if_error
-            .max(self.stale_while_revalidate)
+            .stale_if_error()
+            .max(self.stale_while_revalidate())
             .max(revalidate);
-        self.fresh_for + grace
+        self.fresh_for() + grace
     }
 }
 
@@ -345,6 +376,10 @@ fn weigh(key: &str, block: usize, fields: usize, tags: usize) -> usize {
     // The block and the `Bytes` header its first slice allocated.
     let block = block + CHUNK + 32;
     block + values + entry + key + MOKA_ENTRY + tags * TAG_SLOT
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Allocator rounding and bookkeeping, per allocation.
@@ -401,7 +436,7 @@ impl Fields {
         let hit = (!names.iter().any(|n| labels.contains(&n))).then(|| {
             let mut h = HeaderMap::with_capacity(names.len() + labels.len());
             for name in names.iter() {
-                h.append(name.clone(), HeaderValue::from_static(""));
+                h.append(static_name(name), HeaderValue::from_static(""));
             }
             h.insert(X_CACHE.clone(), HeaderValue::from_static("HIT"));
             h.insert(
@@ -441,6 +476,30 @@ impl Fields {
             names,
         }
     }
+}
+
+/// `name` with its text in static memory, so that cloning it on a hit
+/// touches no reference count shared by the cores answering hits from every
+/// entry with this name. Names are few; past a budget they are cloned.
+fn static_name(name: &HeaderName) -> HeaderName {
+    const BUDGET: usize = 64 << 10;
+    static NAMES: OnceLock<Mutex<(HashMap<HeaderName, HeaderName>, usize)>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let (map, spent) = &mut *names;
+    if let Some(n) = map.get(name) {
+        return n.clone();
+    }
+    if *spent + name.as_str().len() > BUDGET {
+        return name.clone();
+    }
+    *spent += name.as_str().len();
+    let text: &'static str = Box::leak(name.as_str().into());
+    let leaked = HeaderName::from_static(text);
+    map.insert(name.clone(), leaked.clone());
+    leaked
 }
 
 #[derive(Default)]
@@ -611,6 +670,6 @@ mod tests {
         assert!(e.tags().eq(["game:g-1", "", "odds:live:g-1"]));
         assert_eq!(e.tag(2), Some("odds:live:g-1"));
         assert_eq!(e.tag(3), None);
-        assert_eq!(e.block.len(), 10 + 11 + 3 * 4 + 8 + 13);
+        assert_eq!(e.block.len(), 11 + 3 * 4 + 8 + 13 + 10);
     }
 }

@@ -100,17 +100,17 @@ pub fn encode(entry: &Entry, stored_at_ms: u64) -> Option<Vec<u8>> {
     out.put_slice(MAGIC);
     out.put_u8(VERSION);
     out.put_u16(entry.status.as_u16());
-    out.put_u8(if entry.must_revalidate {
+    out.put_u8(if entry.must_revalidate() {
         MUST_REVALIDATE
     } else {
         0
     });
     out.put_u64(stored_at_ms);
     for d in [
-        entry.initial_age,
-        entry.fresh_for,
-        entry.stale_if_error,
-        entry.stale_while_revalidate,
+        entry.initial_age(),
+        entry.fresh_for(),
+        entry.stale_if_error(),
+        entry.stale_while_revalidate(),
     ] {
         out.put_u64(millis(d));
     }
@@ -341,11 +341,11 @@ mod tests {
         assert_eq!(s.status, e.status);
         assert_eq!(s.headers, e.origin_headers());
         assert_eq!(s.body, e.body());
-        assert_eq!(s.initial_age, e.initial_age);
-        assert_eq!(s.fresh_for, e.fresh_for);
-        assert_eq!(s.stale_if_error, e.stale_if_error);
-        assert_eq!(s.stale_while_revalidate, e.stale_while_revalidate);
-        assert_eq!(s.must_revalidate, e.must_revalidate);
+        assert_eq!(s.initial_age, e.initial_age());
+        assert_eq!(s.fresh_for, e.fresh_for());
+        assert_eq!(s.stale_if_error, e.stale_if_error());
+        assert_eq!(s.stale_while_revalidate, e.stale_while_revalidate());
+        assert_eq!(s.must_revalidate, e.must_revalidate());
         assert!(s.tags.iter().map(|t| &**t).eq(e.tags()));
     }
 
@@ -388,8 +388,8 @@ mod tests {
             .into_entry("/k".into(), 11_500, now)
             .unwrap();
         assert_eq!(rebuilt.age(now), Duration::from_millis(3500));
-        assert_eq!(rebuilt.fresh_for, Duration::from_millis(3500));
-        assert_eq!(rebuilt.stale_if_error, Duration::from_secs(300));
+        assert_eq!(rebuilt.fresh_for(), Duration::from_millis(3500));
+        assert_eq!(rebuilt.stale_if_error(), Duration::from_secs(300));
         assert_eq!(&*rebuilt.key, "/k");
         // A peer clock ahead of ours: as if just stored.
         let ahead = decode(raw.clone().into()).unwrap();

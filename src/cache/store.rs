@@ -208,7 +208,7 @@ impl Store {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|k: &Arc<str>, v: &Slot| match v {
-                Slot::Entry(e) => e.weight,
+                Slot::Entry(e) => e.weight(),
                 Slot::Vary(names) => (k.len() + 64 * names.len() + 128) as u32,
             })
             .expire_after(SlotExpiry)

@@ -568,7 +568,7 @@ impl RedisTier {
             }
         }
         let resident = Instant::now().saturating_duration_since(entry.stored_at);
-        if resident >= entry.fresh_for {
+        if resident >= entry.fresh_for() {
             return None;
         }
         let ttl = entry.retention().saturating_sub(resident);
