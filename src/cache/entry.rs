@@ -1,19 +1,36 @@
 //! A stored response and the clock arithmetic around it.
 //!
-//! Everything a hit needs is computed once, when the entry is filled: the
-//! response headers including `X-Cache` and `Cache-Status` are prebuilt, and
-//! the body is a `Bytes` that each hit clones by reference count.
+//! An entry is small: its body, its header values and its tags share one
+//! exact-size allocation, its field names are shared with every entry whose
+//! origin sent the same names, and a hit clones a map prebuilt for those
+//! names and writes the entry's values into it.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, AGE, ETAG, LAST_MODIFIED};
+use bytes::Bytes;
+use http::header::{
+    HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES,
+    LAST_MODIFIED, VARY,
+};
 use http::{HeaderMap, StatusCode};
 
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// RFC 9110 §15.4.5: the fields a 200 would have that a 304 carries too,
+/// as they help the client update its copy.
+pub const NOT_MODIFIED_FIELDS: [HeaderName; 7] = [
+    CACHE_CONTROL,
+    CONTENT_LOCATION,
+    DATE,
+    ETAG,
+    EXPIRES,
+    LAST_MODIFIED,
+    VARY,
+];
 
 /// Distinguishes two entries stored under one key, so an eviction notice
 /// for the old one never unindexes the new one.
@@ -23,28 +40,27 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub struct Entry {
     pub id: u64,
     pub key: Arc<str>,
-    pub status: StatusCode,
-    /// The origin's headers without hop-by-hop fields, as a plain slice: a
-    /// `HeaderMap` costs ~1.4 kB for eight fields, more than most bodies'
-    /// headers are worth, so each answer builds its map from this. Values
-    /// live in one block of their own, never in the upstream connection's
-    /// read buffer.
-    headers: Box<[(HeaderName, HeaderValue)]>,
-    /// The map a hit clones, built at the entry's first hit: hot entries
-    /// answer at clone speed, cold ones never pay for a map.
-    hit_map: OnceLock<HeaderMap>,
-    pub body: Bytes,
+    /// The origin's field names without hop-by-hop fields, in the order a
+    /// `HeaderMap` iterates them, shared between entries (see [`Fields`]).
+    fields: Arc<Fields>,
+    /// One value per name of `fields`. Their bytes live in `block`, never in
+    /// the upstream connection's read buffer.
+    values: Box<[HeaderValue]>,
+    /// The header values' bytes, then the tags (each a little-endian `u32`
+    /// length and its text), then the body: one exact-size allocation.
+    block: Bytes,
     pub stored_at: Instant,
-    /// Age the response already had when it arrived (RFC 9111 §4.2.3).
-    pub initial_age: Duration,
-    /// How long after `stored_at` the entry is fresh.
-    pub fresh_for: Duration,
-    pub stale_if_error: Duration,
-    pub stale_while_revalidate: Duration,
-    /// `no-cache` / `must-revalidate`: never served stale without asking.
-    pub must_revalidate: bool,
-    pub tags: Box<[Arc<str>]>,
-    pub weight: u32,
+    /// The durations below in nanoseconds (584 years at most), so that the
+    /// entry, which moka, the tag index and every hit reach, stays small.
+    initial_age: u64,
+    fresh_for: u64,
+    stale_if_error: u64,
+    stale_while_revalidate: u64,
+    /// Where the body starts in `block`: after fields and tags, which the
+    /// proxy's header limits keep far below 4 GiB.
+    body_at: u32,
+    pub status: StatusCode,
+    must_revalidate: bool,
     /// Set by an invalidation: from then on no lookup returns the entry,
     /// fresh or stale, while its removal from moka happens off the
     /// invalidating path (as Varnish's xkey purge marks objects expired).
@@ -76,36 +92,107 @@ pub struct NewEntry {
 
 impl Entry {
     pub fn new(n: NewEntry, now: Instant) -> Entry {
-        let headers = compact(&n.headers);
-        // What the entry really costs, so `max_bytes` bounds the RSS: the
-        // body, each field (its bytes and its slot), key and tags, and a
-        // fixed share for the entry, moka's node and the tag index.
-        let header_bytes: usize = headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + HEADER_SLOT)
-            .sum::<usize>()
-            + (headers.len() + 3) * HIT_MAP_SLOT;
-        let tag_bytes: usize = n.tags.iter().map(|t| t.len() + TAG_SLOT).sum();
-        let weight = n.body.len() + header_bytes + tag_bytes + 2 * n.key.len() + ENTRY_OVERHEAD;
+        let fields = Fields::intern(&n.headers);
+        let value_bytes: usize = n.headers.values().map(HeaderValue::len).sum();
+        let tag_bytes: usize = n.tags.iter().map(|t| 4 + t.len()).sum();
+        // A body read from the upstream is a slice of the connection's read
+        // buffer: copied, it keeps nothing else alive.
+        let mut block = Vec::with_capacity(value_bytes + tag_bytes + n.body.len());
+        for v in n.headers.values() {
+            block.extend_from_slice(v.as_bytes());
+        }
+        for t in &n.tags {
+            block.extend_from_slice(&(t.len() as u32).to_le_bytes());
+            block.extend_from_slice(t.as_bytes());
+        }
+        let body_at = u32::try_from(block.len()).unwrap_or(u32::MAX);
+        block.extend_from_slice(&n.body);
+        let block = Bytes::from(block);
+        let mut at = 0;
+        let values: Box<[HeaderValue]> = n
+            .headers
+            .values()
+            .map(|v| {
+                let len = v.len();
+                // The bytes were a valid value a moment ago; they still are.
+                let value = HeaderValue::from_maybe_shared(block.slice(at..at + len))
+                    .unwrap_or_else(|_| v.clone());
+                at += len;
+                value
+            })
+            .collect();
         Entry {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key: n.key,
-            status: n.status,
-            headers,
-            hit_map: OnceLock::new(),
-            // A body read from the upstream is a slice of the connection's
-            // read buffer: copied, it keeps nothing else alive.
-            body: Bytes::copy_from_slice(&n.body),
+            fields,
+            values,
+            block,
             stored_at: now,
-            initial_age: n.initial_age,
-            fresh_for: n.fresh_for,
-            stale_if_error: n.stale_if_error,
-            stale_while_revalidate: n.stale_while_revalidate,
+            initial_age: nanos(n.initial_age),
+            fresh_for: nanos(n.fresh_for),
+            stale_if_error: nanos(n.stale_if_error),
+            stale_while_revalidate: nanos(n.stale_while_revalidate),
+            body_at,
+            status: n.status,
             must_revalidate: n.must_revalidate,
-            tags: n.tags.into_boxed_slice(),
-            weight: u32::try_from(weight).unwrap_or(u32::MAX),
             dead: AtomicBool::new(false),
         }
+    }
+
+    /// Age the response already had when it arrived (RFC 9111 §4.2.3).
+    pub fn initial_age(&self) -> Duration {
+        Duration::from_nanos(self.initial_age)
+    }
+
+    /// How long after `stored_at` the entry is fresh.
+    pub fn fresh_for(&self) -> Duration {
+        Duration::from_nanos(self.fresh_for)
+    }
+
+    pub fn stale_if_error(&self) -> Duration {
+        Duration::from_nanos(self.stale_if_error)
+    }
+
+    pub fn stale_while_revalidate(&self) -> Duration {
+        Duration::from_nanos(self.stale_while_revalidate)
+    }
+
+    /// `no-cache` / `must-revalidate`: never served stale without asking.
+    pub fn must_revalidate(&self) -> bool {
+        self.must_revalidate
+    }
+
+    /// What the entry costs in memory, for moka's weigher.
+    pub fn weight(&self) -> u32 {
+        let w = weigh(
+            &self.key,
+            self.block.len(),
+            self.values.len(),
+            self.tags().count(),
+        );
+        u32::try_from(w).unwrap_or(u32::MAX)
+    }
+
+    /// The body, shared by reference count.
+    pub fn body(&self) -> Bytes {
+        self.block.slice(self.body_at as usize..)
+    }
+
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.block[self.body_at as usize..]
+    }
+
+    /// The entry's tags, in the order they were given.
+    pub fn tags(&self) -> Tags<'_> {
+        let values: usize = self.values.iter().map(HeaderValue::len).sum();
+        Tags {
+            rest: &self.block[values..self.body_at as usize],
+        }
+    }
+
+    /// The entry's `i`th tag (as [`Self::tags`] counts them).
+    pub fn tag(&self, i: usize) -> Option<&str> {
+        self.tags().nth(i)
     }
 
     fn resident(&self, now: Instant) -> Duration {
@@ -123,20 +210,21 @@ impl Entry {
 
     /// The `Age` the entry is served with (RFC 9111 §4.2.3).
     pub fn age(&self, now: Instant) -> Duration {
-        self.initial_age + self.resident(now)
+        self.initial_age() + self.resident(now)
     }
 
     /// Seconds of freshness left; negative once stale (for `Cache-Status`).
     pub fn ttl_secs(&self, now: Instant) -> i64 {
-        let fresh = self.fresh_for.as_secs() as i64;
+        let fresh = self.fresh_for().as_secs() as i64;
         fresh - self.resident(now).as_secs() as i64
     }
 
     pub fn freshness(&self, now: Instant) -> Freshness {
         let resident = self.resident(now);
-        if resident < self.fresh_for {
+        let fresh_for = self.fresh_for();
+        if resident < fresh_for {
             Freshness::Fresh
-        } else if !self.must_revalidate && resident < self.fresh_for + self.stale_while_revalidate {
+        } else if !self.must_revalidate && resident < fresh_for + self.stale_while_revalidate() {
             Freshness::StaleRevalidate
         } else {
             Freshness::Stale
@@ -145,12 +233,12 @@ impl Entry {
 
     /// Whether an expired copy may stand in for a failed upstream.
     pub fn usable_on_error(&self, now: Instant) -> bool {
-        self.resident(now) < self.fresh_for + self.stale_if_error
+        self.resident(now) < self.fresh_for() + self.stale_if_error()
     }
 
     /// The stored fields, in order.
-    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
-        &self.headers
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&HeaderName, &HeaderValue)> + '_ {
+        self.fields.names.iter().zip(self.values.iter())
     }
 
     /// Every stored value of one field, in order.
@@ -158,18 +246,32 @@ impl Entry {
         &'a self,
         name: &'a HeaderName,
     ) -> impl Iterator<Item = &'a HeaderValue> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n == name)
+        self.headers()
+            .filter(move |(n, _)| *n == name)
             .map(|(_, v)| v)
     }
 
     pub fn etag(&self) -> Option<&HeaderValue> {
-        self.header_values(&ETAG).next()
+        self.value_at(self.fields.etag)
     }
 
     pub fn last_modified(&self) -> Option<&HeaderValue> {
-        self.header_values(&LAST_MODIFIED).next()
+        self.value_at(self.fields.last_modified)
+    }
+
+    fn value_at(&self, i: Option<u16>) -> Option<&HeaderValue> {
+        self.values.get(usize::from(i?))
+    }
+
+    /// The stored fields a 304 carries ([`NOT_MODIFIED_FIELDS`]), in that
+    /// list's order.
+    pub fn not_modified_fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> + '_ {
+        self.fields.not_modified.iter().map(|&i| {
+            (
+                &self.fields.names[usize::from(i)],
+                &self.values[usize::from(i)],
+            )
+        })
     }
 
     /// The origin's headers as stored, without this cache's labels.
@@ -192,25 +294,33 @@ impl Entry {
         h
     }
 
-    /// The headers of a hit: a clone of the entry's prebuilt map, plus `Age`.
+    /// The headers of a hit: a clone of the map prebuilt for the entry's
+    /// field names, with its values and `Age` written in place.
     pub fn hit_headers(&self, age: Duration) -> HeaderMap {
-        let mut h = self
-            .hit_map
-            .get_or_init(|| {
-                self.labelled_headers(
-                    HeaderValue::from_static("HIT"),
-                    HeaderValue::from_static("oddscache; hit"),
-                    Duration::ZERO,
-                )
-            })
-            .clone();
-        h.insert(AGE, age_value(age));
+        let Some(template) = &self.fields.hit else {
+            return self.labelled_headers(
+                HeaderValue::from_static("HIT"),
+                HeaderValue::from_static("oddscache; hit"),
+                age,
+            );
+        };
+        let mut h = template.clone();
+        let mut slots = h.values_mut();
+        for (v, slot) in self.values.iter().zip(slots.by_ref()) {
+            // The placeholder is static: dropping it would do nothing but
+            // an indirect call, on every field of every hit.
+            std::mem::forget(std::mem::replace(slot, v.clone()));
+        }
+        // Past X-Cache and Cache-Status, which the template holds already.
+        if let Some(slot) = slots.nth(2) {
+            std::mem::forget(std::mem::replace(slot, age_value(age)));
+        }
         h
     }
 
     fn headers_with_room(&self, extra: usize) -> HeaderMap {
-        let mut h = HeaderMap::with_capacity(self.headers.len() + extra);
-        for (name, value) in self.headers.iter() {
+        let mut h = HeaderMap::with_capacity(self.values.len() + extra);
+        for (name, value) in self.headers() {
             h.append(name.clone(), value.clone());
         }
         h
@@ -224,58 +334,200 @@ impl Entry {
     /// which an expired copy is still useful.
     pub fn retention(&self) -> Duration {
         let revalidate = if self.has_validators() {
-            self.fresh_for
+            self.fresh_for()
                 .clamp(Duration::from_secs(10), Duration::from_secs(600))
         } else {
             Duration::ZERO
         };
         let grace = self
-            .stale_if_error
-            .max(self.stale_while_revalidate)
+            .stale_if_error()
+            .max(self.stale_while_revalidate())
             .max(revalidate);
-        self.fresh_for + grace
+        self.fresh_for() + grace
     }
 }
 
-/// Bytes one stored header field costs beyond its name and value.
-const HEADER_SLOT: usize = 80;
-/// Bytes one field costs in the hit map, once the entry has been hit.
-const HIT_MAP_SLOT: usize = 170;
-/// Bytes one tag costs beyond its text: its `Arc`, its index slot.
-const TAG_SLOT: usize = 96;
-/// The entry itself, moka's node and expiry bookkeeping, the key's `Arc`.
-const ENTRY_OVERHEAD: usize = 640;
-
-/// Copies the fields with every value in one shared block, so an entry
-/// holds one small allocation for its values instead of pinning the
-/// buffers they were parsed from.
-fn compact(headers: &HeaderMap) -> Box<[(HeaderName, HeaderValue)]> {
-    let total: usize = headers.iter().map(|(_, v)| v.len()).sum();
-    let mut block = BytesMut::with_capacity(total);
-    for (_, v) in headers {
-        block.extend_from_slice(v.as_bytes());
-    }
-    let block = block.freeze();
-    let mut at = 0;
-    headers
-        .iter()
-        .map(|(name, v)| {
-            let len = v.len();
-            // The bytes were a valid value a moment ago; they still are.
-            let value = HeaderValue::from_maybe_shared(block.slice(at..at + len))
-                .unwrap_or_else(|_| v.clone());
-            at += len;
-            (name.clone(), value)
-        })
-        .collect()
+/// The tags of an entry, read from its block.
+#[derive(Clone)]
+pub struct Tags<'a> {
+    rest: &'a [u8],
 }
 
-/// `Age` values are prebuilt for the first hour so a hit formats nothing.
+impl<'a> Iterator for Tags<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let (len, rest) = self.rest.split_first_chunk::<4>()?;
+        let (tag, rest) = rest.split_at(u32::from_le_bytes(*len) as usize);
+        self.rest = rest;
+        // Written from a `str` by `Entry::new`.
+        Some(std::str::from_utf8(tag).unwrap_or_default())
+    }
+}
+
+/// What an entry really costs, so `max_bytes` bounds the RSS. Measured with
+/// heaptrack and glibc's malloc on `examples/rss_figures.rs` (chunks rounded
+/// to 16 bytes, 8 of header each).
+fn weigh(key: &str, block: usize, fields: usize, tags: usize) -> usize {
+    let values = fields * std::mem::size_of::<HeaderValue>() + CHUNK;
+    let entry = std::mem::size_of::<Entry>() + 16 + CHUNK;
+    // The key's `Arc<str>`, shared by moka and the tag index.
+    let key = key.len() + 16 + CHUNK;
+    // The block and the `Bytes` header its first slice allocated.
+    let block = block + CHUNK + 32;
+    block + values + entry + key + MOKA_ENTRY + tags * TAG_SLOT
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Allocator rounding and bookkeeping, per allocation.
+const CHUNK: usize = 16;
+/// moka's per-entry node: its key `Arc`, value entry, entry info, deque
+/// and timer-wheel nodes, hash-table bucket (eight allocations).
+const MOKA_ENTRY: usize = 380;
+/// A tag's slot in the tag index: 16 bytes and a control byte, at the
+/// table's load factor (its text is the entry's own).
+const TAG_SLOT: usize = 32;
+
+/// The field names of stored responses, interned: the names an origin sends
+/// repeat from response to response, so entries with the same names (in
+/// the same order) share one `Fields`, and with it the map their hits clone.
+#[derive(Debug)]
+struct Fields {
+    names: Box<[HeaderName]>,
+    /// `names` with empty values, then `X-Cache: HIT`, `Cache-Status` and
+    /// `Age`; `None` when the origin sent one of those three itself, which
+    /// then replaces it (such a hit builds its map field by field).
+    hit: Option<HeaderMap>,
+    /// Where the first `ETag` and `Last-Modified` are.
+    etag: Option<u16>,
+    last_modified: Option<u16>,
+    /// Where the fields a 304 carries are, in [`NOT_MODIFIED_FIELDS`] order.
+    not_modified: Box<[u16]>,
+}
+
+impl Fields {
+    fn intern(headers: &HeaderMap) -> Arc<Fields> {
+        static TABLE: OnceLock<Mutex<Interned>> = OnceLock::new();
+        let names: Vec<HeaderName> = headers.iter().map(|(n, _)| n.clone()).collect();
+        let mut table = TABLE
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(fields) = table.map.get(names.as_slice()).and_then(Weak::upgrade) {
+            return fields;
+        }
+        let fields = Arc::new(Fields::build(names.clone().into_boxed_slice()));
+        // Names no entry uses any more are forgotten as the table grows.
+        if table.map.len() >= table.prune_at {
+            table.map.retain(|_, f| f.strong_count() > 0);
+            table.prune_at = (2 * table.map.len()).max(64);
+        }
+        table
+            .map
+            .insert(names.into_boxed_slice(), Arc::downgrade(&fields));
+        fields
+    }
+
+    fn build(names: Box<[HeaderName]>) -> Fields {
+        let labels = [&X_CACHE, &CACHE_STATUS, &AGE];
+        let hit = (!names.iter().any(|n| labels.contains(&n))).then(|| {
+            let mut h = HeaderMap::with_capacity(names.len() + labels.len());
+            for name in names.iter() {
+                h.append(static_name(name), HeaderValue::from_static(""));
+            }
+            h.insert(X_CACHE.clone(), HeaderValue::from_static("HIT"));
+            h.insert(
+                CACHE_STATUS.clone(),
+                HeaderValue::from_static("oddscache; hit"),
+            );
+            h.insert(AGE, HeaderValue::from_static("0"));
+            h
+        });
+        // A hit writes values in the map's order: it must be the names'.
+        let hit = hit.filter(|h| {
+            h.iter()
+                .map(|(n, _)| n)
+                .eq(names.iter().chain(labels.iter().copied()))
+        });
+        let at = |name: &HeaderName| {
+            names
+                .iter()
+                .position(|n| n == name)
+                .and_then(|i| u16::try_from(i).ok())
+        };
+        let not_modified = NOT_MODIFIED_FIELDS
+            .iter()
+            .flat_map(|wanted| {
+                names
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, n)| *n == wanted)
+                    .filter_map(|(i, _)| u16::try_from(i).ok())
+            })
+            .collect();
+        Fields {
+            etag: at(&ETAG),
+            last_modified: at(&LAST_MODIFIED),
+            not_modified,
+            hit,
+            names,
+        }
+    }
+}
+
+/// `name` with its text in static memory, so that cloning it on a hit
+/// touches no reference count shared by the cores answering hits from every
+/// entry with this name. Names are few; past a budget they are cloned.
+fn static_name(name: &HeaderName) -> HeaderName {
+    const BUDGET: usize = 64 << 10;
+    static NAMES: OnceLock<Mutex<(HashMap<HeaderName, HeaderName>, usize)>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let (map, spent) = &mut *names;
+    if let Some(n) = map.get(name) {
+        return n.clone();
+    }
+    if *spent + name.as_str().len() > BUDGET {
+        return name.clone();
+    }
+    *spent += name.as_str().len();
+    let text: &'static str = Box::leak(name.as_str().into());
+    let leaked = HeaderName::from_static(text);
+    map.insert(name.clone(), leaked.clone());
+    leaked
+}
+
+#[derive(Default)]
+struct Interned {
+    map: HashMap<Box<[HeaderName]>, Weak<Fields>>,
+    prune_at: usize,
+}
+
+/// `Age` values are prebuilt for the first hour so a hit formats nothing;
+/// they are static, so cloning one touches no reference count that other
+/// cores share.
 pub fn age_value(age: Duration) -> HeaderValue {
     const PREBUILT: usize = 3600;
     static TABLE: OnceLock<Vec<HeaderValue>> = OnceLock::new();
     let secs = age.as_secs();
-    let table = TABLE.get_or_init(|| (0..PREBUILT as u64).map(HeaderValue::from).collect());
+    let table = TABLE.get_or_init(|| {
+        let text: String = (0..PREBUILT).map(|s| s.to_string()).collect();
+        let text: &'static str = Box::leak(text.into_boxed_str());
+        let mut at = 0;
+        (0..PREBUILT)
+            .map(|s| {
+                let len = s.to_string().len();
+                let v = HeaderValue::from_static(&text[at..at + len]);
+                at += len;
+                v
+            })
+            .collect()
+    });
     usize::try_from(secs)
         .ok()
         .and_then(|s| table.get(s))
@@ -288,11 +540,15 @@ mod tests {
     use super::*;
 
     fn entry(fresh_for: u64, swr: u64, sie: u64) -> Entry {
+        with_headers(HeaderMap::new(), fresh_for, swr, sie)
+    }
+
+    fn with_headers(headers: HeaderMap, fresh_for: u64, swr: u64, sie: u64) -> Entry {
         Entry::new(
             NewEntry {
                 key: "/k".into(),
                 status: StatusCode::OK,
-                headers: HeaderMap::new(),
+                headers,
                 body: Bytes::from_static(b"{}"),
                 initial_age: Duration::from_secs(2),
                 fresh_for: Duration::from_secs(fresh_for),
@@ -341,5 +597,79 @@ mod tests {
         assert_eq!(e.hit_headers(Duration::from_secs(10))[AGE], "10");
         assert_eq!(age_value(Duration::from_secs(42)), "42");
         assert_eq!(age_value(Duration::from_secs(100_000)), "100000");
+    }
+
+    fn fields(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn a_hit_map_is_the_labelled_map() {
+        let hit = |e: &Entry, age| {
+            let labelled = e.labelled_headers(
+                HeaderValue::from_static("HIT"),
+                HeaderValue::from_static("oddscache; hit"),
+                Duration::from_secs(age),
+            );
+            let got = e.hit_headers(Duration::from_secs(age));
+            assert_eq!(got, labelled);
+            // In the same order too, values of one name included.
+            assert!(got.iter().eq(labelled.iter()));
+        };
+        let plain = [
+            ("content-type", "application/json"),
+            ("set-cookie", "a=1"),
+            ("x-odds-feed", "live"),
+            ("set-cookie", "b=2"),
+            ("etag", "\"7\""),
+        ];
+        let a = with_headers(fields(&plain), 10, 0, 0);
+        hit(&a, 3);
+        hit(&a, 7_200);
+        // Same names: one set of names and one template for both entries.
+        let mut other = plain;
+        other[4] = ("etag", "\"8\"");
+        let b = with_headers(fields(&other), 10, 0, 0);
+        assert!(Arc::ptr_eq(&a.fields, &b.fields));
+        hit(&b, 1);
+        assert_eq!(b.hit_headers(Duration::ZERO)[ETAG], "\"8\"");
+        assert_eq!(a.hit_headers(Duration::ZERO)[ETAG], "\"7\"");
+        // An origin's own labels are replaced, as the labelled map does.
+        let labelled = [("age", "100"), ("x-cache", "MISS"), ("via", "1.1 up")];
+        let c = with_headers(fields(&labelled), 10, 0, 0);
+        assert!(c.fields.hit.is_none());
+        hit(&c, 5);
+        hit(&entry(10, 0, 0), 2);
+    }
+
+    #[test]
+    fn body_values_and_tags_share_one_block() {
+        let headers = fields(&[("etag", "\"g-1\""), ("via", "1.1 up")]);
+        let e = Entry::new(
+            NewEntry {
+                key: "/k".into(),
+                status: StatusCode::OK,
+                headers: headers.clone(),
+                body: Bytes::from_static(b"{\"odds\":1}"),
+                initial_age: Duration::ZERO,
+                fresh_for: Duration::from_secs(1),
+                stale_if_error: Duration::ZERO,
+                stale_while_revalidate: Duration::ZERO,
+                must_revalidate: false,
+                tags: vec!["game:g-1".into(), "".into(), "odds:live:g-1".into()],
+            },
+            Instant::now(),
+        );
+        assert_eq!(e.body(), "{\"odds\":1}");
+        assert_eq!(e.body_bytes(), b"{\"odds\":1}");
+        assert_eq!(e.origin_headers(), headers);
+        assert!(e.tags().eq(["game:g-1", "", "odds:live:g-1"]));
+        assert_eq!(e.tag(2), Some("odds:live:g-1"));
+        assert_eq!(e.tag(3), None);
+        assert_eq!(e.block.len(), 11 + 3 * 4 + 8 + 13 + 10);
     }
 }

@@ -87,30 +87,30 @@ fn put_chunk(out: &mut Vec<u8>, bytes: &[u8]) -> Option<()> {
 /// when a part does not fit the layout (a body or field over 4 GiB, or more
 /// fields or tags than a decoder accepts).
 pub fn encode(entry: &Entry, stored_at_ms: u64) -> Option<Vec<u8>> {
-    if entry.headers().len() > MAX_HEADERS || entry.tags.len() > MAX_TAGS {
+    if entry.headers().len() > MAX_HEADERS || entry.tags().count() > MAX_TAGS {
         return None;
     }
     let headers: usize = entry
         .headers()
-        .iter()
         .map(|(k, v)| 8 + k.as_str().len() + v.len())
         .sum();
-    let tags: usize = entry.tags.iter().map(|t| 4 + t.len()).sum();
-    let mut out = Vec::with_capacity(FIXED + headers + 4 + tags + 4 + entry.body.len());
+    let tags: usize = entry.tags().map(|t| 4 + t.len()).sum();
+    let body = entry.body_bytes();
+    let mut out = Vec::with_capacity(FIXED + headers + 4 + tags + 4 + body.len());
     out.put_slice(MAGIC);
     out.put_u8(VERSION);
     out.put_u16(entry.status.as_u16());
-    out.put_u8(if entry.must_revalidate {
+    out.put_u8(if entry.must_revalidate() {
         MUST_REVALIDATE
     } else {
         0
     });
     out.put_u64(stored_at_ms);
     for d in [
-        entry.initial_age,
-        entry.fresh_for,
-        entry.stale_if_error,
-        entry.stale_while_revalidate,
+        entry.initial_age(),
+        entry.fresh_for(),
+        entry.stale_if_error(),
+        entry.stale_while_revalidate(),
     ] {
         out.put_u64(millis(d));
     }
@@ -119,11 +119,11 @@ pub fn encode(entry: &Entry, stored_at_ms: u64) -> Option<Vec<u8>> {
         put_chunk(&mut out, name.as_str().as_bytes())?;
         put_chunk(&mut out, value.as_bytes())?;
     }
-    out.put_u32(entry.tags.len() as u32);
-    for tag in entry.tags.iter() {
+    out.put_u32(entry.tags().count() as u32);
+    for tag in entry.tags() {
         put_chunk(&mut out, tag.as_bytes())?;
     }
-    put_chunk(&mut out, &entry.body)?;
+    put_chunk(&mut out, body)?;
     Some(out)
 }
 
@@ -340,13 +340,13 @@ mod tests {
     fn same(e: &Entry, s: &Stored) {
         assert_eq!(s.status, e.status);
         assert_eq!(s.headers, e.origin_headers());
-        assert_eq!(s.body, e.body);
-        assert_eq!(s.initial_age, e.initial_age);
-        assert_eq!(s.fresh_for, e.fresh_for);
-        assert_eq!(s.stale_if_error, e.stale_if_error);
-        assert_eq!(s.stale_while_revalidate, e.stale_while_revalidate);
-        assert_eq!(s.must_revalidate, e.must_revalidate);
-        assert_eq!(&s.tags[..], &e.tags[..]);
+        assert_eq!(s.body, e.body());
+        assert_eq!(s.initial_age, e.initial_age());
+        assert_eq!(s.fresh_for, e.fresh_for());
+        assert_eq!(s.stale_if_error, e.stale_if_error());
+        assert_eq!(s.stale_while_revalidate, e.stale_while_revalidate());
+        assert_eq!(s.must_revalidate, e.must_revalidate());
+        assert!(s.tags.iter().map(|t| &**t).eq(e.tags()));
     }
 
     #[test]
@@ -388,8 +388,8 @@ mod tests {
             .into_entry("/k".into(), 11_500, now)
             .unwrap();
         assert_eq!(rebuilt.age(now), Duration::from_millis(3500));
-        assert_eq!(rebuilt.fresh_for, Duration::from_millis(3500));
-        assert_eq!(rebuilt.stale_if_error, Duration::from_secs(300));
+        assert_eq!(rebuilt.fresh_for(), Duration::from_millis(3500));
+        assert_eq!(rebuilt.stale_if_error(), Duration::from_secs(300));
         assert_eq!(&*rebuilt.key, "/k");
         // A peer clock ahead of ours: as if just stored.
         let ahead = decode(raw.clone().into()).unwrap();

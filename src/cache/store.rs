@@ -5,7 +5,9 @@
 //! Invalidation is visible at once: the tag's keys are removed from moka
 //! before `invalidate_tags` returns, so the next lookup misses.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -50,60 +52,104 @@ pub struct Store {
     shared: Arc<Shared>,
 }
 
-/// tag → the entries filed under it, by key.
-type TagIndex = HashMap<Arc<str>, Filed>;
+/// Every tag with the entries filed under it, looked up by the tag's text.
+type TagIndex = HashSet<Filed>;
 
-/// Most tags (`game:{id}`, `odds:{status}:{id}`, a URI) file one key, so
-/// that case holds no map of its own: at 100k entries that is megabytes.
+/// One tag of the index and its entries. Most tags (`game:{id}`,
+/// `odds:{status}:{id}`, a URI) file one entry, so that case is 16 bytes:
+/// the entry and which of its tags it is, whose text the entry holds. At
+/// 100k entries a string and a map per tag would be megabytes.
 #[derive(Debug)]
 enum Filed {
-    One(Arc<str>, Arc<Entry>),
-    Many(HashMap<Arc<str>, Arc<Entry>>),
+    One(Arc<Entry>, u32),
+    Many(Box<Many>),
+}
+
+#[derive(Debug)]
+struct Many {
+    tag: Arc<str>,
+    entries: HashMap<Arc<str>, Arc<Entry>>,
 }
 
 impl Filed {
-    fn insert(&mut self, key: Arc<str>, entry: Arc<Entry>) {
+    fn tag(&self) -> &str {
         match self {
-            Filed::One(k, e) if *k == key => *e = entry,
-            Filed::One(k, e) => {
-                let mut map = HashMap::with_capacity(2);
-                map.insert(Arc::clone(k), Arc::clone(e));
-                map.insert(key, entry);
-                *self = Filed::Many(map);
-            }
-            Filed::Many(map) => {
-                map.insert(key, entry);
-            }
+            Filed::One(e, i) => e.tag(*i as usize).unwrap_or_default(),
+            Filed::Many(m) => &m.tag,
         }
     }
 
-    /// Removes `key` if it still files entry `id`; true when now empty.
-    fn remove(&mut self, key: &str, id: u64) -> bool {
+    /// Files `entry`'s tag number `i` under `filed`, the tag's slot if any.
+    fn insert(filed: Option<Filed>, entry: &Arc<Entry>, i: usize) -> Filed {
+        match filed {
+            Some(Filed::One(e, _)) if e.key != entry.key => {
+                let mut entries = HashMap::with_capacity(2);
+                let tag = Arc::from(entry.tag(i).unwrap_or_default());
+                entries.insert(Arc::clone(&e.key), e);
+                entries.insert(Arc::clone(&entry.key), Arc::clone(entry));
+                Filed::Many(Box::new(Many { tag, entries }))
+            }
+            Some(Filed::Many(mut m)) => {
+                m.entries.insert(Arc::clone(&entry.key), Arc::clone(entry));
+                Filed::Many(m)
+            }
+            None | Some(Filed::One(..)) => Filed::One(Arc::clone(entry), i as u32),
+        }
+    }
+
+    /// Removes `key` if it still files entry `id`; `None` when now empty.
+    fn remove(self, key: &str, id: u64) -> Option<Filed> {
         match self {
-            Filed::One(k, e) => &**k == key && e.id == id,
-            Filed::Many(map) => {
-                if map.get(key).is_some_and(|e| e.id == id) {
-                    map.remove(key);
+            Filed::One(e, _) if &*e.key == key && e.id == id => None,
+            Filed::One(..) => Some(self),
+            Filed::Many(mut m) => {
+                if m.entries.get(key).is_some_and(|e| e.id == id) {
+                    m.entries.remove(key);
                 }
-                map.is_empty()
+                if m.entries.len() > 1 {
+                    return Some(Filed::Many(m));
+                }
+                let (_, e) = m.entries.into_iter().next()?;
+                let i = e.tags().position(|t| *t == *m.tag)?;
+                Some(Filed::One(e, i as u32))
             }
         }
     }
 
     fn keys(&self) -> Vec<Arc<str>> {
         match self {
-            Filed::One(k, _) => vec![Arc::clone(k)],
-            Filed::Many(map) => map.keys().cloned().collect(),
+            Filed::One(e, _) => vec![Arc::clone(&e.key)],
+            Filed::Many(m) => m.entries.keys().cloned().collect(),
         }
     }
 
     fn into_entries(self) -> Vec<(Arc<str>, Arc<Entry>)> {
         match self {
-            Filed::One(k, e) => vec![(k, e)],
-            Filed::Many(map) => map.into_iter().collect(),
+            Filed::One(e, _) => vec![(Arc::clone(&e.key), e)],
+            Filed::Many(m) => m.entries.into_iter().collect(),
         }
     }
 }
+
+impl Borrow<str> for Filed {
+    fn borrow(&self) -> &str {
+        self.tag()
+    }
+}
+
+impl Hash for Filed {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.tag().hash(state);
+    }
+}
+
+impl PartialEq for Filed {
+    fn eq(&self, other: &Filed) -> bool {
+        self.tag() == other.tag()
+    }
+}
+
+impl Eq for Filed {}
 
 /// Invalidations of more entries than this finish their moka removal on a
 /// blocking thread; the entries are dead (unservable) before it starts.
@@ -162,7 +208,7 @@ impl Store {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|k: &Arc<str>, v: &Slot| match v {
-                Slot::Entry(e) => e.weight,
+                Slot::Entry(e) => e.weight(),
                 Slot::Vary(names) => (k.len() + 64 * names.len() + 128) as u32,
             })
             .expire_after(SlotExpiry)
@@ -256,13 +302,17 @@ impl Store {
 
     /// Whether an invalidation of any of `tags` (or a flush) happened after
     /// the ticket's fetch began; such a response may predate the change.
-    pub fn superseded(&self, ticket: &FetchTicket, tags: &[Arc<str>]) -> bool {
+    pub fn superseded<'t>(
+        &self,
+        ticket: &FetchTicket,
+        tags: impl IntoIterator<Item = &'t str>,
+    ) -> bool {
         let ep = self.shared.lock_epochs();
-        if ep.flush > ticket.start && !tags.is_empty() {
+        let mut tags = tags.into_iter().peekable();
+        if ep.flush > ticket.start && tags.peek().is_some() {
             return true;
         }
-        tags.iter()
-            .any(|t| ep.by_tag.get(t).is_some_and(|&seq| seq > ticket.start))
+        tags.any(|t| ep.by_tag.get(t).is_some_and(|&seq| seq > ticket.start))
     }
 
     /// Stores `entry` unless the fetch was superseded. `vary` names the
@@ -274,19 +324,14 @@ impl Store {
         vary: &[HeaderName],
         entry: Arc<Entry>,
     ) -> bool {
-        if self.superseded(ticket, &entry.tags) {
+        if self.superseded(ticket, entry.tags()) {
             return false;
         }
         {
-            let mut tags = self.shared.lock_tags();
-            for tag in entry.tags.iter() {
-                let (key, filed) = (Arc::clone(&entry.key), Arc::clone(&entry));
-                match tags.get_mut(tag) {
-                    Some(f) => f.insert(key, filed),
-                    None => {
-                        tags.insert(Arc::clone(tag), Filed::One(key, filed));
-                    }
-                }
+            let mut index = self.shared.lock_tags();
+            for (i, tag) in entry.tags().enumerate() {
+                let filed = Filed::insert(index.take(tag), &entry, i);
+                index.insert(filed);
             }
         }
         if !vary.is_empty() {
@@ -309,7 +354,7 @@ impl Store {
             }
             let mut index = self.shared.lock_tags();
             tags.iter()
-                .filter_map(|t| index.remove(t.as_ref()))
+                .filter_map(|t| index.take(t.as_ref()))
                 .flat_map(Filed::into_entries)
                 .collect()
         };
@@ -342,11 +387,8 @@ impl Store {
             let mut index = self.shared.lock_tags();
             // Local tags stay indexed: their entries may outlive the flush
             // (untagged responses), and unsafe methods still need to find them.
-            let tagged: Vec<Arc<str>> =
-                index.keys().filter(|t| !is_local_tag(t)).cloned().collect();
-            tagged
-                .iter()
-                .filter_map(|t| index.remove(t))
+            index
+                .extract_if(|f| !is_local_tag(f.tag()))
                 .flat_map(Filed::into_entries)
                 .collect()
         };
@@ -532,10 +574,10 @@ impl Shared {
     }
 
     fn unindex(&self, key: &Arc<str>, entry: &Entry) {
-        let mut tags = self.lock_tags();
-        for tag in entry.tags.iter() {
-            if tags.get_mut(tag).is_some_and(|f| f.remove(key, entry.id)) {
-                tags.remove(tag);
+        let mut index = self.lock_tags();
+        for tag in entry.tags() {
+            if let Some(filed) = index.take(tag).and_then(|f| f.remove(key, entry.id)) {
+                index.insert(filed);
             }
         }
     }
@@ -753,5 +795,33 @@ mod tests {
             wait_fill(rx, Duration::from_secs(5)).await,
             Some(FillState::Abandoned)
         ));
+    }
+
+    #[test]
+    fn shared_tags_file_each_entry_until_it_goes() {
+        let store = Store::new(1 << 20);
+        let t = store.begin_fetch();
+        store.insert(&t, "/a", &[], entry("/a", &["game:1", "sidebar"]));
+        store.insert(&t, "/b", &[], entry("/b", &["sidebar", "game:2"]));
+        store.insert(&t, "/c", &[], entry("/c", &["sidebar"]));
+        let mut keys = store.keys_for_tag("sidebar");
+        keys.sort();
+        assert_eq!(keys, [Arc::from("/a"), Arc::from("/b"), Arc::from("/c")]);
+        // Replaced, /b stays filed once; dropped, /c is no longer filed.
+        store.insert(&t, "/b", &[], entry("/b", &["sidebar", "game:2"]));
+        assert!(store.invalidate_key("/c"));
+        store.sync();
+        let mut keys = store.keys_for_tag("sidebar");
+        keys.sort();
+        assert_eq!(keys, [Arc::from("/a"), Arc::from("/b")]);
+        assert!(store.invalidate_key("/a"));
+        store.sync();
+        // Back to one entry: the tag is still found, under its text.
+        assert_eq!(store.keys_for_tag("sidebar"), [Arc::from("/b")]);
+        assert_eq!(store.keys_for_tag("game:1"), Vec::<Arc<str>>::new());
+        assert_eq!(store.invalidate_tags(&["sidebar"]), 1);
+        assert!(!found(&store, "/b"));
+        store.sync();
+        assert!(store.shared.lock_tags().is_empty());
     }
 }

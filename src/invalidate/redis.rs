@@ -541,10 +541,9 @@ impl RedisTier {
     /// `store_responses`; drops them when the queue is full.
     pub fn register(&self, entry: &Arc<Entry>) {
         let tags: Box<[Arc<str>]> = entry
-            .tags
-            .iter()
+            .tags()
             .filter(|t| !is_local_tag(t))
-            .cloned()
+            .map(Arc::from)
             .collect();
         if tags.is_empty() && !self.store_responses {
             return;
@@ -569,7 +568,7 @@ impl RedisTier {
             }
         }
         let resident = Instant::now().saturating_duration_since(entry.stored_at);
-        if resident >= entry.fresh_for {
+        if resident >= entry.fresh_for() {
             return None;
         }
         let ttl = entry.retention().saturating_sub(resident);

@@ -248,14 +248,14 @@ impl Proxy {
         // Same body, same games: re-read for the tags, not for changes.
         let games = self
             .detector
-            .extract(content_encoding(&headers), &stale.body);
+            .extract(content_encoding(&headers), stale.body_bytes());
         let stored = self.store_entry(
             method,
             client_headers,
             primary,
             stale.status,
             headers,
-            stale.body.clone(),
+            stale.body(),
             &games,
             ticket,
             guard,
@@ -646,9 +646,10 @@ impl Proxy {
         if games.is_empty() {
             return games;
         }
-        let overtaken = ticket
-            .as_ref()
-            .is_some_and(|t| self.store.superseded(t, &Detector::tags(&games)));
+        let overtaken = ticket.as_ref().is_some_and(|t| {
+            self.store
+                .superseded(t, Detector::tags(&games).iter().map(|t| &**t))
+        });
         if !overtaken {
             self.detector.observe(&games).await;
             // The invalidations this body just caused must not stop it from

@@ -3,9 +3,7 @@
 
 use std::time::Instant;
 
-use http::header::{
-    HeaderValue, AGE, CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY,
-};
+use http::header::{HeaderValue, AGE};
 use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::body::ProxyBody;
@@ -78,7 +76,7 @@ fn with_body(method: &Method, entry: &Entry, headers: HeaderMap) -> Response<Pro
     let body = if method == Method::HEAD {
         ProxyBody::empty()
     } else {
-        ProxyBody::full(entry.body.clone())
+        ProxyBody::full(entry.body())
     };
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = entry.status;
@@ -94,7 +92,9 @@ fn has_conditionals(h: &HeaderMap) -> bool {
 }
 
 /// RFC 9110 §15.4.5: a 304 carries the fields a 200 would have that help
-/// the client update its copy, and no body.
+/// the client update its copy
+/// ([`NOT_MODIFIED_FIELDS`](crate::cache::entry::NOT_MODIFIED_FIELDS)), and
+/// no body.
 fn not_modified_response(
     entry: &Entry,
     now: Instant,
@@ -102,18 +102,8 @@ fn not_modified_response(
     status: Option<CacheStatus>,
 ) -> Response<ProxyBody> {
     let mut headers = HeaderMap::with_capacity(10);
-    for name in [
-        CACHE_CONTROL,
-        CONTENT_LOCATION,
-        DATE,
-        ETAG,
-        EXPIRES,
-        LAST_MODIFIED,
-        VARY,
-    ] {
-        for v in entry.header_values(&name) {
-            headers.append(name.clone(), v.clone());
-        }
+    for (name, v) in entry.not_modified_fields() {
+        headers.append(name.clone(), v.clone());
     }
     headers.insert(AGE, age_value(entry.age(now)));
     headers.insert(X_CACHE.clone(), x_cache.value());
