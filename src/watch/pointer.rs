@@ -96,6 +96,10 @@ impl Pointer {
 /// Appends `/` and `key`, escaped (`~` as `~0`, `/` as `~1`).
 pub(crate) fn push_segment(name: &mut String, key: &str) {
     name.push('/');
+    if !key.bytes().any(|b| b == b'~' || b == b'/') {
+        name.push_str(key);
+        return;
+    }
     for c in key.chars() {
         match c {
             '~' => name.push_str("~0"),
