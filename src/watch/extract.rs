@@ -80,9 +80,9 @@ impl WatchRules {
     fn snapshot(&self, game: &Node<'_>, game_id: GameId) -> GameSnapshot {
         let (status, raw_status) = self.status_of(self.status.get(game));
         let odds = self.odds.get(game);
-        let mut lines = Lines::new();
+        let mut found = Vec::new();
         if let Some(odds) = odds {
-            walk_lines(odds, &mut String::new(), 0, &mut lines);
+            walk_lines(odds, &mut String::new(), 0, &mut found);
         }
         GameSnapshot {
             game_id,
@@ -90,7 +90,9 @@ impl WatchRules {
             raw_status,
             sport_id: self.label(game, &self.sport_id),
             league_id: self.label(game, &self.league_id),
-            lines,
+            // Names are unique (see `walk_lines`): sorting them once and
+            // building the map in bulk beats inserting them one by one.
+            lines: Lines::from_iter(found),
             has_odds: odds.is_some(),
         }
     }
@@ -135,13 +137,15 @@ fn id_text<'v>(v: &'v Node<'_>) -> Option<Cow<'v, str>> {
 }
 
 /// Collects every finite number below `v`, named by its pointer; `name` is a
-/// scratch buffer shared by the whole walk.
-fn walk_lines(v: &Node<'_>, name: &mut String, depth: usize, out: &mut Lines) {
+/// scratch buffer shared by the whole walk. Each name is found once: an
+/// escaped segment has no `/`, a node is a number or a container but not
+/// both, and [`members`] skips the members a repeated key overrides.
+fn walk_lines(v: &Node<'_>, name: &mut String, depth: usize, out: &mut Vec<(String, f64)>) {
     let len = name.len();
     match v {
         Node::Number(n) => {
             if let Some(x) = n.as_f64().filter(|x| x.is_finite()) {
-                out.insert(name.clone(), x);
+                out.push((name.clone(), x));
             }
         }
         Node::Object(map) if depth < MAX_ODDS_DEPTH => {
