@@ -30,9 +30,15 @@ pub(crate) enum Node<'a> {
 }
 
 impl<'a> Node<'a> {
-    /// Parses a whole body, as `serde_json::from_slice::<Value>` would.
-    pub(crate) fn parse(body: &'a [u8]) -> serde_json::Result<Node<'a>> {
-        serde_json::from_slice(body)
+    /// Parses a whole body; it fails exactly where
+    /// `serde_json::from_slice::<Value>` does.
+    pub(crate) fn parse(body: &'a [u8]) -> Result<Node<'a>, NotJson> {
+        // Bytes that are not UTF-8 fail `from_slice` wherever they are:
+        // outside a string no JSON token starts with one, and inside one
+        // `from_slice` checks. Checking the whole body at once is faster
+        // than string by string, and lets `from_str` skip its own checks.
+        let text = std::str::from_utf8(body).map_err(|_| NotJson)?;
+        serde_json::from_str(text).map_err(|_| NotJson)
     }
 
     /// The value of `key` when this is an object; the last one if the key
@@ -44,6 +50,10 @@ impl<'a> Node<'a> {
         }
     }
 }
+
+/// Why a body is no [`Node`]: the caller needs no more than that.
+#[derive(Debug, PartialEq)]
+pub(crate) struct NotJson;
 
 /// Calls `f` for each member of an object that no later member with the
 /// same key overrides, in document order: the members a `Value` would hold.
@@ -324,6 +334,10 @@ pub(crate) mod tests {
             b"-1e400",
             b"\"\\ud800\"",
             b"\"\xff\"",
+            b"\xff",
+            b"[1]\xc3",
+            b"{\"a\": 1, \xe2\x82: 2}",
+            "\"\u{e9}\u{20ac}\"".as_bytes(),
             b"{\"a\" 1}",
             b"[1,]",
             b"1 2",
@@ -341,6 +355,15 @@ pub(crate) mod tests {
         #[test]
         fn parses_like_value(text in arb_json_text()) {
             same_as_value(text.as_bytes());
+        }
+
+        #[test]
+        fn parses_damaged_text_like_value(
+            text in arb_json_text(), at: prop::sample::Index, byte: u8,
+        ) {
+            let mut body = text.into_bytes();
+            body.insert(at.index(body.len() + 1), byte);
+            same_as_value(&body);
         }
 
         #[test]
