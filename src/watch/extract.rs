@@ -53,13 +53,15 @@ impl WatchRules {
         let mut games = Vec::new();
         // Borrows ids from `root`, so deduplication costs no copies.
         let mut seen = HashSet::new();
+        let mut scratch = Scratch::default();
         for pointer in &self.games {
             pointer.each_match(&root, &mut |candidate| {
                 let Some(id) = self.game_id_of(candidate) else {
                     return;
                 };
                 if !seen.contains(&id) {
-                    games.push(self.snapshot(candidate, GameId(id.to_string())));
+                    let game = self.snapshot(candidate, GameId(id.to_string()), &mut scratch);
+                    games.push(game);
                     seen.insert(id);
                 }
             });
@@ -77,13 +79,16 @@ impl WatchRules {
         is_valid_id(&id).then_some(id)
     }
 
-    fn snapshot(&self, game: &Node<'_>, game_id: GameId) -> GameSnapshot {
+    fn snapshot(&self, game: &Node<'_>, game_id: GameId, scratch: &mut Scratch) -> GameSnapshot {
         let (status, raw_status) = self.status_of(self.status.get(game));
         let odds = self.odds.get(game);
-        let mut found = Vec::new();
+        // Games of one body tend to have as many lines as each other.
+        let mut found = Vec::with_capacity(scratch.lines);
         if let Some(odds) = odds {
-            walk_lines(odds, &mut String::new(), 0, &mut found);
+            scratch.name.clear();
+            walk_lines(odds, &mut scratch.name, 0, &mut found);
         }
+        scratch.lines = found.len();
         GameSnapshot {
             game_id,
             status,
@@ -124,6 +129,15 @@ impl WatchRules {
         }
         (Status::Unknown, Some(raw))
     }
+}
+
+/// Buffers one extraction reuses from game to game.
+#[derive(Default)]
+struct Scratch {
+    /// The name of the line being read.
+    name: String,
+    /// How many lines the last game had.
+    lines: usize,
 }
 
 /// A string as is, or an integer as its decimal string. Floats are refused:
