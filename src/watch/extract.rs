@@ -1,15 +1,14 @@
 //! Extraction: every game object in a decoded body, read through the rules.
 //!
-//! The body is parsed once into a `serde_json::Value` and everything after
-//! walks references into it. Nothing here assumes the reference API's field
-//! names: they all come from [`WatchRules`].
+//! The body is parsed once into a [`Node`] tree that borrows from it, and
+//! everything after walks references into it. Nothing here assumes the
+//! reference API's field names: they all come from [`WatchRules`].
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
-use serde_json::Value;
-
+use super::doc::{members, Node};
 use super::pointer::{push_segment, Pointer};
 use super::{is_valid_id, GameId, GameSnapshot, Lines, SkipReason, Status, WatchRules};
 
@@ -48,19 +47,21 @@ impl WatchRules {
     pub fn extract(&self, body: &[u8]) -> Extraction {
         // serde_json caps nesting at 128, so hostile depth is a parse error
         // here rather than a stack overflow later.
-        let Ok(root) = serde_json::from_slice::<Value>(body) else {
+        let Ok(root) = Node::parse(body) else {
             return Extraction::skip(SkipReason::NotJson);
         };
         let mut games = Vec::new();
         // Borrows ids from `root`, so deduplication costs no copies.
         let mut seen = HashSet::new();
+        let mut scratch = Scratch::default();
         for pointer in &self.games {
             pointer.each_match(&root, &mut |candidate| {
                 let Some(id) = self.game_id_of(candidate) else {
                     return;
                 };
                 if !seen.contains(&id) {
-                    games.push(self.snapshot(candidate, GameId(id.to_string())));
+                    let game = self.snapshot(candidate, GameId(id.to_string()), &mut scratch);
+                    games.push(game);
                     seen.insert(id);
                 }
             });
@@ -70,41 +71,46 @@ impl WatchRules {
     }
 
     /// The validated id of a candidate game object; anything else is no game.
-    fn game_id_of<'v>(&self, candidate: &'v Value) -> Option<Cow<'v, str>> {
-        if !candidate.is_object() {
+    fn game_id_of<'v>(&self, candidate: &'v Node<'_>) -> Option<Cow<'v, str>> {
+        if !matches!(candidate, Node::Object(_)) {
             return None;
         }
         let id = id_text(self.game_id.get(candidate)?)?;
         is_valid_id(&id).then_some(id)
     }
 
-    fn snapshot(&self, game: &Value, game_id: GameId) -> GameSnapshot {
+    fn snapshot(&self, game: &Node<'_>, game_id: GameId, scratch: &mut Scratch) -> GameSnapshot {
         let (status, raw_status) = self.status_of(self.status.get(game));
         let odds = self.odds.get(game);
-        let mut lines = Lines::new();
+        // Games of one body tend to have as many lines as each other.
+        let mut found = Vec::with_capacity(scratch.lines);
         if let Some(odds) = odds {
-            walk_lines(odds, &mut String::new(), 0, &mut lines);
+            scratch.name.clear();
+            walk_lines(odds, &mut scratch.name, 0, &mut found);
         }
+        scratch.lines = found.len();
         GameSnapshot {
             game_id,
             status,
             raw_status,
             sport_id: self.label(game, &self.sport_id),
             league_id: self.label(game, &self.league_id),
-            lines,
+            // Names are unique (see `walk_lines`): sorting them once and
+            // building the map in bulk beats inserting them one by one.
+            lines: Lines::from_iter(found),
             has_odds: odds.is_some(),
         }
     }
 
-    fn label(&self, game: &Value, pointer: &Pointer) -> Option<String> {
+    fn label(&self, game: &Node<'_>, pointer: &Pointer) -> Option<String> {
         let text = id_text(pointer.get(game)?)?;
         is_valid_id(&text).then(|| text.into_owned())
     }
 
-    fn status_of(&self, raw: Option<&Value>) -> (Status, Option<String>) {
+    fn status_of(&self, raw: Option<&Node<'_>>) -> (Status, Option<String>) {
         let raw = match raw {
-            Some(Value::String(s)) => Cow::Borrowed(s.as_str()),
-            Some(Value::Number(n)) => Cow::Owned(n.to_string()),
+            Some(Node::String(s)) => Cow::Borrowed(s.as_ref()),
+            Some(Node::Number(n)) => Cow::Owned(n.to_string()),
             _ => return (Status::Unknown, None),
         };
         if let Some(&status) = self.status_map.get(raw.as_ref()) {
@@ -125,34 +131,45 @@ impl WatchRules {
     }
 }
 
+/// Buffers one extraction reuses from game to game.
+#[derive(Default)]
+struct Scratch {
+    /// The name of the line being read.
+    name: String,
+    /// How many lines the last game had.
+    lines: usize,
+}
+
 /// A string as is, or an integer as its decimal string. Floats are refused:
 /// `1001.0` and `1001` would otherwise name two different games.
-fn id_text(v: &Value) -> Option<Cow<'_, str>> {
+fn id_text<'v>(v: &'v Node<'_>) -> Option<Cow<'v, str>> {
     match v {
-        Value::String(s) => Some(Cow::Borrowed(s)),
-        Value::Number(n) if n.is_i64() || n.is_u64() => Some(Cow::Owned(n.to_string())),
+        Node::String(s) => Some(Cow::Borrowed(s)),
+        Node::Number(n) if n.is_i64() || n.is_u64() => Some(Cow::Owned(n.to_string())),
         _ => None,
     }
 }
 
 /// Collects every finite number below `v`, named by its pointer; `name` is a
-/// scratch buffer shared by the whole walk.
-fn walk_lines(v: &Value, name: &mut String, depth: usize, out: &mut Lines) {
+/// scratch buffer shared by the whole walk. Each name is found once: an
+/// escaped segment has no `/`, a node is a number or a container but not
+/// both, and [`members`] skips the members a repeated key overrides.
+fn walk_lines(v: &Node<'_>, name: &mut String, depth: usize, out: &mut Vec<(String, f64)>) {
     let len = name.len();
     match v {
-        Value::Number(n) => {
+        Node::Number(n) => {
             if let Some(x) = n.as_f64().filter(|x| x.is_finite()) {
-                out.insert(name.clone(), x);
+                out.push((name.clone(), x));
             }
         }
-        Value::Object(map) if depth < MAX_ODDS_DEPTH => {
-            for (key, item) in map {
+        Node::Object(map) if depth < MAX_ODDS_DEPTH => {
+            members(map, |key, item| {
                 push_segment(name, key);
                 walk_lines(item, name, depth + 1, out);
                 name.truncate(len);
-            }
+            });
         }
-        Value::Array(items) if depth < MAX_ODDS_DEPTH => {
+        Node::Array(items) if depth < MAX_ODDS_DEPTH => {
             for (i, item) in items.iter().enumerate() {
                 let _ = write!(name, "/{i}");
                 walk_lines(item, name, depth + 1, out);
@@ -166,9 +183,10 @@ fn walk_lines(v: &Value, name: &mut String, depth: usize, out: &mut Lines) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::doc::tests::arb_json_text;
     use crate::watch::WatchSpec;
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     /// The game object of SPEC §2.
     const GAME: &str = r#"{"game_id": "g-1001", "sport_id": "soccer", "league_id": "epl",
@@ -481,6 +499,174 @@ mod tests {
         }
     }
 
+    /// Extraction as it was written over `serde_json::Value`, kept to check
+    /// that the borrowed tree changes nothing.
+    mod reference {
+        use super::super::*;
+        use serde_json::Value;
+
+        pub(super) fn extract(rules: &WatchRules, body: &[u8]) -> Extraction {
+            let Ok(root) = serde_json::from_slice::<Value>(body) else {
+                return Extraction::skip(SkipReason::NotJson);
+            };
+            let mut games = Vec::new();
+            let mut seen = HashSet::new();
+            for pointer in &rules.games {
+                pointer.each_match(&root, &mut |candidate| {
+                    let Some(id) = game_id_of(rules, candidate) else {
+                        return;
+                    };
+                    if !seen.contains(&id) {
+                        games.push(snapshot(rules, candidate, GameId(id.to_string())));
+                        seen.insert(id);
+                    }
+                });
+            }
+            let skipped = games.is_empty().then_some(SkipReason::NoGames);
+            Extraction { games, skipped }
+        }
+
+        fn game_id_of<'v>(rules: &WatchRules, candidate: &'v Value) -> Option<Cow<'v, str>> {
+            if !candidate.is_object() {
+                return None;
+            }
+            let id = id_text(rules.game_id.get(candidate)?)?;
+            is_valid_id(&id).then_some(id)
+        }
+
+        fn snapshot(rules: &WatchRules, game: &Value, game_id: GameId) -> GameSnapshot {
+            let (status, raw_status) = status_of(rules, rules.status.get(game));
+            let odds = rules.odds.get(game);
+            let mut lines = Lines::new();
+            if let Some(odds) = odds {
+                walk_lines(odds, &mut String::new(), 0, &mut lines);
+            }
+            GameSnapshot {
+                game_id,
+                status,
+                raw_status,
+                sport_id: label(game, &rules.sport_id),
+                league_id: label(game, &rules.league_id),
+                lines,
+                has_odds: odds.is_some(),
+            }
+        }
+
+        fn label(game: &Value, pointer: &Pointer) -> Option<String> {
+            let text = id_text(pointer.get(game)?)?;
+            is_valid_id(&text).then(|| text.into_owned())
+        }
+
+        fn status_of(rules: &WatchRules, raw: Option<&Value>) -> (Status, Option<String>) {
+            let raw = match raw {
+                Some(Value::String(s)) => Cow::Borrowed(s.as_str()),
+                Some(Value::Number(n)) => Cow::Owned(n.to_string()),
+                _ => return (Status::Unknown, None),
+            };
+            if let Some(&status) = rules.status_map.get(raw.as_ref()) {
+                return (status, None);
+            }
+            if let Some(status) = Status::parse_canonical(&raw) {
+                return (status, None);
+            }
+            let mut raw = raw.into_owned();
+            if raw.len() > MAX_RAW_STATUS {
+                let mut end = MAX_RAW_STATUS;
+                while !raw.is_char_boundary(end) {
+                    end -= 1;
+                }
+                raw.truncate(end);
+            }
+            (Status::Unknown, Some(raw))
+        }
+
+        fn id_text(v: &Value) -> Option<Cow<'_, str>> {
+            match v {
+                Value::String(s) => Some(Cow::Borrowed(s)),
+                Value::Number(n) if n.is_i64() || n.is_u64() => Some(Cow::Owned(n.to_string())),
+                _ => None,
+            }
+        }
+
+        fn walk_lines(v: &Value, name: &mut String, depth: usize, out: &mut Lines) {
+            let len = name.len();
+            match v {
+                Value::Number(n) => {
+                    if let Some(x) = n.as_f64().filter(|x| x.is_finite()) {
+                        out.insert(name.clone(), x);
+                    }
+                }
+                Value::Object(map) if depth < MAX_ODDS_DEPTH => {
+                    for (key, item) in map {
+                        push_segment(name, key);
+                        walk_lines(item, name, depth + 1, out);
+                        name.truncate(len);
+                    }
+                }
+                Value::Array(items) if depth < MAX_ODDS_DEPTH => {
+                    for (i, item) in items.iter().enumerate() {
+                        let _ = write!(name, "/{i}");
+                        walk_lines(item, name, depth + 1, out);
+                        name.truncate(len);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Rules that use what the shipped ones do not: more wildcards, an
+    /// index, deeper and escaped pointers, numeric statuses.
+    fn odd_rules() -> WatchRules {
+        let mut spec = WatchSpec {
+            games: vec![
+                "/*".into(),
+                "/games/0".into(),
+                "/games/*/games/*".into(),
+                String::new(),
+            ],
+            game_id: "/game_id".into(),
+            status: "/status/0".into(),
+            sport_id: "/a~1b".into(),
+            league_id: "/0".into(),
+            odds: "/games".into(),
+            ..WatchSpec::default()
+        };
+        spec.status_map.insert("7".into(), "cancelled".into());
+        spec.status_map.insert("-0".into(), "postponed".into());
+        WatchRules::new(&spec).unwrap()
+    }
+
+    fn same_as_reference(body: &[u8]) {
+        for rules in [rules(), odd_rules()] {
+            assert_eq!(rules.extract(body), reference::extract(&rules, body));
+        }
+    }
+
+    #[test]
+    fn the_bench_shapes_read_as_before() {
+        let mut list = Vec::new();
+        for i in 0..50 {
+            let mut g: Value = serde_json::from_str(GAME).unwrap();
+            g["game_id"] = json!(format!("g-{i}"));
+            g["odds"][format!("alt_{i}")] = json!({"line": 3.5 + i as f64, "over": 1.9});
+            list.push(g);
+        }
+        same_as_reference(GAME.as_bytes());
+        same_as_reference(&serde_json::to_vec(&json!({ "games": list })).unwrap());
+    }
+
+    #[test]
+    fn repeated_keys_read_as_before() {
+        for body in [
+            r#"{"game_id": "a", "game_id": "b", "odds": {"x": {"p": 1}, "y": 2, "x": {"q": 3}}}"#,
+            r#"{"games": [{"game_id": "a"}], "games": [{"game_id": "b", "status": "final"}]}"#,
+            r#"{"game_id": "a", "status": "live", "status": 7, "odds": null, "odds": [1, 2]}"#,
+        ] {
+            same_as_reference(body.as_bytes());
+        }
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
@@ -505,6 +691,24 @@ mod tests {
         fn an_id_is_a_game_exactly_when_valid(id in "[ -~\n]{0,10}|[A-Za-z0-9._-]{1,130}") {
             let x = extract(&game(json!(id.clone()), json!("live")));
             prop_assert_eq!(x.games.len() == 1, GameId::try_from(id.as_str()).is_ok());
+        }
+
+        #[test]
+        fn reads_json_as_before(doc in arb_json()) {
+            let body = serde_json::to_vec(&doc).unwrap();
+            same_as_reference(&body);
+            same_as_reference(&serde_json::to_vec(&json!({"games": [doc.clone(), doc]})).unwrap());
+        }
+
+        #[test]
+        fn reads_json_text_as_before(text in arb_json_text()) {
+            same_as_reference(text.as_bytes());
+            same_as_reference(format!(r#"{{"games": [{text}, {text}]}}"#).as_bytes());
+        }
+
+        #[test]
+        fn reads_bytes_as_before(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            same_as_reference(&body);
         }
     }
 }

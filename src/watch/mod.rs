@@ -13,7 +13,8 @@
 //! - [`WatchRules::new`] (`rules.rs`): validate and compile `[watch]` once,
 //!   into JSON pointers (`pointer.rs`) and a status table.
 //! - [`WatchRules::extract`] (`extract.rs`): find every game object in a
-//!   body and read its id, status and odds lines.
+//!   body and read its id, status and odds lines, from a tree that borrows
+//!   from the body (`doc.rs`).
 //! - [`diff()`] and [`next_state`] (`diff.rs`): compare a game with what was
 //!   known about it, and decide what to remember.
 //!
@@ -23,6 +24,7 @@
 
 mod decode;
 mod diff;
+mod doc;
 mod extract;
 mod pointer;
 mod rules;

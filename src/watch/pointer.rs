@@ -7,6 +7,40 @@
 
 use serde_json::Value;
 
+use super::doc::Node;
+
+/// A parsed document a pointer can walk: the watcher's borrowed [`Node`],
+/// or a `serde_json::Value`.
+pub(crate) trait Tree: Sized {
+    /// The value of `key` when this is an object.
+    fn member(&self, key: &str) -> Option<&Self>;
+    /// The elements when this is an array.
+    fn elements(&self) -> Option<&[Self]>;
+}
+
+impl Tree for Node<'_> {
+    fn member(&self, key: &str) -> Option<&Self> {
+        Node::member(self, key)
+    }
+
+    fn elements(&self) -> Option<&[Self]> {
+        match self {
+            Node::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+}
+
+impl Tree for Value {
+    fn member(&self, key: &str) -> Option<&Self> {
+        self.as_object()?.get(key)
+    }
+
+    fn elements(&self) -> Option<&[Self]> {
+        self.as_array().map(Vec::as_slice)
+    }
+}
+
 /// A compiled pointer; empty is the whole document.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Pointer(Vec<Seg>);
@@ -43,7 +77,7 @@ impl Pointer {
     }
 
     /// Resolves a pointer; one with wildcards resolves to nothing here.
-    pub(crate) fn get<'v>(&self, mut v: &'v Value) -> Option<&'v Value> {
+    pub(crate) fn get<'v, T: Tree>(&self, mut v: &'v T) -> Option<&'v T> {
         for seg in &self.0 {
             v = match seg {
                 Seg::Key(key) => child(v, key)?,
@@ -54,7 +88,7 @@ impl Pointer {
     }
 
     /// Calls `found` for every value the pointer reaches, in document order.
-    pub(crate) fn each_match<'v>(&self, v: &'v Value, found: &mut impl FnMut(&'v Value)) {
+    pub(crate) fn each_match<'v, T: Tree>(&self, v: &'v T, found: &mut impl FnMut(&'v T)) {
         each_match(v, &self.0, found);
     }
 }
@@ -62,6 +96,10 @@ impl Pointer {
 /// Appends `/` and `key`, escaped (`~` as `~0`, `/` as `~1`).
 pub(crate) fn push_segment(name: &mut String, key: &str) {
     name.push('/');
+    if !key.bytes().any(|b| b == b'~' || b == b'/') {
+        name.push_str(key);
+        return;
+    }
     for c in key.chars() {
         match c {
             '~' => name.push_str("~0"),
@@ -87,22 +125,19 @@ fn unescape(raw: &str) -> Result<String, &'static str> {
     Ok(out)
 }
 
-fn child<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
-    match v {
-        Value::Object(map) => map.get(key),
-        Value::Array(items) => {
-            // RFC 6901: an index is plain digits, with no leading zeros.
-            let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit());
-            if !plain || (key.len() > 1 && key.starts_with('0')) {
-                return None;
-            }
-            items.get(key.parse::<usize>().ok()?)
-        }
-        _ => None,
+fn child<'v, T: Tree>(v: &'v T, key: &str) -> Option<&'v T> {
+    let Some(items) = v.elements() else {
+        return v.member(key);
+    };
+    // RFC 6901: an index is plain digits, with no leading zeros.
+    let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit());
+    if !plain || (key.len() > 1 && key.starts_with('0')) {
+        return None;
     }
+    items.get(key.parse::<usize>().ok()?)
 }
 
-fn each_match<'v>(v: &'v Value, pointer: &[Seg], found: &mut impl FnMut(&'v Value)) {
+fn each_match<'v, T: Tree>(v: &'v T, pointer: &[Seg], found: &mut impl FnMut(&'v T)) {
     match pointer.split_first() {
         None => found(v),
         Some((Seg::Key(key), rest)) => {
@@ -111,10 +146,8 @@ fn each_match<'v>(v: &'v Value, pointer: &[Seg], found: &mut impl FnMut(&'v Valu
             }
         }
         Some((Seg::Each, rest)) => {
-            if let Value::Array(items) = v {
-                for item in items {
-                    each_match(item, rest, found);
-                }
+            for item in v.elements().unwrap_or_default() {
+                each_match(item, rest, found);
             }
         }
     }
