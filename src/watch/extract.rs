@@ -113,6 +113,13 @@ impl WatchRules {
             Some(Node::Number(n)) => Cow::Owned(n.to_string()),
             _ => return (Status::Unknown, None),
         };
+        self.classify_status(raw)
+    }
+
+    /// A status's text as a [`Status`]: the configured map first, then the
+    /// canonical names; anything else is unknown and kept (truncated) for
+    /// the log.
+    fn classify_status(&self, raw: Cow<'_, str>) -> (Status, Option<String>) {
         if let Some(&status) = self.status_map.get(raw.as_ref()) {
             return (status, None);
         }
@@ -563,21 +570,7 @@ mod tests {
                 Some(Value::Number(n)) => Cow::Owned(n.to_string()),
                 _ => return (Status::Unknown, None),
             };
-            if let Some(&status) = rules.status_map.get(raw.as_ref()) {
-                return (status, None);
-            }
-            if let Some(status) = Status::parse_canonical(&raw) {
-                return (status, None);
-            }
-            let mut raw = raw.into_owned();
-            if raw.len() > MAX_RAW_STATUS {
-                let mut end = MAX_RAW_STATUS;
-                while !raw.is_char_boundary(end) {
-                    end -= 1;
-                }
-                raw.truncate(end);
-            }
-            (Status::Unknown, Some(raw))
+            rules.classify_status(raw)
         }
 
         fn id_text(v: &Value) -> Option<Cow<'_, str>> {
