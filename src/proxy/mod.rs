@@ -127,12 +127,18 @@ impl Proxy {
     /// over, and a request still alive then pins the read buffer its
     /// fields point into, so every read would need a fresh one. Anything
     /// else runs in a boxed future.
-    pub fn call(self: &Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Answer {
+    pub fn call(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
         // The per-request log line costs a clock read and two copies; only
         // pay for it when someone listens.
         if tracing::enabled!(tracing::Level::DEBUG) {
             return Either::Right(Box::pin(Arc::clone(self).serve_logged(req, peer)));
         }
+        self.answer(req, peer)
+    }
+
+    /// The request path proper: refusals and fresh hits at once, the rest
+    /// boxed.
+    fn answer(self: &Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Answer {
         if let Some(resp) = self.refuse(&mut req, peer) {
             return Either::Left(ready(Ok(resp)));
         }
@@ -143,21 +149,16 @@ impl Proxy {
         Either::Right(Box::pin(async move { Ok(this.route(req, peer).await) }))
     }
 
+    /// [`Self::answer`] with the per-request log line.
     async fn serve_logged(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let resp = match self.refuse(&mut req, peer) {
-            Some(resp) => resp,
-            None => match self.fresh_hit(&req) {
-                Some(resp) => resp,
-                None => self.route(req, peer).await,
-            },
-        };
+        let resp = self.answer(req, peer).await?;
         debug!(
             %peer,
             %method,
