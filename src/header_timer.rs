@@ -9,8 +9,12 @@
 //! precision. Here each connection gets one slot that the sleep arms with
 //! its deadline and disarms when dropped (two atomic stores), and one
 //! sweeper per listener wakes the connections whose deadline has passed a
-//! few times per timeout, as nginx checks its client header timer. A head
-//! is cut off between `timeout` and `timeout + tick` after it started.
+//! few times per timeout, as nginx checks its client header timer. hyper
+//! reads the clock before every head only to add the timeout to it; the
+//! sweeper's last reading plus one tick serves instead, so no hit reads
+//! the clock for it. A head is cut off between `timeout` and
+//! `timeout + 2 × tick` after it started (earlier only by as much as a
+//! starved sweeper runs late).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +33,8 @@ pub struct HeaderDeadlines {
     /// that zero means disarmed.
     epoch: Instant,
     tick: Duration,
+    /// The sweeper's last clock reading, in nanoseconds since `epoch`.
+    swept_at: AtomicU64,
     conns: Mutex<Vec<Weak<Slot>>>,
 }
 
@@ -51,6 +57,7 @@ impl HeaderDeadlines {
         Arc::new(HeaderDeadlines {
             epoch: Instant::now(),
             tick: (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+            swept_at: AtomicU64::new(0),
             conns: Mutex::new(Vec::new()),
         })
     }
@@ -86,8 +93,15 @@ impl HeaderDeadlines {
         }
     }
 
+    /// Never earlier than the clock while the sweeper keeps its ticks, and
+    /// at most a tick later.
+    fn now(&self) -> Instant {
+        self.epoch + Duration::from_nanos(self.swept_at.load(Ordering::Relaxed)) + self.tick
+    }
+
     fn wake_expired(&self, now: Instant) {
         let now = self.nanos(now);
+        self.swept_at.store(now - 1, Ordering::Relaxed);
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         conns.retain(|weak| {
             let Some(slot) = weak.upgrade() else {
@@ -115,6 +129,10 @@ pub struct ConnTimer {
 impl Timer for ConnTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
         self.sleep_until(Instant::now() + duration)
+    }
+
+    fn now(&self) -> Instant {
+        self.deadlines.now()
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
@@ -226,6 +244,26 @@ mod tests {
             1,
             "the successor was disarmed"
         );
+    }
+
+    #[test]
+    fn the_timers_clock_is_the_last_sweep_rounded_up_by_a_tick() {
+        let d = HeaderDeadlines::new(Duration::from_secs(1));
+        let timer = d.timer();
+        let swept = Instant::now();
+        d.wake_expired(swept);
+        let now = timer.now();
+        assert!(
+            now >= Instant::now(),
+            "a deadline counted from it would be early"
+        );
+        assert!(now <= swept + d.tick + Duration::from_millis(1));
+        // Until the next sweep it stands still.
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(timer.now(), now);
+        let later = swept + Duration::from_secs(3);
+        d.wake_expired(later);
+        assert!(timer.now() >= later + d.tick - Duration::from_millis(1));
     }
 
     #[test]
