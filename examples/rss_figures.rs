@@ -56,7 +56,6 @@ fn main() {
             let tags = vec![
                 Arc::from(format!("game:g-{filled}")),
                 Arc::from(format!("odds:live:g-{filled}")),
-                Arc::from(format!("#uri {key}")),
             ];
             let entry = Arc::new(Entry::new(
                 NewEntry {

@@ -917,6 +917,47 @@ async fn post_invalidates_the_get_entry_of_its_uri() {
     assert_eq!(c.get(&failing).await.x_cache(), "HIT");
 }
 
+#[tokio::test]
+async fn post_invalidates_every_variant_of_its_uri() {
+    let up = Upstream::start(|parts, _| {
+        let lang = parts
+            .headers
+            .get("accept-language")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        Reply::json(lang).header("vary", "Accept-Language")
+    })
+    .await;
+    let sc = sidecar(&up.url()).await;
+    let c = Client::new();
+    let url = sc.url("/api/v1/games");
+    let other = sc.url("/api/v1/games?page=2");
+    let get = |url: &str, lang: &'static str| {
+        let (c, url) = (c.clone(), url.to_string());
+        async move {
+            c.get_with(&url, &[("accept-language", lang)])
+                .await
+                .x_cache()
+                .to_string()
+        }
+    };
+    for lang in ["en", "fr"] {
+        get(&url, lang).await;
+        assert_eq!(get(&url, lang).await, "HIT");
+    }
+    get(&other, "en").await;
+
+    let post = c.send(Method::POST, &url, &[], "{}").await;
+    assert_eq!(post.status, StatusCode::OK);
+    assert_eq!(get(&url, "en").await, "MISS");
+    assert_eq!(get(&url, "fr").await, "MISS");
+    assert_eq!(
+        get(&other, "en").await,
+        "HIT",
+        "another URI's variant was dropped"
+    );
+}
+
 // --- shutdown --------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,9 +34,11 @@ pub enum Slot {
     Vary(Arc<[HeaderName]>),
 }
 
-/// Prefix of the tag every entry gets for its own URI, so an unsafe method
-/// can drop all of that URI's variants (RFC 9111 §4.4). Local only: it is
-/// never mirrored to Redis.
+/// Prefix of the tag that files a `Vary` variant under its URI, so an
+/// unsafe method can drop all of that URI's variants (RFC 9111 §4.4). An
+/// entry stored under the URI itself is found by its key, and only counts
+/// as carrying the tag (see [`Store::insert`]), which spares every entry an
+/// index slot and the tag's bytes. Local only: never mirrored to Redis.
 pub const URI_TAG_PREFIX: &str = "#uri ";
 
 pub fn uri_tag(primary: &str) -> Arc<str> {
@@ -324,7 +326,10 @@ impl Store {
         vary: &[HeaderName],
         entry: Arc<Entry>,
     ) -> bool {
-        if self.superseded(ticket, entry.tags()) {
+        // Every entry counts as tagged with its URI: an unsafe method that
+        // succeeded while this fetch was under way supersedes it.
+        let uri = uri_tag(primary);
+        if self.superseded(ticket, entry.tags().chain([&*uri])) {
             return false;
         }
         {
@@ -359,6 +364,35 @@ impl Store {
                 .collect()
         };
         self.remove_keys(keys)
+    }
+
+    /// Drops what is cached for one URI after an unsafe method (RFC 9111
+    /// §4.4): the entry under its own key and its `Vary` variants, and
+    /// supersedes the fetches of it under way. Returns their keys, the URI's
+    /// own always among them.
+    pub fn invalidate_uri(&self, primary: &str) -> Vec<Arc<str>> {
+        let tag = uri_tag(primary);
+        let mut entries: Vec<(Arc<str>, Arc<Entry>)> = {
+            let mut ep = self.shared.lock_epochs();
+            let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
+            ep.prune();
+            ep.by_tag.insert(Arc::clone(&tag), seq);
+            let mut index = self.shared.lock_tags();
+            index
+                .take(&*tag)
+                .map(Filed::into_entries)
+                .unwrap_or_default()
+        };
+        let mut keys: Vec<Arc<str>> = entries.iter().map(|(k, _)| Arc::clone(k)).collect();
+        match self.cache.get(primary) {
+            Some(Slot::Entry(e)) => {
+                keys.push(Arc::clone(&e.key));
+                entries.push((Arc::clone(&e.key), e));
+            }
+            _ => keys.push(primary.into()),
+        }
+        self.remove_keys(entries);
+        keys
     }
 
     /// Whether the entry `id` is still the one stored under `key`.
@@ -721,6 +755,40 @@ mod tests {
         // The URI tag of an untagged entry survives the flush.
         assert_eq!(store.keys_for_tag(&uri_tag("/local")).len(), 1);
         assert!(!store.insert(&t, "/a", &[], entry("/a", &["game:1"])));
+    }
+
+    #[test]
+    fn an_unsafe_method_drops_the_uri_its_variants_and_its_fetches() {
+        let store = Store::new(1 << 20);
+        let t = store.begin_fetch();
+        let lang = [HeaderName::from_static("accept-language")];
+        assert!(store.insert(&t, "/a", &[], entry("/a", &["game:1"])));
+        assert!(store.insert(&t, "/v", &lang, entry("/v|fr", &[&uri_tag("/v")])));
+        assert!(store.insert(&t, "/v", &lang, entry("/v|de", &[&uri_tag("/v")])));
+        assert!(store.insert(&t, "/b", &[], entry("/b", &["game:1"])));
+        // A plain entry is not indexed under its URI: its key finds it.
+        assert!(store.keys_for_tag(&uri_tag("/a")).is_empty());
+
+        let in_flight = store.begin_fetch();
+        assert_eq!(store.invalidate_uri("/a"), [Arc::from("/a")]);
+        assert!(!found(&store, "/a"));
+        assert!(found(&store, "/b"));
+        assert_eq!(store.keys_for_tag("game:1"), [Arc::from("/b")]);
+        assert!(
+            !store.insert(&in_flight, "/a", &[], entry("/a", &["game:1"])),
+            "a response fetched before the unsafe method was stored"
+        );
+        assert!(store.insert(&in_flight, "/b", &[], entry("/b", &["game:1"])));
+
+        let mut keys = store.invalidate_uri("/v");
+        keys.sort();
+        assert_eq!(
+            keys,
+            [Arc::from("/v"), Arc::from("/v|de"), Arc::from("/v|fr")]
+        );
+        assert!(!found(&store, "/v|fr") && !found(&store, "/v|de"));
+        // A URI with nothing cached still names itself, for the L2.
+        assert_eq!(store.invalidate_uri("/none"), [Arc::from("/none")]);
     }
 
     #[test]

@@ -470,17 +470,12 @@ impl Proxy {
     /// Drops the cached entries of a URI after a successful unsafe method,
     /// and their L2 copies (those this replica knows of, and the primary).
     async fn drop_uri(&self, primary: &str) {
-        let tag = uri_tag(primary);
         let Some(redis) = &self.l2 else {
-            self.store.invalidate_tags(&[tag]);
+            self.store.invalidate_uri(primary);
             return;
         };
         let _hold = self.store.begin_hold();
-        let mut keys = self.store.keys_for_tag(&tag);
-        self.store.invalidate_tags(&[tag]);
-        if !keys.iter().any(|k| **k == *primary) {
-            keys.push(primary.into());
-        }
+        let keys = self.store.invalidate_uri(primary);
         if let Err(e) = redis.delete_responses(&keys).await {
             tracing::warn!(error = %e, "cannot delete L2 copies after an unsafe method");
         }
@@ -507,7 +502,6 @@ impl Proxy {
             .map(|r| r.tags().into_iter().map(Arc::from).collect())
             .unwrap_or_default();
         tags.extend(Detector::tags(games));
-        tags.push(uri_tag(primary));
         let rules = FreshnessRules {
             honor_origin: self.settings.honor_origin,
             route_ttl: route.as_ref().and_then(|r| r.route.ttl),
@@ -533,6 +527,8 @@ impl Proxy {
         let key: Arc<str> = if vary.is_empty() {
             primary.into()
         } else {
+            // A variant is found through its URI's tag; see `uri_tag`.
+            tags.push(uri_tag(primary));
             key::variant(primary, &vary, client_headers).into()
         };
         let initial_age = policy::initial_age(&headers, now);
