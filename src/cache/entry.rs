@@ -1,9 +1,10 @@
 //! A stored response and the clock arithmetic around it.
 //!
 //! An entry is small: its body, its header values and its tags share one
-//! exact-size allocation, its field names are shared with every entry whose
-//! origin sent the same names, and a hit clones a map prebuilt for those
-//! names and writes the entry's values into it.
+//! exact-size allocation, its field names (and the values that describe a
+//! kind of response rather than one response, such as `Content-Type`) are
+//! shared with every entry whose origin sent the same ones, and a hit
+//! clones a map prebuilt for them and writes the entry's own values into it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{
-    HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES,
-    LAST_MODIFIED, VARY,
+    HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LOCATION, CONTENT_TYPE,
+    DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY, VIA,
 };
 use http::{HeaderMap, StatusCode};
 
@@ -41,10 +42,12 @@ pub struct Entry {
     pub id: u64,
     pub key: Arc<str>,
     /// The origin's field names without hop-by-hop fields, in the order a
-    /// `HeaderMap` iterates them, shared between entries (see [`Fields`]).
+    /// `HeaderMap` iterates them, and their shared values, shared between
+    /// entries (see [`Fields`]).
     fields: Arc<Fields>,
-    /// One value per name of `fields`. Their bytes live in `block`, never in
-    /// the upstream connection's read buffer.
+    /// The entry's own value of each field whose value `fields` does not
+    /// share, in order. Their bytes live in `block`, never in the upstream
+    /// connection's read buffer.
     values: Box<[HeaderValue]>,
     /// The header values' bytes, then the tags (each a little-endian `u32`
     /// length and its text), then the body: one exact-size allocation.
@@ -93,12 +96,19 @@ pub struct NewEntry {
 impl Entry {
     pub fn new(n: NewEntry, now: Instant) -> Entry {
         let fields = Fields::intern(&n.headers);
-        let value_bytes: usize = n.headers.values().map(HeaderValue::len).sum();
+        let own = || {
+            n.headers
+                .values()
+                .zip(fields.values.iter())
+                .filter(|(_, slot)| matches!(slot, Value::Own))
+                .map(|(v, _)| v)
+        };
+        let value_bytes: usize = own().map(HeaderValue::len).sum();
         let tag_bytes: usize = n.tags.iter().map(|t| 4 + t.len()).sum();
         // A body read from the upstream is a slice of the connection's read
         // buffer: copied, it keeps nothing else alive.
         let mut block = Vec::with_capacity(value_bytes + tag_bytes + n.body.len());
-        for v in n.headers.values() {
+        for v in own() {
             block.extend_from_slice(v.as_bytes());
         }
         for t in &n.tags {
@@ -109,9 +119,7 @@ impl Entry {
         block.extend_from_slice(&n.body);
         let block = Bytes::from(block);
         let mut at = 0;
-        let values: Box<[HeaderValue]> = n
-            .headers
-            .values()
+        let values: Box<[HeaderValue]> = own()
             .map(|v| {
                 let len = v.len();
                 // The bytes were a valid value a moment ago; they still are.
@@ -238,7 +246,28 @@ impl Entry {
 
     /// The stored fields, in order.
     pub fn headers(&self) -> impl ExactSizeIterator<Item = (&HeaderName, &HeaderValue)> + '_ {
-        self.fields.names.iter().zip(self.values.iter())
+        let mut own = self.values.iter();
+        self.fields.names.iter().zip(self.fields.values.iter()).map(
+            move |(name, slot)| match slot {
+                Value::Shared(v) => (name, v),
+                // `Entry::new` kept one own value per `Own` slot.
+                Value::Own => (name, own.next().unwrap_or(&EMPTY)),
+            },
+        )
+    }
+
+    /// The value of the `i`th field.
+    fn value(&self, i: usize) -> Option<&HeaderValue> {
+        match self.fields.values.get(i)? {
+            Value::Shared(v) => Some(v),
+            Value::Own => {
+                let own = self.fields.values[..i]
+                    .iter()
+                    .filter(|s| matches!(s, Value::Own))
+                    .count();
+                self.values.get(own)
+            }
+        }
     }
 
     /// Every stored value of one field, in order.
@@ -260,17 +289,15 @@ impl Entry {
     }
 
     fn value_at(&self, i: Option<u16>) -> Option<&HeaderValue> {
-        self.values.get(usize::from(i?))
+        self.value(usize::from(i?))
     }
 
     /// The stored fields a 304 carries ([`NOT_MODIFIED_FIELDS`]), in that
     /// list's order.
     pub fn not_modified_fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> + '_ {
         self.fields.not_modified.iter().map(|&i| {
-            (
-                &self.fields.names[usize::from(i)],
-                &self.values[usize::from(i)],
-            )
+            let i = usize::from(i);
+            (&self.fields.names[i], self.value(i).unwrap_or(&EMPTY))
         })
     }
 
@@ -306,10 +333,15 @@ impl Entry {
         };
         let mut h = template.clone();
         let mut slots = h.values_mut();
-        for (v, slot) in self.values.iter().zip(slots.by_ref()) {
-            // The placeholder is static: dropping it would do nothing but
-            // an indirect call, on every field of every hit.
-            std::mem::forget(std::mem::replace(slot, v.clone()));
+        let mut own = self.values.iter();
+        // The fields' slots first: the map has three more, labels and Age.
+        for (kind, slot) in self.fields.values.iter().zip(slots.by_ref()) {
+            if let (Value::Own, Some(v)) = (kind, own.as_slice().first()) {
+                own.next();
+                // The placeholder is static: dropping it would do nothing
+                // but an indirect call, on every field of every hit.
+                std::mem::forget(std::mem::replace(slot, v.clone()));
+            }
         }
         // Past X-Cache and Cache-Status, which the template holds already.
         if let Some(slot) = slots.nth(2) {
@@ -319,7 +351,7 @@ impl Entry {
     }
 
     fn headers_with_room(&self, extra: usize) -> HeaderMap {
-        let mut h = HeaderMap::with_capacity(self.values.len() + extra);
+        let mut h = HeaderMap::with_capacity(self.fields.names.len() + extra);
         for (name, value) in self.headers() {
             h.append(name.clone(), value.clone());
         }
@@ -393,13 +425,17 @@ const TAG_SLOT: usize = 32;
 
 /// The field names of stored responses, interned: the names an origin sends
 /// repeat from response to response, so entries with the same names (in
-/// the same order) share one `Fields`, and with it the map their hits clone.
+/// the same order) and the same [`SHARED_VALUES`] share one `Fields`, and
+/// with it the map their hits clone.
 #[derive(Debug)]
 struct Fields {
     names: Box<[HeaderName]>,
-    /// `names` with empty values, then `X-Cache: HIT`, `Cache-Status` and
-    /// `Age`; `None` when the origin sent one of those three itself, which
-    /// then replaces it (such a hit builds its map field by field).
+    /// Per name: the value all these entries share, or `Own`.
+    values: Box<[Value]>,
+    /// `names` with their shared values and empty placeholders for the
+    /// entries' own, then `X-Cache: HIT`, `Cache-Status` and `Age`; `None`
+    /// when the origin sent one of those three itself, which then replaces
+    /// it (such a hit builds its map field by field).
     hit: Option<HeaderMap>,
     /// Where the first `ETag` and `Last-Modified` are.
     etag: Option<u16>,
@@ -408,18 +444,42 @@ struct Fields {
     not_modified: Box<[u16]>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Value {
+    /// In static memory (see [`shared_value`]).
+    Shared(HeaderValue),
+    Own,
+}
+
+/// Fields whose value names a kind of response, not one response: the same
+/// for every response of a route, so entries share them instead of each
+/// holding a copy.
+const SHARED_VALUES: [HeaderName; 4] = [CONTENT_TYPE, CONTENT_ENCODING, VARY, VIA];
+
+static EMPTY: HeaderValue = HeaderValue::from_static("");
+
 impl Fields {
     fn intern(headers: &HeaderMap) -> Arc<Fields> {
         static TABLE: OnceLock<Mutex<Interned>> = OnceLock::new();
-        let names: Vec<HeaderName> = headers.iter().map(|(n, _)| n.clone()).collect();
+        let shape: Vec<(HeaderName, Value)> = headers
+            .iter()
+            .map(|(n, v)| {
+                let value = SHARED_VALUES
+                    .contains(n)
+                    .then(|| shared_value(v))
+                    .flatten()
+                    .map_or(Value::Own, Value::Shared);
+                (n.clone(), value)
+            })
+            .collect();
         let mut table = TABLE
             .get_or_init(Mutex::default)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(fields) = table.map.get(names.as_slice()).and_then(Weak::upgrade) {
+        if let Some(fields) = table.map.get(shape.as_slice()).and_then(Weak::upgrade) {
             return fields;
         }
-        let fields = Arc::new(Fields::build(names.clone().into_boxed_slice()));
+        let fields = Arc::new(Fields::build(&shape));
         // Names no entry uses any more are forgotten as the table grows.
         if table.map.len() >= table.prune_at {
             table.map.retain(|_, f| f.strong_count() > 0);
@@ -427,16 +487,22 @@ impl Fields {
         }
         table
             .map
-            .insert(names.into_boxed_slice(), Arc::downgrade(&fields));
+            .insert(shape.into_boxed_slice(), Arc::downgrade(&fields));
         fields
     }
 
-    fn build(names: Box<[HeaderName]>) -> Fields {
+    fn build(shape: &[(HeaderName, Value)]) -> Fields {
+        let names: Box<[HeaderName]> = shape.iter().map(|(n, _)| n.clone()).collect();
+        let values: Box<[Value]> = shape.iter().map(|(_, v)| v.clone()).collect();
         let labels = [&X_CACHE, &CACHE_STATUS, &AGE];
         let hit = (!names.iter().any(|n| labels.contains(&n))).then(|| {
             let mut h = HeaderMap::with_capacity(names.len() + labels.len());
-            for name in names.iter() {
-                h.append(static_name(name), HeaderValue::from_static(""));
+            for (name, value) in names.iter().zip(values.iter()) {
+                let value = match value {
+                    Value::Shared(v) => v.clone(),
+                    Value::Own => EMPTY.clone(),
+                };
+                h.append(static_name(name), value);
             }
             h.insert(X_CACHE.clone(), HeaderValue::from_static("HIT"));
             h.insert(
@@ -474,6 +540,7 @@ impl Fields {
             not_modified,
             hit,
             names,
+            values,
         }
     }
 }
@@ -502,9 +569,34 @@ fn static_name(name: &HeaderName) -> HeaderName {
     leaked
 }
 
+/// `value` with its bytes in static memory, to be shared by every entry
+/// that has it (see [`SHARED_VALUES`]): cloning it on a hit touches no
+/// reference count. `None` past a budget, when such values turn out not to
+/// repeat after all; entries then keep their own.
+fn shared_value(value: &HeaderValue) -> Option<HeaderValue> {
+    const BUDGET: usize = 64 << 10;
+    static VALUES: OnceLock<Mutex<(HashMap<HeaderValue, HeaderValue>, usize)>> = OnceLock::new();
+    let mut values = VALUES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let (map, spent) = &mut *values;
+    if let Some(v) = map.get(value) {
+        return Some(v.clone());
+    }
+    if *spent + value.len() > BUDGET {
+        return None;
+    }
+    *spent += value.len();
+    let bytes: &'static [u8] = Box::leak(value.as_bytes().into());
+    let shared = HeaderValue::from_maybe_shared(Bytes::from_static(bytes)).ok()?;
+    map.insert(value.clone(), shared.clone());
+    Some(shared)
+}
+
 #[derive(Default)]
 struct Interned {
-    map: HashMap<Box<[HeaderName]>, Weak<Fields>>,
+    map: HashMap<Box<[(HeaderName, Value)]>, Weak<Fields>>,
     prune_at: usize,
 }
 
@@ -638,6 +730,30 @@ mod tests {
         hit(&b, 1);
         assert_eq!(b.hit_headers(Duration::ZERO)[ETAG], "\"8\"");
         assert_eq!(a.hit_headers(Duration::ZERO)[ETAG], "\"7\"");
+        // Their content type is shared, not copied into each entry.
+        let ct = |e: &Entry| {
+            e.headers()
+                .find(|(n, _)| *n == CONTENT_TYPE)
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(ct(&a).as_bytes().as_ptr(), ct(&b).as_bytes().as_ptr());
+        assert_eq!(a.values.len(), 4);
+        // Another content type: other fields, the same answers.
+        let mut xml = plain;
+        xml[0] = ("content-type", "application/xml");
+        let d = with_headers(fields(&xml), 10, 0, 0);
+        assert!(!Arc::ptr_eq(&a.fields, &d.fields));
+        hit(&d, 4);
+        assert_eq!(
+            d.hit_headers(Duration::ZERO)[CONTENT_TYPE],
+            "application/xml"
+        );
+        assert_eq!(
+            a.hit_headers(Duration::ZERO)[CONTENT_TYPE],
+            "application/json"
+        );
         // An origin's own labels are replaced, as the labelled map does.
         let labelled = [("age", "100"), ("x-cache", "MISS"), ("via", "1.1 up")];
         let c = with_headers(fields(&labelled), 10, 0, 0);
@@ -670,6 +786,8 @@ mod tests {
         assert!(e.tags().eq(["game:g-1", "", "odds:live:g-1"]));
         assert_eq!(e.tag(2), Some("odds:live:g-1"));
         assert_eq!(e.tag(3), None);
-        assert_eq!(e.block.len(), 11 + 3 * 4 + 8 + 13 + 10);
+        // `Via` names a kind of response: its value is shared, not copied.
+        assert_eq!(e.block.len(), 5 + 3 * 4 + 8 + 13 + 10);
+        assert_eq!(e.etag().unwrap(), "\"g-1\"");
     }
 }
