@@ -20,6 +20,7 @@ pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod demo;
+mod drain;
 mod header_timer;
 pub mod invalidate;
 pub mod metrics;

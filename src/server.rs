@@ -2,7 +2,9 @@
 //!
 //! Shaped after hyper-util's `server_graceful` example: accept until the
 //! shutdown signal fires, then stop accepting and give in-flight connections
-//! up to the grace period to finish. HTTP/1.1 and h2c (prior knowledge)
+//! up to the grace period to finish (through [`crate::drain`], which does
+//! what hyper-util's graceful watch does without polling a channel on every
+//! request). HTTP/1.1 and h2c (prior knowledge)
 //! share one port: the accept task peeks at the first bytes, which it must
 //! wait for anyway to bound silent clients, and hands the connection to
 //! hyper's HTTP/1.1 or HTTP/2 server. hyper-util's auto builder does the
@@ -23,12 +25,12 @@ use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::drain::Drain;
 use crate::header_timer::HeaderDeadlines;
 use crate::metrics::ConnectionMetrics;
 use crate::shutdown;
@@ -112,7 +114,7 @@ pub async fn serve<M, S, B>(
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
     let permits = Arc::new(Semaphore::new(
         limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
@@ -145,7 +147,7 @@ pub async fn serve<M, S, B>(
         let (mut h1, h2) = (h1.clone(), h2.clone());
         h1.timer(deadlines.timer());
         let service = make_service(peer);
-        let watcher = graceful.watcher();
+        let watcher = drain.watcher();
         let mut stop = shutdown.clone();
         let first_byte = limits.header_read_timeout;
         tokio::spawn(async move {
@@ -179,7 +181,7 @@ pub async fn serve<M, S, B>(
         "stopped accepting; draining in-flight requests"
     );
     tokio::select! {
-        _ = graceful.shutdown() => debug!(listener = name, "drained"),
+        _ = drain.shutdown() => debug!(listener = name, "drained"),
         _ = tokio::time::sleep(grace) => warn!(listener = name, ?grace, "shutdown grace expired; closing remaining connections"),
     }
     sweeper.abort();
