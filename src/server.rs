@@ -145,7 +145,8 @@ pub async fn serve<M, S, B>(
         let open = Open::new(conns.as_ref().map(|c| &c.open));
         let _ = stream.set_nodelay(true);
         let (mut h1, h2) = (h1.clone(), h2.clone());
-        h1.timer(deadlines.timer());
+        let deadline = deadlines.conn();
+        h1.timer(deadline.timer());
         let service = make_service(peer);
         let watcher = drain.watcher();
         let mut stop = shutdown.clone();
@@ -167,11 +168,20 @@ pub async fn serve<M, S, B>(
             };
             let io = TokioIo::new(stream);
             let ended = match version {
-                Version::Http1 => watcher.watch(h1.serve_connection(io, service)).await,
-                Version::H2 => watcher.watch(h2.serve_connection(io, service)).await,
+                Version::Http1 => {
+                    let conn = h1.serve_connection(io, deadline.service(service));
+                    deadline.guard(watcher.watch(conn)).await
+                }
+                Version::H2 => Some(watcher.watch(h2.serve_connection(io, service)).await),
             };
-            if let Err(e) = ended {
-                debug!(listener = name, %peer, error = %e, "connection ended with error");
+            match ended {
+                None => {
+                    debug!(listener = name, %peer, "no complete head within header_read_timeout; closing")
+                }
+                Some(Err(e)) => {
+                    debug!(listener = name, %peer, error = %e, "connection ended with error")
+                }
+                Some(Ok(())) => {}
             }
         });
     }
