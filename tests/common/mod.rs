@@ -7,6 +7,8 @@
 //! every server stops when its handle is dropped.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+mod running;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,11 +25,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
 use oddscache::config::Overrides;
-use oddscache::{Config, Listeners, RunError};
+use oddscache::Config;
 
 /// Every wait in the harness gives up after this, so a broken sidecar fails
 /// the test instead of hanging it.
@@ -350,12 +352,7 @@ pub async fn dead_port_url() -> String {
     format!("http://{addr}")
 }
 
-/// The sidecar, running in process until shut down or dropped.
-pub struct Sidecar {
-    pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), RunError>>>,
-}
+pub use running::Sidecar;
 
 impl Sidecar {
     /// Starts with a config text whose `{UPSTREAM}` is replaced by `upstream`.
@@ -375,76 +372,6 @@ impl Sidecar {
         let config = Config::from_toml(oddscache::config::SHIPPED, &overrides)
             .expect("the shipped config is valid");
         Sidecar::with_config(config).await
-    }
-
-    pub async fn with_config(config: Config) -> Sidecar {
-        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = proxy.local_addr().expect("local addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(oddscache::run(
-            config,
-            Listeners { proxy, admin: None },
-            async move {
-                // A dropped sender is a shutdown too.
-                let _ = stopped.await;
-            },
-        ));
-        Sidecar {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    /// Starts with an admin port too, and keeps a [`oddscache::Handle`] on
-    /// the sidecar's internals. Answers the sidecar, its handle and the
-    /// admin port's address.
-    pub async fn with_handle(config: Config) -> (Sidecar, oddscache::Handle, SocketAddr) {
-        let built = oddscache::Sidecar::new(config).expect("the sidecar builds");
-        let handle = built.handle();
-        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = proxy.local_addr().expect("local addr");
-        let admin_addr = admin.local_addr().expect("local addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let listeners = Listeners {
-                proxy,
-                admin: Some(admin),
-            };
-            built
-                .serve(listeners, async move {
-                    let _ = stopped.await;
-                })
-                .await;
-            Ok(())
-        });
-        let sidecar = Sidecar {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        };
-        (sidecar, handle, admin_addr)
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Fires the shutdown signal (as SIGTERM would) and hands back `run`.
-    pub fn shutdown(mut self) -> JoinHandle<Result<(), RunError>> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.take().expect("running")
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

@@ -11,20 +11,17 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use oddscache::config::{Config, Overrides, SHIPPED};
 use oddscache::demo::{SimConfig, Simulator};
-use oddscache::{shutdown, Listeners};
+use oddscache::shutdown;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+
+#[path = "running.rs"]
+mod running;
+pub use running::Sidecar;
 
 async fn bind() -> TcpListener {
     TcpListener::bind("127.0.0.1:0")
         .await
         .expect("cannot bind a loopback port")
-}
-
-/// The only place `Listeners` is built, so a new listener is a one-line change.
-fn listeners(proxy: TcpListener) -> Listeners {
-    Listeners { proxy, admin: None }
 }
 
 /// The demo API without its ticker: games change only when a test says so.
@@ -70,52 +67,9 @@ pub fn config(upstream: &str, redis_url: Option<&str>, replica: &str) -> Config 
     .expect("the shipped config is valid")
 }
 
-/// One sidecar running `oddscache::run`; stops when dropped.
-pub struct Sidecar {
-    pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
 impl Sidecar {
     pub async fn start(config: Config) -> Sidecar {
-        let proxy = bind().await;
-        let addr = proxy.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            oddscache::run(config, listeners(proxy), async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("sidecar failed to start");
-        });
-        Sidecar {
-            addr,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Stops the sidecar and waits for it to drain.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
+        Sidecar::with_config(config).await
     }
 }
 
