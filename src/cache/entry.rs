@@ -549,24 +549,11 @@ impl Fields {
 /// touches no reference count shared by the cores answering hits from every
 /// entry with this name. Names are few; past a budget they are cloned.
 fn static_name(name: &HeaderName) -> HeaderName {
-    const BUDGET: usize = 64 << 10;
-    static NAMES: OnceLock<Mutex<(HashMap<HeaderName, HeaderName>, usize)>> = OnceLock::new();
-    let mut names = NAMES
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let (map, spent) = &mut *names;
-    if let Some(n) = map.get(name) {
-        return n.clone();
-    }
-    if *spent + name.as_str().len() > BUDGET {
-        return name.clone();
-    }
-    *spent += name.as_str().len();
-    let text: &'static str = Box::leak(name.as_str().into());
-    let leaked = HeaderName::from_static(text);
-    map.insert(name.clone(), leaked.clone());
-    leaked
+    static NAMES: Leaked<HeaderName> = OnceLock::new();
+    leak(&NAMES, name, name.as_str().as_bytes(), |text| {
+        std::str::from_utf8(text).ok().map(HeaderName::from_static)
+    })
+    .unwrap_or_else(|| name.clone())
 }
 
 /// `value` with its bytes in static memory, to be shared by every entry
@@ -574,24 +561,40 @@ fn static_name(name: &HeaderName) -> HeaderName {
 /// reference count. `None` past a budget, when such values turn out not to
 /// repeat after all; entries then keep their own.
 fn shared_value(value: &HeaderValue) -> Option<HeaderValue> {
+    static VALUES: Leaked<HeaderValue> = OnceLock::new();
+    leak(&VALUES, value, value.as_bytes(), |bytes| {
+        HeaderValue::from_maybe_shared(Bytes::from_static(bytes)).ok()
+    })
+}
+
+/// Copies of names or values whose text was leaked, and how many bytes.
+type Leaked<T> = OnceLock<Mutex<(HashMap<T, T>, usize)>>;
+
+/// The copy of `item` in `table` whose text (`bytes`, made into an item by
+/// `make`) lives in static memory: made on first sight, at most 64 KiB of
+/// text per table, `None` past that.
+fn leak<T: std::hash::Hash + Eq + Clone>(
+    table: &'static Leaked<T>,
+    item: &T,
+    bytes: &[u8],
+    make: impl FnOnce(&'static [u8]) -> Option<T>,
+) -> Option<T> {
     const BUDGET: usize = 64 << 10;
-    static VALUES: OnceLock<Mutex<(HashMap<HeaderValue, HeaderValue>, usize)>> = OnceLock::new();
-    let mut values = VALUES
+    let mut table = table
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    let (map, spent) = &mut *values;
-    if let Some(v) = map.get(value) {
-        return Some(v.clone());
+    let (map, spent) = &mut *table;
+    if let Some(copy) = map.get(item) {
+        return Some(copy.clone());
     }
-    if *spent + value.len() > BUDGET {
+    if *spent + bytes.len() > BUDGET {
         return None;
     }
-    *spent += value.len();
-    let bytes: &'static [u8] = Box::leak(value.as_bytes().into());
-    let shared = HeaderValue::from_maybe_shared(Bytes::from_static(bytes)).ok()?;
-    map.insert(value.clone(), shared.clone());
-    Some(shared)
+    *spent += bytes.len();
+    let copy = make(Box::leak(bytes.into()))?;
+    map.insert(item.clone(), copy.clone());
+    Some(copy)
 }
 
 #[derive(Default)]
