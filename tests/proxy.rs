@@ -466,9 +466,10 @@ async fn query_order_does_not_split_the_cache() {
     assert_eq!(up.hits(), 2);
 }
 
-#[tokio::test]
-async fn vary_keeps_variants_apart() {
-    let up = Upstream::start(|parts, _| {
+/// An upstream answering the request's `Accept-Language` (or `none`), with
+/// `Vary: Accept-Language`.
+async fn language_upstream() -> Upstream {
+    Upstream::start(|parts, _| {
         let lang = parts
             .headers
             .get("accept-language")
@@ -476,7 +477,12 @@ async fn vary_keeps_variants_apart() {
             .unwrap_or_else(|| "none".into());
         Reply::json(lang).header("vary", "Accept-Language")
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn vary_keeps_variants_apart() {
+    let up = language_upstream().await;
     let sc = sidecar(&up.url()).await;
     let c = Client::new();
     let url = sc.url("/api/v1/games");
@@ -919,15 +925,7 @@ async fn post_invalidates_the_get_entry_of_its_uri() {
 
 #[tokio::test]
 async fn post_invalidates_every_variant_of_its_uri() {
-    let up = Upstream::start(|parts, _| {
-        let lang = parts
-            .headers
-            .get("accept-language")
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        Reply::json(lang).header("vary", "Accept-Language")
-    })
-    .await;
+    let up = language_upstream().await;
     let sc = sidecar(&up.url()).await;
     let c = Client::new();
     let url = sc.url("/api/v1/games");
