@@ -145,8 +145,7 @@ pub async fn serve<M, S, B>(
         let open = Open::new(conns.as_ref().map(|c| &c.open));
         let _ = stream.set_nodelay(true);
         let (mut h1, h2) = (h1.clone(), h2.clone());
-        let deadline = deadlines.conn();
-        h1.timer(deadline.timer());
+        let deadlines = Arc::clone(&deadlines);
         let service = make_service(peer);
         let watcher = drain.watcher();
         let mut stop = shutdown.clone();
@@ -169,6 +168,9 @@ pub async fn serve<M, S, B>(
             let io = TokioIo::new(stream);
             let ended = match version {
                 Version::Http1 => {
+                    // Only HTTP/1.1 reads a head per request under a deadline.
+                    let deadline = deadlines.conn();
+                    h1.timer(deadline.timer());
                     let conn = h1.serve_connection(io, deadline.service(service));
                     deadline.guard(watcher.watch(conn)).await
                 }
