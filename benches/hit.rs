@@ -57,7 +57,7 @@ fn entry() -> Entry {
 fn hit(c: &mut Criterion) {
     let e = entry();
     assert!((1400..1600).contains(&e.body().len()), "{}", e.body().len());
-    let now = e.stored_at + Duration::from_secs(2);
+    let now = e.stored_at() + Duration::from_secs(2);
     let plain = HeaderMap::new();
     let mut conditional = HeaderMap::new();
     conditional.insert("if-none-match", HeaderValue::from_static("\"g-1001-42\""));

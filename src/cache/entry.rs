@@ -7,14 +7,14 @@
 //! clones a map prebuilt for them and writes the entry's own values into it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{
-    HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LOCATION, CONTENT_TYPE,
-    DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY, VIA,
+    HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH,
+    CONTENT_LOCATION, CONTENT_TYPE, DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY, VIA,
 };
 use http::{HeaderMap, StatusCode};
 
@@ -33,13 +33,8 @@ pub const NOT_MODIFIED_FIELDS: [HeaderName; 7] = [
     VARY,
 ];
 
-/// Distinguishes two entries stored under one key, so an eviction notice
-/// for the old one never unindexes the new one.
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
 #[derive(Debug)]
 pub struct Entry {
-    pub id: u64,
     pub key: Arc<str>,
     /// The origin's field names without hop-by-hop fields, in the order a
     /// `HeaderMap` iterates them, and their shared values, shared between
@@ -52,13 +47,17 @@ pub struct Entry {
     /// The header values' bytes, then the tags (each a little-endian `u32`
     /// length and its text), then the body: one exact-size allocation.
     block: Bytes,
-    pub stored_at: Instant,
-    /// The durations below in nanoseconds (584 years at most), so that the
-    /// entry, which moka, the tag index and every hit reach, stays small.
-    initial_age: u64,
-    fresh_for: u64,
-    stale_if_error: u64,
-    stale_while_revalidate: u64,
+    /// When it was stored, in nanoseconds from [`epoch`] (292 years either
+    /// way): half an `Instant`.
+    stored_at: i64,
+    /// The durations below in milliseconds, 49 days at most: a longer one
+    /// is cut to that, which can only make a very long-lived entry
+    /// revalidate (or leave the cache) sooner. Together with `stored_at`,
+    /// this keeps the entry, which every hit reaches, in a 128-byte chunk.
+    initial_age: u32,
+    fresh_for: u32,
+    stale_if_error: u32,
+    stale_while_revalidate: u32,
     /// Where the body starts in `block`: after fields and tags, which the
     /// proxy's header limits keep far below 4 GiB.
     body_at: u32,
@@ -94,7 +93,10 @@ pub struct NewEntry {
 }
 
 impl Entry {
-    pub fn new(n: NewEntry, now: Instant) -> Entry {
+    pub fn new(mut n: NewEntry, now: Instant) -> Entry {
+        // The body's length is the one a client gets: hyper writes it from
+        // the body (and `with_body` for a HEAD), so it is not stored twice.
+        n.headers.remove(CONTENT_LENGTH);
         let fields = Fields::intern(&n.headers);
         let own = || {
             n.headers
@@ -130,16 +132,15 @@ impl Entry {
             })
             .collect();
         Entry {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key: n.key,
             fields,
             values,
             block,
-            stored_at: now,
-            initial_age: nanos(n.initial_age),
-            fresh_for: nanos(n.fresh_for),
-            stale_if_error: nanos(n.stale_if_error),
-            stale_while_revalidate: nanos(n.stale_while_revalidate),
+            stored_at: since_epoch(now),
+            initial_age: millis(n.initial_age),
+            fresh_for: millis(n.fresh_for),
+            stale_if_error: millis(n.stale_if_error),
+            stale_while_revalidate: millis(n.stale_while_revalidate),
             body_at,
             status: n.status,
             must_revalidate: n.must_revalidate,
@@ -147,22 +148,38 @@ impl Entry {
         }
     }
 
+    /// When the entry was stored.
+    pub fn stored_at(&self) -> Instant {
+        let (epoch, at) = (epoch(), self.stored_at.unsigned_abs());
+        let at = Duration::from_nanos(at);
+        if self.stored_at >= 0 {
+            epoch + at
+        } else {
+            epoch.checked_sub(at).unwrap_or(epoch)
+        }
+    }
+
     /// Age the response already had when it arrived (RFC 9111 §4.2.3).
     pub fn initial_age(&self) -> Duration {
-        Duration::from_nanos(self.initial_age)
+        Duration::from_millis(self.initial_age.into())
     }
 
     /// How long after `stored_at` the entry is fresh.
     pub fn fresh_for(&self) -> Duration {
-        Duration::from_nanos(self.fresh_for)
+        Duration::from_millis(self.fresh_for.into())
     }
 
     pub fn stale_if_error(&self) -> Duration {
-        Duration::from_nanos(self.stale_if_error)
+        Duration::from_millis(self.stale_if_error.into())
     }
 
     pub fn stale_while_revalidate(&self) -> Duration {
-        Duration::from_nanos(self.stale_while_revalidate)
+        Duration::from_millis(self.stale_while_revalidate.into())
+    }
+
+    /// The body's length, for the `Content-Length` of a HEAD.
+    pub fn body_len(&self) -> usize {
+        self.block.len() - self.body_at as usize
     }
 
     /// `no-cache` / `must-revalidate`: never served stale without asking.
@@ -204,7 +221,8 @@ impl Entry {
     }
 
     fn resident(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.stored_at)
+        let nanos = since_epoch(now).saturating_sub(self.stored_at);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
     }
 
     pub fn is_dead(&self) -> bool {
@@ -410,8 +428,24 @@ fn weigh(key: &str, block: usize, fields: usize, tags: usize) -> usize {
     block + values + entry + key + MOKA_ENTRY + tags * TAG_SLOT
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// The instant entries count their `stored_at` from: the first time one
+/// asks. Instants before it are negative offsets.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn since_epoch(t: Instant) -> i64 {
+    let epoch = epoch();
+    let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    match t.checked_duration_since(epoch) {
+        Some(after) => nanos(after),
+        None => -nanos(epoch.duration_since(t)),
+    }
 }
 
 /// Allocator rounding and bookkeeping, per allocation.
@@ -656,10 +690,32 @@ mod tests {
         )
     }
 
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn an_entry_fits_a_128_byte_chunk() {
+        // With `Arc`'s two counts and glibc's 8-byte chunk header.
+        assert!(std::mem::size_of::<Entry>() + 16 + 8 <= 128);
+    }
+
+    #[test]
+    fn long_windows_are_cut_and_old_instants_kept() {
+        let year = Duration::from_secs(365 * 86_400);
+        let e = entry(365 * 86_400, 0, 0);
+        assert_eq!(e.fresh_for(), Duration::from_millis(u32::MAX.into()));
+        assert!(e.fresh_for() < year);
+        // An instant before the first entry's is stored exactly too.
+        let then = e.stored_at() - Duration::from_secs(30);
+        assert_eq!(since_epoch(then), e.stored_at - 30_000_000_000);
+        assert_eq!(
+            e.age(e.stored_at() + Duration::from_millis(1500)),
+            Duration::from_millis(3500)
+        );
+    }
+
     #[test]
     fn freshness_windows() {
         let e = entry(10, 5, 60);
-        let t0 = e.stored_at;
+        let t0 = e.stored_at();
         assert_eq!(e.freshness(t0), Freshness::Fresh);
         assert_eq!(e.age(t0 + Duration::from_secs(3)).as_secs(), 5);
         assert_eq!(e.ttl_secs(t0 + Duration::from_secs(3)), 7);

@@ -99,13 +99,18 @@ impl Filed {
         }
     }
 
-    /// Removes `key` if it still files entry `id`; `None` when now empty.
-    fn remove(self, key: &str, id: u64) -> Option<Filed> {
+    /// Removes `entry` if it is still the one filed under its key; `None`
+    /// when now empty.
+    fn remove(self, entry: &Entry) -> Option<Filed> {
         match self {
-            Filed::One(e, _) if &*e.key == key && e.id == id => None,
+            Filed::One(e, _) if std::ptr::eq(&*e, entry) => None,
             Filed::One(..) => Some(self),
             Filed::Many(mut m) => {
-                if m.entries.get(key).is_some_and(|e| e.id == id) {
+                let key = &*entry.key;
+                if m.entries
+                    .get(key)
+                    .is_some_and(|e| std::ptr::eq(&**e, entry))
+                {
                     m.entries.remove(key);
                 }
                 if m.entries.len() > 1 {
@@ -214,14 +219,14 @@ impl Store {
                 Slot::Vary(names) => (k.len() + 64 * names.len() + 128) as u32,
             })
             .expire_after(SlotExpiry)
-            .eviction_listener(move |key, slot, cause| {
+            .eviction_listener(move |_key, slot, cause| {
                 // A replacement re-indexes the key itself; unindexing here
                 // could drop the new entry's tags.
                 if cause == RemovalCause::Replaced {
                     return;
                 }
                 if let Slot::Entry(e) = slot {
-                    listener_shared.unindex(&key, &e);
+                    listener_shared.unindex(&e);
                 }
             })
             .build_with_hasher(KeyHasher::default());
@@ -395,9 +400,9 @@ impl Store {
         keys
     }
 
-    /// Whether the entry `id` is still the one stored under `key`.
-    pub fn is_current(&self, key: &str, id: u64) -> bool {
-        matches!(self.cache.get(key), Some(Slot::Entry(e)) if e.id == id)
+    /// Whether `entry` is still the one stored under its key.
+    pub fn is_current(&self, entry: &Arc<Entry>) -> bool {
+        matches!(self.cache.get(&*entry.key), Some(Slot::Entry(e)) if Arc::ptr_eq(&e, entry))
     }
 
     /// Drops one key (an explicit key from a peer's event).
@@ -434,8 +439,8 @@ impl Store {
     /// invalidating request only the marking.
     fn remove_keys(&self, mut entries: Vec<(Arc<str>, Arc<Entry>)>) -> usize {
         // An entry filed under several of the tags appears once per tag.
-        entries.sort_unstable_by_key(|(_, e)| e.id);
-        entries.dedup_by(|a, b| a.1.id == b.1.id);
+        entries.sort_unstable_by_key(|(_, e)| Arc::as_ptr(e));
+        entries.dedup_by(|a, b| Arc::ptr_eq(&a.1, &b.1));
         let killed = entries.iter().filter(|(_, e)| e.kill()).count();
         let cache = self.cache.clone();
         let remove = move || {
@@ -443,7 +448,7 @@ impl Store {
                 // Only the entry that was indexed: a newer one under the
                 // same key was stored after this invalidation and is current.
                 if let Some(Slot::Entry(e)) = cache.get(&key) {
-                    if e.id == dead.id {
+                    if Arc::ptr_eq(&e, &dead) {
                         cache.invalidate(&key);
                     }
                 }
@@ -607,10 +612,10 @@ impl Shared {
         self.fills.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn unindex(&self, key: &Arc<str>, entry: &Entry) {
+    fn unindex(&self, entry: &Entry) {
         let mut index = self.lock_tags();
         for tag in entry.tags() {
-            if let Some(filed) = index.take(tag).and_then(|f| f.remove(key, entry.id)) {
+            if let Some(filed) = index.take(tag).and_then(|f| f.remove(entry)) {
                 index.insert(filed);
             }
         }
@@ -666,15 +671,6 @@ mod tests {
             },
             Instant::now(),
         ))
-    }
-
-    impl Store {
-        fn entry_id(&self, key: &str) -> u64 {
-            match self.cache.get(key) {
-                Some(Slot::Entry(e)) => e.id,
-                _ => 0,
-            }
-        }
     }
 
     fn found(store: &Store, key: &str) -> bool {
@@ -831,9 +827,11 @@ mod tests {
         assert!(store.insert(&read, "/b", &[], entry("/b", &["game:2"])));
         drop(hold);
         let read = store.begin_shared_fetch();
-        assert!(store.insert(&read, "/a", &[], entry("/a", &["game:1"])));
-        assert!(store.is_current("/a", store.entry_id("/a")));
-        assert!(!store.is_current("/a", 0));
+        let a = entry("/a", &["game:1"]);
+        assert!(store.insert(&read, "/a", &[], Arc::clone(&a)));
+        assert!(store.is_current(&a));
+        // Another entry under the same key is not the stored one.
+        assert!(!store.is_current(&entry("/a", &["game:1"])));
     }
 
     #[tokio::test]
@@ -848,7 +846,7 @@ mod tests {
         let e = entry("/k", &[]);
         guard.finish(FillState::Filled(Arc::clone(&e)));
         match wait_fill(rx, Duration::from_secs(5)).await {
-            Some(FillState::Filled(got)) => assert_eq!(got.id, e.id),
+            Some(FillState::Filled(got)) => assert!(Arc::ptr_eq(&got, &e)),
             other => panic!("unexpected {other:?}"),
         }
         // A dropped leader releases waiters as abandoned.

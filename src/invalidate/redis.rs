@@ -561,13 +561,13 @@ impl RedisTier {
     /// The L2 value of a queued entry and its TTL in milliseconds; `None`
     /// when no peer could use it any more: expired, or no longer the
     /// entry in L1 (invalidated or replaced while it waited).
-    fn l2_value(&self, entry: &Entry) -> Option<(Vec<u8>, u64)> {
+    fn l2_value(&self, entry: &Arc<Entry>) -> Option<(Vec<u8>, u64)> {
         if let Some(store) = self.store.get() {
-            if !store.is_current(&entry.key, entry.id) {
+            if !store.is_current(entry) {
                 return None;
             }
         }
-        let resident = Instant::now().saturating_duration_since(entry.stored_at);
+        let resident = Instant::now().saturating_duration_since(entry.stored_at());
         if resident >= entry.fresh_for() {
             return None;
         }
@@ -627,7 +627,7 @@ impl RedisTier {
                     expire.insert(set);
                     commands += 1;
                 }
-                if let Some((value, ttl_ms)) = reg.entry.as_deref().and_then(|e| self.l2_value(e)) {
+                if let Some((value, ttl_ms)) = reg.entry.as_ref().and_then(|e| self.l2_value(e)) {
                     pipe.cmd("SET")
                         .arg(&member)
                         .arg(value)

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use http::header::{HeaderValue, AGE};
+use http::header::{HeaderValue, AGE, CONTENT_LENGTH};
 use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::body::ProxyBody;
@@ -72,8 +72,13 @@ pub fn from_entry(
 }
 
 /// The entry's status and body (none for HEAD) under `headers`.
-fn with_body(method: &Method, entry: &Entry, headers: HeaderMap) -> Response<ProxyBody> {
+fn with_body(method: &Method, entry: &Entry, mut headers: HeaderMap) -> Response<ProxyBody> {
     let body = if method == Method::HEAD {
+        // The length a GET would get (RFC 9110 §9.3.2), which hyper writes
+        // from the body for a GET and an entry does not store.
+        if !matches!(entry.status.as_u16(), 100..=199 | 204 | 304) {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(entry.body_len()));
+        }
         ProxyBody::empty()
     } else {
         ProxyBody::full(entry.body())
