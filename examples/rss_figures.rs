@@ -48,8 +48,8 @@ fn main() {
     let ticket = store.begin_fetch();
     let mut filled = 0usize;
     let no_headers = HeaderMap::new();
-    println!("| entries | cached body bytes | weighed bytes (moka) | RSS growth | growth / body bytes | growth / weighed | overhead / entry | bar (1.3 × body bytes + 20 MiB) |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| entries | cached body bytes | weighed bytes (moka) | RSS growth | growth / body bytes | growth / weighed | overhead / entry | bar (1.3 × body bytes + 20 MiB) | expiry walk |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for target in [10_000usize, 25_000, 50_000, 100_000] {
         while filled < target {
             let key = format!("/api/v1/games/g-{filled}/odds");
@@ -81,12 +81,16 @@ fn main() {
             filled += 1;
         }
         store.sync();
+        // The walk the expirer makes every few seconds, finding nothing due.
+        let walk = Instant::now();
+        assert_eq!(store.expire(walk), 0);
+        let walk = walk.elapsed();
         let bytes = (filled * 1500) as u64;
         let growth = rss_bytes().saturating_sub(base);
         let bar = bytes as f64 * 1.3 + 20.0 * 1024.0 * 1024.0;
         let weighed = store.weighted_size();
         println!(
-            "| {filled} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.2} | {:.2} | {} B | {:.1} MiB ({}) |",
+            "| {filled} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.2} | {:.2} | {} B | {:.1} MiB ({}) | {:.1} ms |",
             bytes as f64 / 1048576.0,
             weighed as f64 / 1048576.0,
             growth as f64 / 1048576.0,
@@ -98,7 +102,8 @@ fn main() {
                 "within"
             } else {
                 "over"
-            }
+            },
+            walk.as_secs_f64() * 1e3,
         );
     }
     assert_eq!(store.entry_count(), filled as u64);

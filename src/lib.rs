@@ -67,6 +67,7 @@ impl Core {
     pub fn start(config: &Config, signal: shutdown::Signal) -> Result<Core, RunError> {
         let metrics = metrics::Metrics::new();
         let store = Arc::new(cache::Store::new(config.cache.max_bytes.bytes()));
+        store.spawn_expirer(signal.clone());
         let redis = match config.redis_enabled() {
             Some(rc) => Some(
                 invalidate::redis::RedisTier::start(rc, Arc::clone(&metrics), signal.clone())

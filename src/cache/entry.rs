@@ -35,17 +35,16 @@ pub const NOT_MODIFIED_FIELDS: [HeaderName; 7] = [
 
 #[derive(Debug)]
 pub struct Entry {
-    pub key: Arc<str>,
     /// The origin's field names without hop-by-hop fields, in the order a
     /// `HeaderMap` iterates them, and their shared values, shared between
     /// entries (see [`Fields`]).
     fields: Arc<Fields>,
-    /// The entry's own value of each field whose value `fields` does not
-    /// share, in order. Their bytes live in `block`, never in the upstream
-    /// connection's read buffer.
-    values: Box<[HeaderValue]>,
-    /// The header values' bytes, then the tags (each a little-endian `u32`
-    /// length and its text), then the body: one exact-size allocation.
+    /// One exact-size allocation: the key, the entry's own value of each
+    /// field whose value `fields` does not share (in order), and the tags,
+    /// each a little-endian `u32` length and its bytes; then the body. A
+    /// value is made into a `HeaderValue` when it is sent, which checks its
+    /// bytes again (a hit's own values are a few dozen bytes) but spares
+    /// every entry 40 bytes per value and an allocation.
     block: Bytes,
     /// When it was stored, in nanoseconds from [`epoch`] (292 years either
     /// way): half an `Instant`.
@@ -53,13 +52,13 @@ pub struct Entry {
     /// The durations below in milliseconds, 49 days at most: a longer one
     /// is cut to that, which can only make a very long-lived entry
     /// revalidate (or leave the cache) sooner. Together with `stored_at`,
-    /// this keeps the entry, which every hit reaches, in a 128-byte chunk.
+    /// this keeps the entry, which every hit reaches, in a 96-byte chunk.
     initial_age: u32,
     fresh_for: u32,
     stale_if_error: u32,
     stale_while_revalidate: u32,
-    /// Where the body starts in `block`: after fields and tags, which the
-    /// proxy's header limits keep far below 4 GiB.
+    /// Where the body starts in `block`: after the key, values and tags,
+    /// which the proxy's header limits keep far below 4 GiB.
     body_at: u32,
     pub status: StatusCode,
     must_revalidate: bool,
@@ -105,37 +104,27 @@ impl Entry {
                 .filter(|(_, slot)| matches!(slot, Value::Own))
                 .map(|(v, _)| v)
         };
-        let value_bytes: usize = own().map(HeaderValue::len).sum();
+        let own_bytes: usize = own().map(|v| 4 + v.len()).sum();
         let tag_bytes: usize = n.tags.iter().map(|t| 4 + t.len()).sum();
         // A body read from the upstream is a slice of the connection's read
         // buffer: copied, it keeps nothing else alive.
-        let mut block = Vec::with_capacity(value_bytes + tag_bytes + n.body.len());
+        let mut block = Vec::with_capacity(4 + n.key.len() + own_bytes + tag_bytes + n.body.len());
+        let mut put = |bytes: &[u8]| {
+            block.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            block.extend_from_slice(bytes);
+        };
+        put(n.key.as_bytes());
         for v in own() {
-            block.extend_from_slice(v.as_bytes());
+            put(v.as_bytes());
         }
         for t in &n.tags {
-            block.extend_from_slice(&(t.len() as u32).to_le_bytes());
-            block.extend_from_slice(t.as_bytes());
+            put(t.as_bytes());
         }
         let body_at = u32::try_from(block.len()).unwrap_or(u32::MAX);
         block.extend_from_slice(&n.body);
-        let block = Bytes::from(block);
-        let mut at = 0;
-        let values: Box<[HeaderValue]> = own()
-            .map(|v| {
-                let len = v.len();
-                // The bytes were a valid value a moment ago; they still are.
-                let value = HeaderValue::from_maybe_shared(block.slice(at..at + len))
-                    .unwrap_or_else(|_| v.clone());
-                at += len;
-                value
-            })
-            .collect();
         Entry {
-            key: n.key,
             fields,
-            values,
-            block,
+            block: Bytes::from(block),
             stored_at: since_epoch(now),
             initial_age: millis(n.initial_age),
             fresh_for: millis(n.fresh_for),
@@ -187,15 +176,21 @@ impl Entry {
         self.must_revalidate
     }
 
+    /// The key it is stored under.
+    pub fn key(&self) -> &str {
+        // Written from a `str` by `Entry::new`.
+        std::str::from_utf8(self.key_bytes()).unwrap_or_default()
+    }
+
+    /// The key's bytes, for comparing without a UTF-8 check.
+    pub fn key_bytes(&self) -> &[u8] {
+        let key = field(&self.block, 0);
+        &self.block[key]
+    }
+
     /// What the entry costs in memory, for moka's weigher.
     pub fn weight(&self) -> u32 {
-        let w = weigh(
-            &self.key,
-            self.block.len(),
-            self.values.len(),
-            self.tags().count(),
-        );
-        u32::try_from(w).unwrap_or(u32::MAX)
+        u32::try_from(weigh(self.block.len(), self.tags().count())).unwrap_or(u32::MAX)
     }
 
     /// The body, shared by reference count.
@@ -207,11 +202,24 @@ impl Entry {
         &self.block[self.body_at as usize..]
     }
 
+    /// The entry's own values, in order, as `HeaderValue`s sharing `block`.
+    fn own_values(&self) -> OwnValues<'_> {
+        OwnValues {
+            block: &self.block,
+            at: field(&self.block, 0).end,
+            left: self.fields.own,
+        }
+    }
+
     /// The entry's tags, in the order they were given.
     pub fn tags(&self) -> Tags<'_> {
-        let values: usize = self.values.iter().map(HeaderValue::len).sum();
+        let mut values = self.own_values();
+        values.by_ref().for_each(drop);
         Tags {
-            rest: &self.block[values..self.body_at as usize],
+            rest: self
+                .block
+                .get(values.at..self.body_at as usize)
+                .unwrap_or_default(),
         }
     }
 
@@ -263,27 +271,27 @@ impl Entry {
     }
 
     /// The stored fields, in order.
-    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&HeaderName, &HeaderValue)> + '_ {
-        let mut own = self.values.iter();
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&HeaderName, HeaderValue)> + '_ {
+        let mut own = self.own_values();
         self.fields.names.iter().zip(self.fields.values.iter()).map(
             move |(name, slot)| match slot {
-                Value::Shared(v) => (name, v),
+                Value::Shared(v) => (name, v.clone()),
                 // `Entry::new` kept one own value per `Own` slot.
-                Value::Own => (name, own.next().unwrap_or(&EMPTY)),
+                Value::Own => (name, own.next().unwrap_or_else(|| EMPTY.clone())),
             },
         )
     }
 
     /// The value of the `i`th field.
-    fn value(&self, i: usize) -> Option<&HeaderValue> {
+    fn value(&self, i: usize) -> Option<HeaderValue> {
         match self.fields.values.get(i)? {
-            Value::Shared(v) => Some(v),
+            Value::Shared(v) => Some(v.clone()),
             Value::Own => {
                 let own = self.fields.values[..i]
                     .iter()
                     .filter(|s| matches!(s, Value::Own))
                     .count();
-                self.values.get(own)
+                self.own_values().nth(own)
             }
         }
     }
@@ -292,30 +300,31 @@ impl Entry {
     pub fn header_values<'a>(
         &'a self,
         name: &'a HeaderName,
-    ) -> impl Iterator<Item = &'a HeaderValue> + 'a {
+    ) -> impl Iterator<Item = HeaderValue> + 'a {
         self.headers()
             .filter(move |(n, _)| *n == name)
             .map(|(_, v)| v)
     }
 
-    pub fn etag(&self) -> Option<&HeaderValue> {
+    pub fn etag(&self) -> Option<HeaderValue> {
         self.value_at(self.fields.etag)
     }
 
-    pub fn last_modified(&self) -> Option<&HeaderValue> {
+    pub fn last_modified(&self) -> Option<HeaderValue> {
         self.value_at(self.fields.last_modified)
     }
 
-    fn value_at(&self, i: Option<u16>) -> Option<&HeaderValue> {
+    fn value_at(&self, i: Option<u16>) -> Option<HeaderValue> {
         self.value(usize::from(i?))
     }
 
     /// The stored fields a 304 carries ([`NOT_MODIFIED_FIELDS`]), in that
     /// list's order.
-    pub fn not_modified_fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> + '_ {
+    pub fn not_modified_fields(&self) -> impl Iterator<Item = (&HeaderName, HeaderValue)> + '_ {
         self.fields.not_modified.iter().map(|&i| {
             let i = usize::from(i);
-            (&self.fields.names[i], self.value(i).unwrap_or(&EMPTY))
+            let value = self.value(i).unwrap_or_else(|| EMPTY.clone());
+            (&self.fields.names[i], value)
         })
     }
 
@@ -351,14 +360,16 @@ impl Entry {
         };
         let mut h = template.clone();
         let mut slots = h.values_mut();
-        let mut own = self.values.iter();
+        let mut own = self.own_values();
         // The fields' slots first: the map has three more, labels and Age.
         for (kind, slot) in self.fields.values.iter().zip(slots.by_ref()) {
-            if let (Value::Own, Some(v)) = (kind, own.as_slice().first()) {
-                own.next();
-                // The placeholder is static: dropping it would do nothing
-                // but an indirect call, on every field of every hit.
-                std::mem::forget(std::mem::replace(slot, v.clone()));
+            if let Value::Own = kind {
+                if let Some(v) = own.next() {
+                    // The placeholder is static: dropping it would do
+                    // nothing but an indirect call, on every field of
+                    // every hit.
+                    std::mem::forget(std::mem::replace(slot, v));
+                }
             }
         }
         // Past X-Cache and Cache-Status, which the template holds already.
@@ -371,13 +382,13 @@ impl Entry {
     fn headers_with_room(&self, extra: usize) -> HeaderMap {
         let mut h = HeaderMap::with_capacity(self.fields.names.len() + extra);
         for (name, value) in self.headers() {
-            h.append(name.clone(), value.clone());
+            h.append(name.clone(), value);
         }
         h
     }
 
     pub fn has_validators(&self) -> bool {
-        self.etag().is_some() || self.last_modified().is_some()
+        self.fields.etag.is_some() || self.fields.last_modified.is_some()
     }
 
     /// How long moka keeps the entry: its freshness plus every window in
@@ -394,6 +405,39 @@ impl Entry {
             .max(self.stale_while_revalidate())
             .max(revalidate);
         self.fresh_for() + grace
+    }
+}
+
+/// The range of the bytes whose little-endian `u32` length is at `at` in
+/// `block` (empty past its end: `Entry::new` wrote every length).
+fn field(block: &[u8], at: usize) -> std::ops::Range<usize> {
+    let len = block
+        .get(at..)
+        .and_then(|rest| rest.first_chunk::<4>())
+        .map_or(0, |len| u32::from_le_bytes(*len) as usize);
+    let start = (at + 4).min(block.len());
+    start..(start + len).min(block.len())
+}
+
+/// An entry's own header values, read from its block.
+struct OwnValues<'a> {
+    block: &'a Bytes,
+    at: usize,
+    left: u16,
+}
+
+impl Iterator for OwnValues<'_> {
+    type Item = HeaderValue;
+
+    fn next(&mut self) -> Option<HeaderValue> {
+        self.left = self.left.checked_sub(1)?;
+        let range = field(self.block, self.at);
+        self.at = range.end;
+        // The bytes were a valid value when stored; they still are.
+        Some(
+            HeaderValue::from_maybe_shared(self.block.slice(range))
+                .unwrap_or_else(|_| EMPTY.clone()),
+        )
     }
 }
 
@@ -416,16 +460,13 @@ impl<'a> Iterator for Tags<'a> {
 }
 
 /// What an entry really costs, so `max_bytes` bounds the RSS. Measured with
-/// heaptrack and glibc's malloc on `examples/rss_figures.rs` (chunks rounded
-/// to 16 bytes, 8 of header each).
-fn weigh(key: &str, block: usize, fields: usize, tags: usize) -> usize {
-    let values = fields * std::mem::size_of::<HeaderValue>() + CHUNK;
+/// valgrind's DHAT and glibc's malloc on `examples/rss_figures.rs` (chunks
+/// rounded to 16 bytes, 8 of header each).
+fn weigh(block: usize, tags: usize) -> usize {
     let entry = std::mem::size_of::<Entry>() + 16 + CHUNK;
-    // The key's `Arc<str>`, shared by moka and the tag index.
-    let key = key.len() + 16 + CHUNK;
     // The block and the `Bytes` header its first slice allocated.
     let block = block + CHUNK + 32;
-    block + values + entry + key + MOKA_ENTRY + tags * TAG_SLOT
+    block + entry + MOKA_ENTRY + tags * TAG_SLOT
 }
 
 fn millis(d: Duration) -> u32 {
@@ -450,9 +491,10 @@ fn since_epoch(t: Instant) -> i64 {
 
 /// Allocator rounding and bookkeeping, per allocation.
 const CHUNK: usize = 16;
-/// moka's per-entry node: its key `Arc`, value entry, entry info, deque
-/// and timer-wheel nodes, hash-table bucket (eight allocations).
-const MOKA_ENTRY: usize = 380;
+/// moka's per-entry node: its key `Arc` (of a `u64`), value entry, entry
+/// info, deque nodes and access-order node, hash-table bucket and slot
+/// (seven allocations, in glibc's chunks).
+const MOKA_ENTRY: usize = 304;
 /// A tag's slot in the tag index: 16 bytes and a control byte, at the
 /// table's load factor (its text is the entry's own).
 const TAG_SLOT: usize = 32;
@@ -466,6 +508,8 @@ struct Fields {
     names: Box<[HeaderName]>,
     /// Per name: the value all these entries share, or `Own`.
     values: Box<[Value]>,
+    /// How many are `Own`: the values each entry keeps in its block.
+    own: u16,
     /// `names` with their shared values and empty placeholders for the
     /// entries' own, then `X-Cache: HIT`, `Cache-Status` and `Age`; `None`
     /// when the origin sent one of those three itself, which then replaces
@@ -568,7 +612,9 @@ impl Fields {
                     .filter_map(|(i, _)| u16::try_from(i).ok())
             })
             .collect();
+        let own = values.iter().filter(|v| matches!(v, Value::Own)).count();
         Fields {
+            own: u16::try_from(own).unwrap_or(u16::MAX),
             etag: at(&ETAG),
             last_modified: at(&LAST_MODIFIED),
             not_modified,
@@ -798,7 +844,7 @@ mod tests {
                 .clone()
         };
         assert_eq!(ct(&a).as_bytes().as_ptr(), ct(&b).as_bytes().as_ptr());
-        assert_eq!(a.values.len(), 4);
+        assert_eq!(a.own_values().count(), 4);
         // Another content type: other fields, the same answers.
         let mut xml = plain;
         xml[0] = ("content-type", "application/xml");
@@ -846,7 +892,8 @@ mod tests {
         assert_eq!(e.tag(2), Some("odds:live:g-1"));
         assert_eq!(e.tag(3), None);
         // `Via` names a kind of response: its value is shared, not copied.
-        assert_eq!(e.block.len(), 5 + 3 * 4 + 8 + 13 + 10);
+        assert_eq!(e.block.len(), (4 + 2) + (4 + 5) + 3 * 4 + 8 + 13 + 10);
+        assert_eq!(e.key(), "/k");
         assert_eq!(e.etag().unwrap(), "\"g-1\"");
     }
 }

@@ -390,7 +390,7 @@ mod tests {
         assert_eq!(rebuilt.age(now), Duration::from_millis(3500));
         assert_eq!(rebuilt.fresh_for(), Duration::from_millis(3500));
         assert_eq!(rebuilt.stale_if_error(), Duration::from_secs(300));
-        assert_eq!(&*rebuilt.key, "/k");
+        assert_eq!(rebuilt.key(), "/k");
         // A peer clock ahead of ours: as if just stored.
         let ahead = decode(raw.clone().into()).unwrap();
         assert_eq!(ahead.fresh_left(9_000), Duration::from_secs(5));

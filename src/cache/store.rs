@@ -7,32 +7,104 @@
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName};
-use moka::notification::RemovalCause;
+use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 use tokio::sync::watch;
 
 use super::entry::Entry;
 use super::key;
 
-/// Hashes cache keys for moka: foldhash with a per-process random seed, a
-/// fraction of SipHash's cost on every lookup, and no fixed hash function
-/// a client could aim colliding URLs at.
+/// Hashes cache keys: foldhash with a per-store random seed, a fraction of
+/// SipHash's cost on every lookup, and no fixed hash function a client
+/// could aim colliding URLs at.
 type KeyHasher = foldhash::quality::RandomState;
+
+/// moka's keys are those 64-bit hashes, not the keys' text: an entry keeps
+/// its key in its own block, and moka's node then holds 8 bytes instead of
+/// a second allocation. Two keys with one hash (2^-64 for a pair, under a
+/// seed no client knows) share a slot: every lookup compares the whole key,
+/// so the other key's response is never served, only missed.
+#[derive(Clone, Default)]
+struct PreHashed;
+
+impl BuildHasher for PreHashed {
+    type Hasher = PassThrough;
+
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+/// Passes a `u64` key through: it is a hash already.
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is called for a `u64`; anything else still hashes.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// What moka holds under a key.
 #[derive(Clone, Debug)]
 pub enum Slot {
     Entry(Arc<Entry>),
-    /// The response varies on these request headers; its variants live
+    /// The response varies on some request headers; its variants live
     /// under [`key::variant`] keys.
-    Vary(Arc<[HeaderName]>),
+    Vary(Arc<Varies>),
 }
+
+/// A `Vary` slot: the key it is for, the request headers it names, and
+/// when it expires.
+#[derive(Debug)]
+pub struct Varies {
+    key: Box<str>,
+    names: Box<[HeaderName]>,
+    until: Instant,
+}
+
+/// How long a `Vary` slot outlives its last write: longer than any
+/// variant, and a stale one only costs a second lookup.
+const VARY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+impl Slot {
+    /// When the slot may go: an entry's retention after it was stored.
+    fn until(&self) -> Instant {
+        match self {
+            Slot::Entry(e) => e.stored_at() + e.retention(),
+            Slot::Vary(v) => v.until,
+        }
+    }
+}
+
+/// How long [`Store::spawn_expirer`] waits at least between two walks of
+/// the store for slots whose retention is over. moka's own per-entry
+/// expiry would give every entry a 48-byte timer-wheel node; the walk costs
+/// no memory, and ~0.5 µs per entry (`examples/rss_figures.rs` prints it).
+/// A slot past its retention is harmless until the walk comes: a lookup
+/// finds it stale, as it was a moment before.
+pub const EXPIRE_EVERY: Duration = Duration::from_secs(5);
+
+/// The pause after a walk is at least this many times as long as the walk
+/// took, so walking takes at most 0.5% of a core (at 100k entries, one
+/// walk every ~10 s).
+const EXPIRE_PAUSE_FACTOR: u32 = 200;
 
 /// Prefix of the tag that files a `Vary` variant under its URI, so an
 /// unsafe method can drop all of that URI's variants (RFC 9111 §4.4). An
@@ -50,7 +122,8 @@ pub fn is_local_tag(tag: &str) -> bool {
 }
 
 pub struct Store {
-    cache: Cache<Arc<str>, Slot, KeyHasher>,
+    cache: Cache<u64, Slot, PreHashed>,
+    hasher: KeyHasher,
     shared: Arc<Shared>,
 }
 
@@ -70,8 +143,32 @@ enum Filed {
 #[derive(Debug)]
 struct Many {
     tag: Arc<str>,
-    entries: HashMap<Arc<str>, Arc<Entry>>,
+    entries: HashSet<ByKey>,
 }
+
+/// An entry in a set that finds it by its key.
+#[derive(Debug)]
+struct ByKey(Arc<Entry>);
+
+impl Borrow<[u8]> for ByKey {
+    fn borrow(&self) -> &[u8] {
+        self.0.key_bytes()
+    }
+}
+
+impl Hash for ByKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key_bytes().hash(state);
+    }
+}
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &ByKey) -> bool {
+        self.0.key_bytes() == other.0.key_bytes()
+    }
+}
+
+impl Eq for ByKey {}
 
 impl Filed {
     fn tag(&self) -> &str {
@@ -82,17 +179,20 @@ impl Filed {
     }
 
     /// Files `entry`'s tag number `i` under `filed`, the tag's slot if any.
+    // `ByKey` hashes the entry's key, which never changes; only its `dead`
+    // flag does.
+    #[allow(clippy::mutable_key_type)]
     fn insert(filed: Option<Filed>, entry: &Arc<Entry>, i: usize) -> Filed {
         match filed {
-            Some(Filed::One(e, _)) if e.key != entry.key => {
-                let mut entries = HashMap::with_capacity(2);
+            Some(Filed::One(e, _)) if e.key_bytes() != entry.key_bytes() => {
+                let mut entries = HashSet::with_capacity(2);
                 let tag = Arc::from(entry.tag(i).unwrap_or_default());
-                entries.insert(Arc::clone(&e.key), e);
-                entries.insert(Arc::clone(&entry.key), Arc::clone(entry));
+                entries.insert(ByKey(e));
+                entries.insert(ByKey(Arc::clone(entry)));
                 Filed::Many(Box::new(Many { tag, entries }))
             }
             Some(Filed::Many(mut m)) => {
-                m.entries.insert(Arc::clone(&entry.key), Arc::clone(entry));
+                m.entries.replace(ByKey(Arc::clone(entry)));
                 Filed::Many(m)
             }
             None | Some(Filed::One(..)) => Filed::One(Arc::clone(entry), i as u32),
@@ -106,17 +206,17 @@ impl Filed {
             Filed::One(e, _) if std::ptr::eq(&*e, entry) => None,
             Filed::One(..) => Some(self),
             Filed::Many(mut m) => {
-                let key = &*entry.key;
+                let key = entry.key_bytes();
                 if m.entries
                     .get(key)
-                    .is_some_and(|e| std::ptr::eq(&**e, entry))
+                    .is_some_and(|e| std::ptr::eq(&*e.0, entry))
                 {
                     m.entries.remove(key);
                 }
                 if m.entries.len() > 1 {
                     return Some(Filed::Many(m));
                 }
-                let (_, e) = m.entries.into_iter().next()?;
+                let ByKey(e) = m.entries.into_iter().next()?;
                 let i = e.tags().position(|t| *t == *m.tag)?;
                 Some(Filed::One(e, i as u32))
             }
@@ -125,15 +225,15 @@ impl Filed {
 
     fn keys(&self) -> Vec<Arc<str>> {
         match self {
-            Filed::One(e, _) => vec![Arc::clone(&e.key)],
-            Filed::Many(m) => m.entries.keys().cloned().collect(),
+            Filed::One(e, _) => vec![Arc::from(e.key())],
+            Filed::Many(m) => m.entries.iter().map(|e| Arc::from(e.0.key())).collect(),
         }
     }
 
-    fn into_entries(self) -> Vec<(Arc<str>, Arc<Entry>)> {
+    fn into_entries(self) -> Vec<Arc<Entry>> {
         match self {
-            Filed::One(e, _) => vec![(Arc::clone(&e.key), e)],
-            Filed::Many(m) => m.entries.into_iter().collect(),
+            Filed::One(e, _) => vec![e],
+            Filed::Many(m) => m.entries.into_iter().map(|e| e.0).collect(),
         }
     }
 }
@@ -214,33 +314,39 @@ impl Store {
         let listener_shared = Arc::clone(&shared);
         let cache = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|k: &Arc<str>, v: &Slot| match v {
+            .weigher(|_: &u64, v: &Slot| match v {
                 Slot::Entry(e) => e.weight(),
-                Slot::Vary(names) => (k.len() + 64 * names.len() + 128) as u32,
+                Slot::Vary(v) => (v.key.len() + 64 * v.names.len() + 128) as u32,
             })
-            .expire_after(SlotExpiry)
-            .eviction_listener(move |_key, slot, cause| {
-                // A replacement re-indexes the key itself; unindexing here
-                // could drop the new entry's tags.
-                if cause == RemovalCause::Replaced {
-                    return;
-                }
+            .eviction_listener(move |_, slot, _| {
+                // A replacement under the same key filed the new entry in
+                // its place already, and this finds the old one gone; one
+                // under another key with the same hash still needs this.
                 if let Slot::Entry(e) = slot {
                     listener_shared.unindex(&e);
                 }
             })
-            .build_with_hasher(KeyHasher::default());
-        Store { cache, shared }
+            .build_with_hasher(PreHashed);
+        Store {
+            cache,
+            hasher: KeyHasher::default(),
+            shared,
+        }
+    }
+
+    /// The slot stored under `key`, if it is that key's.
+    fn get(&self, key: &str) -> Option<Slot> {
+        slot_of(&self.cache, self.hasher.hash_one(key), key)
     }
 
     /// Finds the entry for a request, following a `Vary` slot to its variant.
     /// Returns the key that a fill for this request must use.
     pub fn lookup<'k>(&self, primary: &'k str, headers: &HeaderMap) -> (Lookup, KeyRef<'k>) {
-        match self.cache.get(primary) {
+        match self.get(primary) {
             Some(Slot::Entry(e)) if !e.is_dead() => (Lookup::Found(e), KeyRef::Primary(primary)),
-            Some(Slot::Vary(names)) => {
-                let vkey = key::variant(primary, &names, headers);
-                let found = match self.cache.get(vkey.as_str()) {
+            Some(Slot::Vary(v)) => {
+                let vkey = key::variant(primary, &v.names, headers);
+                let found = match self.get(vkey.as_str()) {
                     Some(Slot::Entry(e)) if !e.is_dead() => Lookup::Found(e),
                     _ => Lookup::Miss,
                 };
@@ -345,17 +451,64 @@ impl Store {
             }
         }
         if !vary.is_empty() {
+            let varies = Varies {
+                key: primary.into(),
+                names: vary.into(),
+                until: Instant::now() + VARY_RETENTION,
+            };
             self.cache
-                .insert(Arc::from(primary), Slot::Vary(vary.into()));
+                .insert(self.hasher.hash_one(primary), Slot::Vary(Arc::new(varies)));
         }
-        self.cache
-            .insert(Arc::clone(&entry.key), Slot::Entry(entry));
+        let hash = self.hasher.hash_one(entry.key());
+        self.cache.insert(hash, Slot::Entry(entry));
         true
+    }
+
+    /// Removes the slots whose retention is over at `now`; returns how
+    /// many. Run every [`EXPIRE_EVERY`] by [`Self::spawn_expirer`]. Walking
+    /// moka's table counts as no access to its entries.
+    pub fn expire(&self, now: Instant) -> usize {
+        let due: Vec<u64> = self
+            .cache
+            .iter()
+            .filter(|(_, slot)| slot.until() <= now)
+            .map(|(hash, _)| *hash)
+            .collect();
+        let mut expired = 0;
+        for hash in due {
+            // Checked and removed under moka's lock for the key, so a slot
+            // written since with a later deadline stays.
+            let removed = self.cache.entry(hash).and_compute_with(|slot| match slot {
+                Some(slot) if slot.value().until() <= now => Op::Remove,
+                _ => Op::Nop,
+            });
+            expired += usize::from(matches!(removed, CompResult::Removed(_)));
+        }
+        expired
+    }
+
+    /// Expires slots, off the runtime's workers, until `shutdown`: a walk,
+    /// then a pause of [`EXPIRE_EVERY`] or [`EXPIRE_PAUSE_FACTOR`] times the
+    /// walk, whichever is longer.
+    pub fn spawn_expirer(self: &Arc<Self>, mut shutdown: crate::shutdown::Signal) {
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let began = Instant::now();
+                let walker = Arc::clone(&store);
+                let _ = tokio::task::spawn_blocking(move || walker.expire(Instant::now())).await;
+                let pause = EXPIRE_EVERY.max(began.elapsed() * EXPIRE_PAUSE_FACTOR);
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.recv() => break,
+                }
+            }
+        });
     }
 
     /// Removes every entry filed under any of `tags`; returns how many.
     pub fn invalidate_tags<T: AsRef<str>>(&self, tags: &[T]) -> usize {
-        let keys: Vec<(Arc<str>, Arc<Entry>)> = {
+        let keys: Vec<Arc<Entry>> = {
             let mut ep = self.shared.lock_epochs();
             let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
             ep.prune();
@@ -377,7 +530,7 @@ impl Store {
     /// own always among them.
     pub fn invalidate_uri(&self, primary: &str) -> Vec<Arc<str>> {
         let tag = uri_tag(primary);
-        let mut entries: Vec<(Arc<str>, Arc<Entry>)> = {
+        let mut entries: Vec<Arc<Entry>> = {
             let mut ep = self.shared.lock_epochs();
             let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
             ep.prune();
@@ -388,13 +541,10 @@ impl Store {
                 .map(Filed::into_entries)
                 .unwrap_or_default()
         };
-        let mut keys: Vec<Arc<str>> = entries.iter().map(|(k, _)| Arc::clone(k)).collect();
-        match self.cache.get(primary) {
-            Some(Slot::Entry(e)) => {
-                keys.push(Arc::clone(&e.key));
-                entries.push((Arc::clone(&e.key), e));
-            }
-            _ => keys.push(primary.into()),
+        let mut keys: Vec<Arc<str>> = entries.iter().map(|e| Arc::from(e.key())).collect();
+        keys.push(primary.into());
+        if let Some(Slot::Entry(e)) = self.get(primary) {
+            entries.push(e);
         }
         self.remove_keys(entries);
         keys
@@ -402,23 +552,26 @@ impl Store {
 
     /// Whether `entry` is still the one stored under its key.
     pub fn is_current(&self, entry: &Arc<Entry>) -> bool {
-        matches!(self.cache.get(&*entry.key), Some(Slot::Entry(e)) if Arc::ptr_eq(&e, entry))
+        matches!(self.get(entry.key()), Some(Slot::Entry(e)) if Arc::ptr_eq(&e, entry))
     }
 
     /// Drops one key (an explicit key from a peer's event).
     pub fn invalidate_key(&self, key: &str) -> bool {
-        let killed = match self.cache.get(key) {
+        let hash = self.hasher.hash_one(key);
+        let killed = match slot_of(&self.cache, hash, key) {
             Some(Slot::Entry(e)) => e.kill(),
-            _ => false,
+            Some(Slot::Vary(_)) => false,
+            // Nothing, or another key's: it stays.
+            None => return false,
         };
-        self.cache.invalidate(key);
+        self.cache.invalidate(&hash);
         killed
     }
 
     /// Drops every entry that carries a tag (after a Redis resubscribe, when
     /// invalidations may have been missed); returns how many.
     pub fn flush_tagged(&self) -> usize {
-        let keys: Vec<(Arc<str>, Arc<Entry>)> = {
+        let keys: Vec<Arc<Entry>> = {
             let mut ep = self.shared.lock_epochs();
             let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
             ep.flush = seq;
@@ -437,19 +590,20 @@ impl Store {
     /// Kills the entries at once, then removes them from moka: inline for a
     /// few, on a blocking thread for many, so a 100k-key tag costs the
     /// invalidating request only the marking.
-    fn remove_keys(&self, mut entries: Vec<(Arc<str>, Arc<Entry>)>) -> usize {
+    fn remove_keys(&self, mut entries: Vec<Arc<Entry>>) -> usize {
         // An entry filed under several of the tags appears once per tag.
-        entries.sort_unstable_by_key(|(_, e)| Arc::as_ptr(e));
-        entries.dedup_by(|a, b| Arc::ptr_eq(&a.1, &b.1));
-        let killed = entries.iter().filter(|(_, e)| e.kill()).count();
-        let cache = self.cache.clone();
+        entries.sort_unstable_by_key(Arc::as_ptr);
+        entries.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        let killed = entries.iter().filter(|e| e.kill()).count();
+        let (cache, hasher) = (self.cache.clone(), self.hasher.clone());
         let remove = move || {
-            for (key, dead) in entries {
+            for dead in entries {
                 // Only the entry that was indexed: a newer one under the
                 // same key was stored after this invalidation and is current.
-                if let Some(Slot::Entry(e)) = cache.get(&key) {
+                let hash = hasher.hash_one(dead.key());
+                if let Some(Slot::Entry(e)) = cache.get(&hash) {
                     if Arc::ptr_eq(&e, &dead) {
-                        cache.invalidate(&key);
+                        cache.invalidate(&hash);
                     }
                 }
             }
@@ -622,30 +776,12 @@ impl Shared {
     }
 }
 
-struct SlotExpiry;
-
-impl moka::Expiry<Arc<str>, Slot> for SlotExpiry {
-    fn expire_after_create(&self, _key: &Arc<str>, value: &Slot, _at: Instant) -> Option<Duration> {
-        Some(slot_retention(value))
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &Arc<str>,
-        value: &Slot,
-        _at: Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(slot_retention(value))
-    }
-}
-
-fn slot_retention(slot: &Slot) -> Duration {
-    match slot {
-        Slot::Entry(e) => e.retention(),
-        // Outlives any variant; a stale marker only costs a second lookup.
-        Slot::Vary(_) => Duration::from_secs(24 * 3600),
-    }
+/// The slot under `hash`, if it is `key`'s.
+fn slot_of(cache: &Cache<u64, Slot, PreHashed>, hash: u64, key: &str) -> Option<Slot> {
+    cache.get(&hash).filter(|slot| match slot {
+        Slot::Entry(e) => e.key_bytes() == key.as_bytes(),
+        Slot::Vary(v) => *v.key == *key,
+    })
 }
 
 #[cfg(test)]
@@ -656,6 +792,11 @@ mod tests {
     use http::StatusCode;
 
     fn entry(key: &str, tags: &[&str]) -> Arc<Entry> {
+        entry_at(key, tags, Instant::now())
+    }
+
+    /// An entry fresh for 60 s, with no grace or validators: its retention.
+    fn entry_at(key: &str, tags: &[&str], stored_at: Instant) -> Arc<Entry> {
         Arc::new(Entry::new(
             NewEntry {
                 key: key.into(),
@@ -669,12 +810,36 @@ mod tests {
                 must_revalidate: false,
                 tags: tags.iter().map(|t| Arc::from(*t)).collect(),
             },
-            Instant::now(),
+            stored_at,
         ))
     }
 
     fn found(store: &Store, key: &str) -> bool {
         matches!(store.lookup(key, &HeaderMap::new()).0, Lookup::Found(_))
+    }
+
+    #[test]
+    fn expiry_removes_what_is_past_its_retention_and_nothing_else() {
+        let store = Store::new(1 << 20);
+        let t = store.begin_fetch();
+        let at = Instant::now();
+        assert!(store.insert(&t, "/a", &[], entry_at("/a", &["game:1"], at)));
+        assert!(store.insert(&t, "/b", &[], entry_at("/b", &["game:2"], at)));
+        assert_eq!(store.expire(at + Duration::from_secs(59)), 0);
+        assert!(found(&store, "/a"));
+        // Stored again later, "/b" is kept past the first copy's deadline.
+        let later = at + Duration::from_secs(30);
+        assert!(store.insert(&t, "/b", &[], entry_at("/b", &["game:2"], later)));
+        assert_eq!(store.expire(at + Duration::from_secs(60)), 1);
+        assert!(!found(&store, "/a"));
+        assert!(found(&store, "/b"));
+        store.sync();
+        assert!(store.keys_for_tag("game:1").is_empty());
+        assert_eq!(store.keys_for_tag("game:2").len(), 1);
+        assert_eq!(store.expire(later + Duration::from_secs(60)), 1);
+        store.sync();
+        assert_eq!(store.entry_count(), 0);
+        assert!(store.keys_for_tag("game:2").is_empty());
     }
 
     #[test]

@@ -549,7 +549,7 @@ impl RedisTier {
             return;
         }
         let reg = Registration {
-            key: Arc::clone(&entry.key),
+            key: Arc::from(entry.key()),
             tags,
             entry: self.store_responses.then(|| Arc::clone(entry)),
         };

@@ -275,7 +275,7 @@ impl Proxy {
             // The refreshed headers forbid storing (e.g. now `no-store`):
             // the stale copy goes, and this answer still uses its body.
             Stored::Refused(headers, body, why) => {
-                self.store.invalidate_key(&stale.key);
+                self.store.invalidate_key(stale.key());
                 let mut resp = Response::new(ProxyBody::full(body));
                 *resp.status_mut() = stale.status;
                 *resp.headers_mut() = headers;

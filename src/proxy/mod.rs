@@ -290,7 +290,7 @@ impl Proxy {
                         .await;
                 }
                 Fill::Wait(rx) => match wait_fill(rx, self.settings.coalesce_timeout).await {
-                    Some(FillState::Filled(e)) if e.key == key && !e.is_dead() => {
+                    Some(FillState::Filled(e)) if e.key() == &*key && !e.is_dead() => {
                         self.metrics.coalesced.inc();
                         self.metrics.hits.inc();
                         let now = Instant::now();

@@ -45,7 +45,11 @@ pub fn hit(
     now: Instant,
 ) -> Response<ProxyBody> {
     if has_conditionals(req_headers)
-        && not_modified(req_headers, entry.etag(), entry.last_modified())
+        && not_modified(
+            req_headers,
+            entry.etag().as_ref(),
+            entry.last_modified().as_ref(),
+        )
     {
         return not_modified_response(entry, now, XCache::Hit, None);
     }
@@ -63,7 +67,11 @@ pub fn from_entry(
     status: CacheStatus,
 ) -> Response<ProxyBody> {
     if has_conditionals(req_headers)
-        && not_modified(req_headers, entry.etag(), entry.last_modified())
+        && not_modified(
+            req_headers,
+            entry.etag().as_ref(),
+            entry.last_modified().as_ref(),
+        )
     {
         return not_modified_response(entry, now, x_cache, Some(status));
     }
