@@ -213,12 +213,15 @@ impl Entry {
 
     /// The entry's tags, in the order they were given.
     pub fn tags(&self) -> Tags<'_> {
-        let mut values = self.own_values();
-        values.by_ref().for_each(drop);
+        // Past the key and the own values, reading only their lengths.
+        let mut at = field(&self.block, 0).end;
+        for _ in 0..self.fields.own {
+            at = field(&self.block, at).end;
+        }
         Tags {
             rest: self
                 .block
-                .get(values.at..self.body_at as usize)
+                .get(at..self.body_at as usize)
                 .unwrap_or_default(),
         }
     }
