@@ -534,8 +534,11 @@ enum Value {
 
 /// Fields whose value names a kind of response, not one response: the same
 /// for every response of a route, so entries share them instead of each
-/// holding a copy.
-const SHARED_VALUES: [HeaderName; 4] = [CONTENT_TYPE, CONTENT_ENCODING, VARY, VIA];
+/// holding a copy (and a hit checking its bytes). `Cache-Control` too: a
+/// route's policy (`public, max-age=60`) repeats from response to response;
+/// an origin that counts its `max-age` down per response only spends the
+/// budget sooner, after which its entries keep their own.
+const SHARED_VALUES: [HeaderName; 5] = [CONTENT_TYPE, CONTENT_ENCODING, VARY, VIA, CACHE_CONTROL];
 
 static EMPTY: HeaderValue = HeaderValue::from_static("");
 
@@ -822,6 +825,7 @@ mod tests {
         };
         let plain = [
             ("content-type", "application/json"),
+            ("cache-control", "public, max-age=60"),
             ("set-cookie", "a=1"),
             ("x-odds-feed", "live"),
             ("set-cookie", "b=2"),
@@ -832,21 +836,24 @@ mod tests {
         hit(&a, 7_200);
         // Same names: one set of names and one template for both entries.
         let mut other = plain;
-        other[4] = ("etag", "\"8\"");
+        other[5] = ("etag", "\"8\"");
         let b = with_headers(fields(&other), 10, 0, 0);
         assert!(Arc::ptr_eq(&a.fields, &b.fields));
         hit(&b, 1);
         assert_eq!(b.hit_headers(Duration::ZERO)[ETAG], "\"8\"");
         assert_eq!(a.hit_headers(Duration::ZERO)[ETAG], "\"7\"");
-        // Their content type is shared, not copied into each entry.
-        let ct = |e: &Entry| {
+        // Their content type and policy are shared, not copied into each.
+        let value = |e: &Entry, name| {
             e.headers()
-                .find(|(n, _)| *n == CONTENT_TYPE)
+                .find(|(n, _)| **n == name)
                 .unwrap()
                 .1
                 .clone()
         };
+        let ct = |e: &Entry| value(e, CONTENT_TYPE);
         assert_eq!(ct(&a).as_bytes().as_ptr(), ct(&b).as_bytes().as_ptr());
+        let cc = |e: &Entry| value(e, CACHE_CONTROL);
+        assert_eq!(cc(&a).as_bytes().as_ptr(), cc(&b).as_bytes().as_ptr());
         assert_eq!(a.own_values().count(), 4);
         // Another content type: other fields, the same answers.
         let mut xml = plain;
