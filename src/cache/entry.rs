@@ -202,6 +202,16 @@ impl Entry {
         &self.block[self.body_at as usize..]
     }
 
+    /// Where the first `n` own values end in `block`, reading only their
+    /// lengths.
+    fn own_end(&self, n: usize) -> usize {
+        let mut at = field(&self.block, 0).end;
+        for _ in 0..n {
+            at = field(&self.block, at).end;
+        }
+        at
+    }
+
     /// The entry's own values, in order, as `HeaderValue`s sharing `block`.
     fn own_values(&self) -> OwnValues<'_> {
         OwnValues {
@@ -213,11 +223,7 @@ impl Entry {
 
     /// The entry's tags, in the order they were given.
     pub fn tags(&self) -> Tags<'_> {
-        // Past the key and the own values, reading only their lengths.
-        let mut at = field(&self.block, 0).end;
-        for _ in 0..self.fields.own {
-            at = field(&self.block, at).end;
-        }
+        let at = self.own_end(self.fields.own.into());
         Tags {
             rest: self
                 .block
@@ -294,7 +300,12 @@ impl Entry {
                     .iter()
                     .filter(|s| matches!(s, Value::Own))
                     .count();
-                self.own_values().nth(own)
+                // Past the values before it by their lengths alone: only
+                // this one is made into a `HeaderValue`.
+                let mut values = self.own_values();
+                values.at = self.own_end(own);
+                values.left = 1;
+                values.next()
             }
         }
     }
@@ -319,6 +330,29 @@ impl Entry {
 
     fn value_at(&self, i: Option<u16>) -> Option<HeaderValue> {
         self.value(usize::from(i?))
+    }
+
+    /// The bytes of the first `ETag` and `Last-Modified`, for comparing
+    /// with a client's validators without making `HeaderValue`s.
+    pub fn validators(&self) -> (Option<&[u8]>, Option<&[u8]>) {
+        (
+            self.value_bytes(self.fields.etag),
+            self.value_bytes(self.fields.last_modified),
+        )
+    }
+
+    fn value_bytes(&self, i: Option<u16>) -> Option<&[u8]> {
+        let i = usize::from(i?);
+        match self.fields.values.get(i)? {
+            Value::Shared(v) => Some(v.as_bytes()),
+            Value::Own => {
+                let own = self.fields.values[..i]
+                    .iter()
+                    .filter(|s| matches!(s, Value::Own))
+                    .count();
+                self.block.get(field(&self.block, self.own_end(own)))
+            }
+        }
     }
 
     /// The stored fields a 304 carries ([`NOT_MODIFIED_FIELDS`]), in that
@@ -843,13 +877,7 @@ mod tests {
         assert_eq!(b.hit_headers(Duration::ZERO)[ETAG], "\"8\"");
         assert_eq!(a.hit_headers(Duration::ZERO)[ETAG], "\"7\"");
         // Their content type and policy are shared, not copied into each.
-        let value = |e: &Entry, name| {
-            e.headers()
-                .find(|(n, _)| **n == name)
-                .unwrap()
-                .1
-                .clone()
-        };
+        let value = |e: &Entry, name| e.headers().find(|(n, _)| **n == name).unwrap().1.clone();
         let ct = |e: &Entry| value(e, CONTENT_TYPE);
         assert_eq!(ct(&a).as_bytes().as_ptr(), ct(&b).as_bytes().as_ptr());
         let cc = |e: &Entry| value(e, CACHE_CONTROL);
@@ -905,5 +933,6 @@ mod tests {
         assert_eq!(e.block.len(), (4 + 2) + (4 + 5) + 3 * 4 + 8 + 13 + 10);
         assert_eq!(e.key(), "/k");
         assert_eq!(e.etag().unwrap(), "\"g-1\"");
+        assert_eq!(e.validators(), (Some(&b"\"g-1\""[..]), None));
     }
 }

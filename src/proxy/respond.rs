@@ -44,13 +44,10 @@ pub fn hit(
     entry: &Entry,
     now: Instant,
 ) -> Response<ProxyBody> {
-    if has_conditionals(req_headers)
-        && not_modified(
-            req_headers,
-            entry.etag().as_ref(),
-            entry.last_modified().as_ref(),
-        )
-    {
+    if has_conditionals(req_headers) && {
+        let (etag, last_modified) = entry.validators();
+        not_modified(req_headers, etag, last_modified)
+    } {
         return not_modified_response(entry, now, XCache::Hit, None);
     }
     with_body(method, entry, entry.hit_headers(entry.age(now)))
@@ -66,13 +63,10 @@ pub fn from_entry(
     x_cache: XCache,
     status: CacheStatus,
 ) -> Response<ProxyBody> {
-    if has_conditionals(req_headers)
-        && not_modified(
-            req_headers,
-            entry.etag().as_ref(),
-            entry.last_modified().as_ref(),
-        )
-    {
+    if has_conditionals(req_headers) && {
+        let (etag, last_modified) = entry.validators();
+        not_modified(req_headers, etag, last_modified)
+    } {
         return not_modified_response(entry, now, x_cache, Some(status));
     }
     let headers = entry.labelled_headers(x_cache.value(), status.to_header_value(), entry.age(now));
