@@ -295,19 +295,18 @@ impl Entry {
     fn value(&self, i: usize) -> Option<HeaderValue> {
         match self.fields.values.get(i)? {
             Value::Shared(v) => Some(v.clone()),
-            Value::Own => {
-                let own = self.fields.values[..i]
-                    .iter()
-                    .filter(|s| matches!(s, Value::Own))
-                    .count();
-                // Past the values before it by their lengths alone: only
-                // this one is made into a `HeaderValue`.
-                let mut values = self.own_values();
-                values.at = self.own_end(own);
-                values.left = 1;
-                values.next()
-            }
+            Value::Own => Some(shared_value_of(&self.block, self.own_range(i))),
         }
+    }
+
+    /// Where the `i`th field's own value is in `block`, found past the own
+    /// values before it by their lengths alone.
+    fn own_range(&self, i: usize) -> std::ops::Range<usize> {
+        let before = self.fields.values[..i]
+            .iter()
+            .filter(|s| matches!(s, Value::Own))
+            .count();
+        field(&self.block, self.own_end(before))
     }
 
     /// Every stored value of one field, in order.
@@ -345,13 +344,7 @@ impl Entry {
         let i = usize::from(i?);
         match self.fields.values.get(i)? {
             Value::Shared(v) => Some(v.as_bytes()),
-            Value::Own => {
-                let own = self.fields.values[..i]
-                    .iter()
-                    .filter(|s| matches!(s, Value::Own))
-                    .count();
-                self.block.get(field(&self.block, self.own_end(own)))
-            }
+            Value::Own => self.block.get(self.own_range(i)),
         }
     }
 
@@ -470,12 +463,14 @@ impl Iterator for OwnValues<'_> {
         self.left = self.left.checked_sub(1)?;
         let range = field(self.block, self.at);
         self.at = range.end;
-        // The bytes were a valid value when stored; they still are.
-        Some(
-            HeaderValue::from_maybe_shared(self.block.slice(range))
-                .unwrap_or_else(|_| EMPTY.clone()),
-        )
+        Some(shared_value_of(self.block, range))
     }
+}
+
+/// The value whose bytes are `range` of `block`, sharing them.
+fn shared_value_of(block: &Bytes, range: std::ops::Range<usize>) -> HeaderValue {
+    // The bytes were a valid value when stored; they still are.
+    HeaderValue::from_maybe_shared(block.slice(range)).unwrap_or_else(|_| EMPTY.clone())
 }
 
 /// The tags of an entry, read from its block.
