@@ -216,7 +216,7 @@ impl Entry {
     fn own_values(&self) -> OwnValues<'_> {
         OwnValues {
             block: &self.block,
-            at: field(&self.block, 0).end,
+            at: self.own_end(0),
             left: self.fields.own,
         }
     }

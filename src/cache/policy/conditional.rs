@@ -68,10 +68,10 @@ pub fn not_modified(
     let (Some(since), None) = (since.next(), since.next()) else {
         return false;
     };
-    let modified = last_modified
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| httpdate::parse_http_date(v.trim_matches([' ', '\t'])).ok());
-    match (http_date(since), modified) {
+    match (
+        http_date(since.as_bytes()),
+        last_modified.and_then(http_date),
+    ) {
         (Some(since), Some(modified)) => modified <= since,
         _ => false,
     }

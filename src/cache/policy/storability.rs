@@ -249,14 +249,14 @@ fn explicit_lifetime(
     }
     // The first Expires wins, as for duplicate directives.
     let expires = resp_headers.get(header::EXPIRES)?;
-    let Some(expires) = http_date(expires) else {
+    let Some(expires) = http_date(expires.as_bytes()) else {
         // RFC 9111 §5.3: invalid dates, notably "0", mean already expired.
         return Some(Duration::ZERO);
     };
     // RFC 9111 §4.2.1: lifetime is Expires − Date; no Date means "now".
     let date = resp_headers
         .get(header::DATE)
-        .and_then(http_date)
+        .and_then(|d| http_date(d.as_bytes()))
         .unwrap_or(now);
     Some(
         expires
@@ -280,7 +280,7 @@ pub fn initial_age(resp_headers: &HeaderMap, now: SystemTime) -> Duration {
         .unwrap_or_default();
     let apparent = resp_headers
         .get(header::DATE)
-        .and_then(http_date)
+        .and_then(|d| http_date(d.as_bytes()))
         .and_then(|date| now.duration_since(date).ok())
         .unwrap_or_default();
     age.max(apparent).min(MAX_LIFETIME)

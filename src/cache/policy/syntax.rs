@@ -6,7 +6,7 @@
 
 use std::time::SystemTime;
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 
 /// RFC 9111 §1.2.2: larger delta-seconds, or overflowing sums, become 2^31
 /// ("infinity", over 68 years). Capping also keeps `Instant + lifetime` from
@@ -57,7 +57,8 @@ pub(super) fn list_members(
         .filter(|m| !m.is_empty())
 }
 
-pub(super) fn http_date(value: &HeaderValue) -> Option<SystemTime> {
-    let s = value.to_str().ok()?;
+/// An HTTP-date field value (RFC 9110 §5.6.7), from its bytes.
+pub(super) fn http_date(value: &[u8]) -> Option<SystemTime> {
+    let s = std::str::from_utf8(value).ok()?;
     httpdate::parse_http_date(s.trim_matches([' ', '\t'])).ok()
 }
