@@ -1,4 +1,4 @@
-//! The pub/sub codec (`invalidate::wire::encode` / `decode`) on a typical
+//! The event log codec (`invalidate::wire::encode` / `decode`) on a typical
 //! status-change event.
 //!
 //! `cargo bench --bench wire -- --warm-up-time 1 --measurement-time 3`
@@ -26,6 +26,8 @@ fn message() -> Message {
     tags.push("sidebar:soccer:epl".into());
     Message {
         v: wire::VERSION,
+        kind: wire::Kind::Invalidate,
+        instance: "0123456789abcdef".into(),
         event: Event {
             id: "r1-1234".into(),
             at: "2026-11-25T20:31:07.123Z".into(),

@@ -68,19 +68,30 @@ impl Core {
         let metrics = metrics::Metrics::new();
         let store = Arc::new(cache::Store::new(config.cache.max_bytes.bytes()));
         store.spawn_expirer(signal.clone());
+        // Distinguishes this process from another with the same replica id
+        // (one hostname), so each applies the other's events.
+        let instance = format!("{:016x}", rand::random::<u64>());
         let redis = match config.redis_enabled() {
-            Some(rc) => Some(
-                invalidate::redis::RedisTier::start(rc, Arc::clone(&metrics), signal.clone())
-                    .map_err(|e| {
-                        let key = match rc.mode {
-                            config::RedisMode::Standalone => "redis.url",
-                            config::RedisMode::Cluster | config::RedisMode::Sentinel => {
-                                "redis.urls"
-                            }
-                        };
-                        RunError::Config(format!("{key}: {e}"))
-                    })?,
-            ),
+            Some(rc) => Some({
+                store
+                    .ledger()
+                    .set_outage_bound(rc.outage_max_staleness.get());
+                // Nothing covers the time before the log is first read.
+                store.ledger().set_cut_off(true);
+                invalidate::redis::RedisTier::start(
+                    rc,
+                    (&config.replica_id, &instance),
+                    Arc::clone(&metrics),
+                    signal.clone(),
+                )
+                .map_err(|e| {
+                    let key = match rc.mode {
+                        config::RedisMode::Standalone => "redis.url",
+                        config::RedisMode::Cluster | config::RedisMode::Sentinel => "redis.urls",
+                    };
+                    RunError::Config(format!("{key}: {e}"))
+                })?
+            }),
             None => None,
         };
         let known = invalidate::detect::known_games();
@@ -90,6 +101,7 @@ impl Core {
             Arc::clone(&metrics),
             redis.clone(),
             known.clone(),
+            instance,
         ));
         if let Some(redis) = &redis {
             redis.spawn_subscriber(Arc::clone(&invalidator), signal);

@@ -88,6 +88,16 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// The proxy port's; the admin port is not counted.
     pub proxy_connections: ConnectionMetrics,
+    /// Flushes of tagged entries because the event log could not cover a
+    /// gap: `start`, `gap` (the last applied entry is gone from the log) or
+    /// `peer_overflow` (a peer's outbox overflowed).
+    pub resyncs: Family<WhyLabel, Counter>,
+    /// Events waiting for Redis to take them.
+    pub outbox_events: Gauge,
+    pub outbox_overflows: Counter,
+    /// The worst lag behind the log among live replicas, as this replica
+    /// last read their confirmations.
+    pub fleet_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -235,6 +245,33 @@ impl Metrics {
             "Proxy connections closed at accept because proxy.max_connections were open",
             proxy_connections.rejected.clone(),
         );
+        let resyncs = Family::<WhyLabel, Counter>::default();
+        registry.register(
+            "resyncs",
+            "Tagged-entry flushes because the event log could not cover a gap",
+            resyncs.clone(),
+        );
+        for why in ["start", "gap", "peer_overflow"] {
+            let _ = resyncs.get_or_create(&WhyLabel { why: why.into() });
+        }
+        let outbox_events = Gauge::default();
+        registry.register(
+            "outbox_events",
+            "Invalidation events waiting for Redis to take them",
+            outbox_events.clone(),
+        );
+        let outbox_overflows = Counter::default();
+        registry.register(
+            "outbox_overflows",
+            "Times the invalidation outbox overflowed and was replaced by a resync",
+            outbox_overflows.clone(),
+        );
+        let fleet_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "fleet_lag_seconds",
+            "The worst lag behind the event log among live replicas",
+            fleet_lag_seconds.clone(),
+        );
         Arc::new(Metrics {
             registry,
             hits,
@@ -260,7 +297,17 @@ impl Metrics {
             watch_skipped,
             rate_limited,
             proxy_connections,
+            resyncs,
+            outbox_events,
+            outbox_overflows,
+            fleet_lag_seconds,
         })
+    }
+
+    pub fn resync(&self, why: &str) {
+        self.resyncs
+            .get_or_create(&WhyLabel { why: why.into() })
+            .inc();
     }
 
     pub fn upstream_status(&self, status: &str) {

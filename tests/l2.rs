@@ -17,7 +17,6 @@ use redis::AsyncCommands;
 use redis_server::RedisServer;
 use sidecar::{config, Http, Sidecar, Upstream};
 
-const CHANNEL: &str = "oddscache:invalidations";
 /// How long a peer may take to see an invalidation on loopback.
 const PROPAGATION: Duration = Duration::from_secs(2);
 /// Generous bound for setup probes and the off-path L2 write.
@@ -62,7 +61,7 @@ async fn a_peer_answers_from_the_l2_until_an_invalidation_removes_it() {
     let up = Upstream::start().await;
     let r1 = Sidecar::start(l2_config(&up, &redis, "r1")).await;
     let r2 = Sidecar::start(l2_config(&up, &redis, "r2")).await;
-    redis.wait_fleet_connected(CHANNEL, 2).await;
+    redis.wait_fleet_connected(2).await;
     let mut c = redis.conn().await;
     let http = Http::new();
     let id = up.sim.game_ids()[0].clone();
@@ -145,7 +144,7 @@ async fn unsafe_methods_and_junk_do_not_serve_from_the_l2() {
     let up = Upstream::start().await;
     let r1 = Sidecar::start(l2_config(&up, &redis, "r1")).await;
     let r2 = Sidecar::start(l2_config(&up, &redis, "r2")).await;
-    redis.wait_fleet_connected(CHANNEL, 2).await;
+    redis.wait_fleet_connected(2).await;
     let mut c = redis.conn().await;
     let http = Http::new();
     let ids = up.sim.game_ids();

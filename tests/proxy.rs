@@ -697,6 +697,40 @@ async fn concurrent_misses_make_one_upstream_request() {
 
 // --- upstream failures -----------------------------------------------------
 
+/// SPEC §4: an invalidated entry is never served, whatever happens
+/// upstream. The fill that holds the expired copy as its fallback is
+/// already on its way when a write drops the URI; the upstream then
+/// answers 500, and the 500 goes through, not the dropped copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalidated_copy_is_not_served_stale_if_error() {
+    let up = Upstream::start(|_, _| Reply::json("old body")).await;
+    let sc = sidecar(&up.url()).await;
+    let c = Client::new();
+    let url = sc.url("/short/sie-dead");
+    assert_eq!(c.get(&url).await.x_cache(), "MISS");
+    outlive_short_ttl().await;
+    up.set_handler(|parts, _| {
+        if parts.method == Method::GET {
+            Reply::new(500)
+                .body("boom")
+                .delay(Duration::from_millis(600))
+        } else {
+            Reply::json("written")
+        }
+    });
+    let refill = {
+        let (c, url) = (c.clone(), url.clone());
+        tokio::spawn(async move { c.get(&url).await })
+    };
+    up.wait_hits(2).await;
+    let w = c.send(Method::PUT, &url, &[], "{}").await;
+    assert_eq!(w.x_cache(), "BYPASS");
+    let r = refill.await.expect("the refill's request");
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{r:?}");
+    assert_ne!(r.x_cache(), "STALE");
+    assert_eq!(r.text(), "boom");
+}
+
 #[tokio::test]
 async fn expired_copy_stands_in_for_an_upstream_500() {
     let up = Upstream::start(|_, _| Reply::json("old body")).await;

@@ -1,23 +1,32 @@
 //! oddscache on a Sentinel-managed primary (issue 8): a primary, a replica
-//! and three sentinels on loopback; the primary is killed mid-test.
+//! and three sentinels on loopback; the primary is killed mid-test. The
+//! fan-out is the event log, the stream `oddscache:events`, which every
+//! sidecar reads (`XREAD BLOCK`) on the primary the sentinels name, and
+//! follows to the replica they promote.
 //!
 //! Run with `cargo test --test sentinel`; needs `redis-server` on PATH.
 
 #[path = "common/redis_cluster.rs"]
 mod redis_cluster;
+#[path = "common/redis.rs"]
+mod redis_server;
 #[path = "common/sidecar.rs"]
 mod sidecar;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oddscache::config::{Config, RedisConfig, RedisMode};
+use oddscache::invalidate::wire;
 
 use redis_cluster::{Node, Sentinels, MASTER_NAME};
+use redis_server::readers_in;
 use sidecar::{config, Http, Sidecar, Upstream};
 
-const CHANNEL: &str = "oddscache:invalidations";
+/// The event log's key (`{key_prefix}events`).
+const EVENTS: &str = "oddscache:events";
 const PROPAGATION: Duration = Duration::from_secs(2);
 const SETUP: Duration = Duration::from_secs(10);
 /// Sentinel's down-after is 1 s; the election and promotion take a few more.
@@ -36,29 +45,25 @@ fn sentinel_config(upstream: &str, sentinels: Vec<String>, replica: &str) -> Con
     cfg
 }
 
-/// Waits until `n` sidecars hold their subscription and their command
-/// connection on `node`.
+/// Waits until `n` sidecars read the log (a client blocked in `XREAD`)
+/// and hold their command connection on `node`.
 async fn wait_on(node: &Node, n: usize, deadline: Duration) {
     let until = Instant::now() + deadline;
     loop {
-        let subs = node
-            .cmd::<(String, usize)>(redis::cmd("PUBSUB").arg("NUMSUB").arg(CHANNEL))
-            .map(|(_, s)| s)
-            .unwrap_or(0);
-        let clients = node
+        let list = node
             .cmd::<String>(redis::cmd("CLIENT").arg("LIST"))
-            .map(|l| {
-                l.lines()
-                    .filter(|l| !l.contains("cmd=client") && !l.contains("name=sentinel"))
-                    .count()
-            })
-            .unwrap_or(0);
-        if subs >= n && clients >= 2 * n {
+            .unwrap_or_default();
+        let readers = readers_in(&list);
+        let clients = list
+            .lines()
+            .filter(|l| !l.contains("cmd=client") && !l.contains("name=sentinel"))
+            .count();
+        if readers >= n && clients >= 2 * n {
             return;
         }
         assert!(
             Instant::now() < until,
-            "the sidecars did not connect to port {}: {subs} subscribers, {clients} clients",
+            "the sidecars did not connect to port {}: {readers} log readers, {clients} clients",
             node.port
         );
         tokio::time::sleep(POLL).await;
@@ -69,10 +74,74 @@ fn odds_path(id: &str) -> String {
     format!("/api/v1/games/{id}/odds")
 }
 
-/// The primary dies with two sidecars caching a game: they keep answering
-/// (no errors) while the sentinels promote the replica, follow the new
-/// primary without a restart, and a status change written through r1
-/// afterwards reaches r2: nothing stale survives the switch.
+fn game_path(id: &str) -> String {
+    format!("/api/v1/games/{id}")
+}
+
+/// The games of the invalidations `replica` appended to the log as `node`
+/// holds it (markers, which carry no message, left out).
+fn logged_games(node: &Node, replica: &str) -> HashSet<String> {
+    let reply: redis::Value = node
+        .cmd(redis::cmd("XRANGE").arg(EVENTS).arg("-").arg("+"))
+        .unwrap_or_else(|e| panic!("XRANGE {EVENTS} on port {}: {e}", node.port));
+    let redis::Value::Array(entries) = reply else {
+        panic!("XRANGE answered {reply:?}");
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(parts) = entry else {
+                panic!("a log entry that is not [id, fields]: {entry:?}");
+            };
+            let Some(redis::Value::Array(fields)) = parts.get(1) else {
+                panic!("a log entry without fields: {entry:?}");
+            };
+            fields.chunks(2).find_map(|kv| match kv {
+                [redis::Value::BulkString(f), redis::Value::BulkString(v)] if f == b"m" => {
+                    Some(wire::decode(v).unwrap_or_else(|e| {
+                        panic!("a log entry that does not decode ({e}): {entry:?}")
+                    }))
+                }
+                _ => None,
+            })
+        })
+        .filter(|m| m.kind == wire::Kind::Invalidate && m.event.replica == replica)
+        .filter_map(|m| m.event.game_id)
+        .collect()
+}
+
+/// Waits until `sidecar` serves `id` with upstream status `status`; it may
+/// serve the old one for at most `within`.
+async fn wait_serves(
+    http: &Http,
+    sidecar: &Sidecar,
+    name: &str,
+    id: &str,
+    status: &str,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = http.get(&sidecar.url(&odds_path(id))).await;
+        assert_eq!(r.status, 200);
+        if r.game_status() == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} still serves {} for {id} {within:?} after it became {status}",
+            r.game_status()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The primary dies with two sidecars caching two games: they keep
+/// answering (no errors) while the sentinels promote the replica, and
+/// follow the new primary without a restart, reading the log there. A
+/// status change written through r1 while there is no primary stays in
+/// r1's outbox until the new primary takes it, and reaches r2 from the
+/// log; so does one written afterwards: nothing stale survives the switch.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sidecars_follow_a_sentinel_failover_without_errors_or_stale_odds() {
     let mut set = Sentinels::start();
@@ -81,11 +150,17 @@ async fn the_sidecars_follow_a_sentinel_failover_without_errors_or_stale_odds() 
     let r2 = Sidecar::start(sentinel_config(&up.url(), set.urls(), "r2")).await;
     wait_on(&set.primary, 2, SETUP).await;
     let http = Http::new();
-    let id = up.sim.game_ids()[0].clone();
-    assert!(up.sim.set_status(&id, "pre_game"));
-    for s in [&r1, &r2] {
-        assert_eq!(http.get(&s.url(&odds_path(&id))).await.x_cache, "MISS");
-        assert_eq!(http.get(&s.url(&odds_path(&id))).await.x_cache, "HIT");
+    // Read throughout; `during` changes while there is no primary.
+    let (id, during) = {
+        let ids = up.sim.game_ids();
+        (ids[0].clone(), ids[1].clone())
+    };
+    for g in [&id, &during] {
+        assert!(up.sim.set_status(g, "pre_game"));
+        for s in [&r1, &r2] {
+            assert_eq!(http.get(&s.url(&odds_path(g))).await.x_cache, "MISS");
+            assert_eq!(http.get(&s.url(&odds_path(g))).await.x_cache, "HIT");
+        }
     }
 
     // A client keeps reading from both sidecars through the failover.
@@ -113,6 +188,10 @@ async fn the_sidecars_follow_a_sentinel_failover_without_errors_or_stale_odds() 
 
     let old = set.primary.port;
     set.primary.kill();
+    let w = http
+        .put(&r1.url(&game_path(&during)), r#"{"status":"in_progress"}"#)
+        .await;
+    assert_eq!(w.status, 200, "a write while the primary is down");
     let deadline = Instant::now() + FAILOVER;
     while set.primary_port() != Some(set.replica.port) {
         assert!(
@@ -128,6 +207,7 @@ async fn the_sidecars_follow_a_sentinel_failover_without_errors_or_stale_odds() 
         "sidecars on the new primary {:?} after the sentinels named it",
         promoted.elapsed()
     );
+    wait_serves(&http, &r2, "r2", &during, "in_progress", PROPAGATION).await;
     stop.store(true, Ordering::Relaxed);
     reader.await.unwrap();
     assert_eq!(
@@ -137,29 +217,20 @@ async fn the_sidecars_follow_a_sentinel_failover_without_errors_or_stale_odds() 
         reads.load(Ordering::Relaxed)
     );
 
-    // A change after the switch goes through the new primary to the peer.
+    // A change after the switch goes through the new primary's log to the
+    // peer.
     let w = http
-        .put(
-            &r1.url(&format!("/api/v1/games/{id}")),
-            r#"{"status":"in_progress"}"#,
-        )
+        .put(&r1.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
         .await;
     assert_eq!(w.status, 200);
     for (name, s) in [("r1", &r1), ("r2", &r2)] {
-        let deadline = Instant::now() + PROPAGATION;
-        loop {
-            let r = http.get(&s.url(&odds_path(&id))).await;
-            assert_eq!(r.status, 200);
-            if r.game_status() == "in_progress" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} still serves the old status {PROPAGATION:?} after the change"
-            );
-            tokio::time::sleep(POLL).await;
-        }
+        wait_serves(&http, s, name, &id, "in_progress", PROPAGATION).await;
     }
+    assert_eq!(
+        logged_games(&set.replica, "r1"),
+        HashSet::from([id.clone(), during.clone()]),
+        "the games of r1's entries in the new primary's log"
+    );
     let state: Option<String> = set
         .replica
         .cmd(redis::cmd("GET").arg(format!("oddscache:game:{id}")))

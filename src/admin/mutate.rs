@@ -274,7 +274,7 @@ mod tests {
             "{}",
             r#"{"game_id": "g-1", "tags": ["x"]}"#,
             r#"{"game_id": "g 1"}"#,
-            r#"{"game_id": "g:1"}"#,
+            r#"{"game_id": "g*1"}"#,
             r#"{"game_id": 7}"#,
             r#"{"tags": []}"#,
             r#"{"tags": [""]}"#,

@@ -163,7 +163,7 @@ pub fn parse_events_query(query: Option<&str>, capacity: usize) -> Result<Events
             }
             1 => q.reason = Some(Reason::from_str(&value).map_err(|e| format!("reason: {e}"))?),
             _ => {
-                if !crate::watch::is_valid_id(&value) {
+                if !crate::watch::is_valid_game_id(&value) {
                     return Err(format!("game_id: {}", crate::watch::InvalidGameId));
                 }
                 q.game_id = Some(value);

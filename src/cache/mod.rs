@@ -5,6 +5,7 @@
 //! clocks or the network.
 
 pub mod entry;
+pub mod freshness;
 pub mod key;
 pub mod l2;
 pub mod policy;

@@ -6,9 +6,8 @@
 //! before `invalidate_tags` returns, so the next lookup misses.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,8 @@ use moka::sync::Cache;
 use tokio::sync::watch;
 
 use super::entry::Entry;
+pub use super::freshness::FetchTicket;
+use super::freshness::{self, Ledger};
 use super::key;
 
 /// Hashes cache keys: foldhash with a per-store random seed, a fraction of
@@ -264,24 +265,9 @@ const INLINE_REMOVALS: usize = 256;
 
 struct Shared {
     tags: Mutex<TagIndex>,
-    epochs: Mutex<Epochs>,
-    /// Bumped by every invalidation; fetches remember it when they start.
-    seq: AtomicU64,
+    /// The invalidations fetches in flight may predate: see [`freshness`].
+    ledger: Arc<Ledger>,
     fills: Mutex<HashMap<Arc<str>, watch::Receiver<FillState>>>,
-}
-
-#[derive(Default)]
-struct Epochs {
-    /// Sequence number of the last invalidation of each tag, kept only as
-    /// long as a fetch that started before it is still in flight.
-    by_tag: HashMap<Arc<str>, u64>,
-    /// Every tagged entry was dropped at this sequence (after a Redis
-    /// resubscribe): nothing fetched earlier may be stored.
-    flush: u64,
-    /// Start sequences of fetches in flight, with their counts.
-    inflight: BTreeMap<u64, usize>,
-    /// The same for holds: invalidations whose Redis side is not done yet.
-    holds: BTreeMap<u64, usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -307,8 +293,7 @@ impl Store {
     pub fn new(max_bytes: u64) -> Store {
         let shared = Arc::new(Shared {
             tags: Mutex::default(),
-            epochs: Mutex::default(),
-            seq: AtomicU64::new(0),
+            ledger: Arc::default(),
             fills: Mutex::default(),
         });
         let listener_shared = Arc::clone(&shared);
@@ -343,11 +328,13 @@ impl Store {
     /// Returns the key that a fill for this request must use.
     pub fn lookup<'k>(&self, primary: &'k str, headers: &HeaderMap) -> (Lookup, KeyRef<'k>) {
         match self.get(primary) {
-            Some(Slot::Entry(e)) if !e.is_dead() => (Lookup::Found(e), KeyRef::Primary(primary)),
+            Some(Slot::Entry(e)) if freshness::servable(&e) => {
+                (Lookup::Found(e), KeyRef::Primary(primary))
+            }
             Some(Slot::Vary(v)) => {
                 let vkey = key::variant(primary, &v.names, headers);
                 let found = match self.get(vkey.as_str()) {
-                    Some(Slot::Entry(e)) if !e.is_dead() => Lookup::Found(e),
+                    Some(Slot::Entry(e)) if freshness::servable(&e) => Lookup::Found(e),
                     _ => Lookup::Miss,
                 };
                 (found, KeyRef::Variant(vkey))
@@ -356,76 +343,39 @@ impl Store {
         }
     }
 
+    /// The freshness rule's ledger: tickets, supersession, the outage bound.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.shared.ledger
+    }
+
     /// Starts a fetch: the ticket remembers which invalidations it predates.
     pub fn begin_fetch(&self) -> FetchTicket {
-        let mut ep = self.shared.lock_epochs();
-        let start = self.shared.seq.load(Ordering::SeqCst);
-        *ep.inflight.entry(start).or_default() += 1;
-        FetchTicket {
-            start,
-            hold: false,
-            shared: Arc::clone(&self.shared),
-        }
+        self.shared.ledger.begin_fetch()
     }
 
-    /// Taken by an invalidation before it drops L1 entries and kept until
-    /// their Redis copies are deleted too: until then, [`Self::begin_shared_fetch`]
-    /// treats the invalidation as newer than anything read from Redis.
+    /// See [`Ledger::begin_hold`].
     pub fn begin_hold(&self) -> FetchTicket {
-        let mut ep = self.shared.lock_epochs();
-        let start = self.shared.seq.load(Ordering::SeqCst);
-        *ep.inflight.entry(start).or_default() += 1;
-        *ep.holds.entry(start).or_default() += 1;
-        FetchTicket {
-            start,
-            hold: true,
-            shared: Arc::clone(&self.shared),
-        }
+        self.shared.ledger.begin_hold()
     }
 
-    /// Starts a read of a copy another replica stored (the Redis L2). The
-    /// copy may predate every invalidation whose Redis deletion is still
-    /// under way, so the ticket starts before the oldest of them.
+    /// See [`Ledger::begin_shared_fetch`].
     pub fn begin_shared_fetch(&self) -> FetchTicket {
-        let mut ep = self.shared.lock_epochs();
-        let now = self.shared.seq.load(Ordering::SeqCst);
-        let start = ep.holds.keys().next().map_or(now, |&h| h.min(now));
-        *ep.inflight.entry(start).or_default() += 1;
-        FetchTicket {
-            start,
-            hold: false,
-            shared: Arc::clone(&self.shared),
-        }
+        self.shared.ledger.begin_shared_fetch()
     }
 
-    /// Moves a fetch's start past the invalidations it caused itself, so the
-    /// response that revealed a change is stored after that change.
-    pub fn renew(&self, ticket: &mut FetchTicket) {
-        let mut ep = self.shared.lock_epochs();
-        let now = self.shared.seq.load(Ordering::SeqCst);
-        if let Some(n) = ep.inflight.get_mut(&ticket.start) {
-            *n -= 1;
-            if *n == 0 {
-                ep.inflight.remove(&ticket.start);
-            }
-        }
-        *ep.inflight.entry(now).or_default() += 1;
-        ticket.start = now;
-    }
-
-    /// Whether an invalidation of any of `tags` (or a flush) happened after
-    /// the ticket's fetch began; such a response may predate the change.
+    /// Whether an invalidation of any of `tags` (or a flush) that the
+    /// ticket's fetch did not cause happened after it began.
     pub fn superseded<'t>(
         &self,
         ticket: &FetchTicket,
         tags: impl IntoIterator<Item = &'t str>,
     ) -> bool {
-        let ep = self.shared.lock_epochs();
-        let mut tags = tags.into_iter().peekable();
-        if ep.flush > ticket.start && tags.peek().is_some() {
-            return true;
-        }
-        tags.any(|t| ep.by_tag.get(t).is_some_and(|&seq| seq > ticket.start))
+        self.shared.ledger.superseded(ticket, tags)
+    }
+
+    /// How `entry` stands for serving at `now` (see [`Ledger::freshness`]).
+    pub fn freshness(&self, entry: &Entry, now: Instant) -> crate::cache::Freshness {
+        self.shared.ledger.freshness(entry, now)
     }
 
     /// Stores `entry` unless the fetch was superseded. `vary` names the
@@ -440,10 +390,15 @@ impl Store {
         // Every entry counts as tagged with its URI: an unsafe method that
         // succeeded while this fetch was under way supersedes it.
         let uri = uri_tag(primary);
-        if self.superseded(ticket, entry.tags().chain([&*uri])) {
-            return false;
-        }
         {
+            // Checked and filed under the ledger's lock, which every
+            // invalidation holds while it reads the index: one that lands
+            // now either refuses this entry here or finds it filed and
+            // kills it. See `freshness`.
+            let ep = self.shared.ledger.lock();
+            if ep.superseded(ticket, entry.tags().chain([&*uri])) {
+                return false;
+            }
             let mut index = self.shared.lock_tags();
             for (i, tag) in entry.tags().enumerate() {
                 let filed = Filed::insert(index.take(tag), &entry, i);
@@ -460,7 +415,13 @@ impl Store {
                 .insert(self.hasher.hash_one(primary), Slot::Vary(Arc::new(varies)));
         }
         let hash = self.hasher.hash_one(entry.key());
-        self.cache.insert(hash, Slot::Entry(entry));
+        self.cache.insert(hash, Slot::Entry(Arc::clone(&entry)));
+        if !freshness::servable(&entry) {
+            // Killed between the filing and this write: it never serves,
+            // and goes now rather than at the expiry walk.
+            self.remove_keys(vec![entry]);
+            return false;
+        }
         true
     }
 
@@ -508,20 +469,23 @@ impl Store {
 
     /// Removes every entry filed under any of `tags`; returns how many.
     pub fn invalidate_tags<T: AsRef<str>>(&self, tags: &[T]) -> usize {
+        self.invalidate_tags_seq(tags).0
+    }
+
+    /// [`Self::invalidate_tags`], with the invalidation's sequence number,
+    /// which the fetch that caused it passes to [`FetchTicket::forgive`].
+    pub fn invalidate_tags_seq<T: AsRef<str>>(&self, tags: &[T]) -> (usize, u64) {
+        let seq;
         let keys: Vec<Arc<Entry>> = {
-            let mut ep = self.shared.lock_epochs();
-            let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
-            ep.prune();
-            for t in tags {
-                ep.by_tag.insert(Arc::from(t.as_ref()), seq);
-            }
+            let mut ep = self.shared.ledger.lock();
+            seq = self.shared.ledger.invalidated(&mut ep, tags);
             let mut index = self.shared.lock_tags();
             tags.iter()
                 .filter_map(|t| index.take(t.as_ref()))
                 .flat_map(Filed::into_entries)
                 .collect()
         };
-        self.remove_keys(keys)
+        (self.remove_keys(keys), seq)
     }
 
     /// Drops what is cached for one URI after an unsafe method (RFC 9111
@@ -531,10 +495,8 @@ impl Store {
     pub fn invalidate_uri(&self, primary: &str) -> Vec<Arc<str>> {
         let tag = uri_tag(primary);
         let mut entries: Vec<Arc<Entry>> = {
-            let mut ep = self.shared.lock_epochs();
-            let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
-            ep.prune();
-            ep.by_tag.insert(Arc::clone(&tag), seq);
+            let mut ep = self.shared.ledger.lock();
+            self.shared.ledger.invalidated(&mut ep, &[&*tag]);
             let mut index = self.shared.lock_tags();
             index
                 .take(&*tag)
@@ -550,9 +512,10 @@ impl Store {
         keys
     }
 
-    /// Whether `entry` is still the one stored under its key.
+    /// Whether `entry` is still the one stored under its key, and servable.
     pub fn is_current(&self, entry: &Arc<Entry>) -> bool {
-        matches!(self.get(entry.key()), Some(Slot::Entry(e)) if Arc::ptr_eq(&e, entry))
+        freshness::servable(entry)
+            && matches!(self.get(entry.key()), Some(Slot::Entry(e)) if Arc::ptr_eq(&e, entry))
     }
 
     /// Drops one key (an explicit key from a peer's event).
@@ -572,10 +535,8 @@ impl Store {
     /// invalidations may have been missed); returns how many.
     pub fn flush_tagged(&self) -> usize {
         let keys: Vec<Arc<Entry>> = {
-            let mut ep = self.shared.lock_epochs();
-            let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
-            ep.flush = seq;
-            ep.prune();
+            let mut ep = self.shared.ledger.lock();
+            self.shared.ledger.flushed(&mut ep);
             let mut index = self.shared.lock_tags();
             // Local tags stay indexed: their entries may outlive the flush
             // (untagged responses), and unsafe methods still need to find them.
@@ -716,50 +677,9 @@ pub async fn wait_fill(mut rx: watch::Receiver<FillState>, timeout: Duration) ->
     }
 }
 
-/// Registered while a fetch is in flight, so epochs it may need are kept.
-pub struct FetchTicket {
-    start: u64,
-    /// Taken by [`Store::begin_hold`]: also listed in `holds`. Never renewed.
-    hold: bool,
-    shared: Arc<Shared>,
-}
-
-fn release(counts: &mut BTreeMap<u64, usize>, at: u64) {
-    if let Some(n) = counts.get_mut(&at) {
-        *n -= 1;
-        if *n == 0 {
-            counts.remove(&at);
-        }
-    }
-}
-
-impl Drop for FetchTicket {
-    fn drop(&mut self) {
-        let mut ep = self.shared.lock_epochs();
-        release(&mut ep.inflight, self.start);
-        if self.hold {
-            release(&mut ep.holds, self.start);
-        }
-    }
-}
-
-impl Epochs {
-    /// Forgets epochs no in-flight fetch can predate, keeping the map small.
-    fn prune(&mut self) {
-        match self.inflight.keys().next().copied() {
-            None => self.by_tag.clear(),
-            Some(oldest) => self.by_tag.retain(|_, seq| *seq > oldest),
-        }
-    }
-}
-
 impl Shared {
     fn lock_tags(&self) -> MutexGuard<'_, TagIndex> {
         self.tags.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn lock_epochs(&self) -> MutexGuard<'_, Epochs> {
-        self.epochs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_fills(&self) -> MutexGuard<'_, HashMap<Arc<str>, watch::Receiver<FillState>>> {
@@ -891,16 +811,92 @@ mod tests {
     }
 
     #[test]
-    fn a_fetch_renewed_after_its_own_invalidation_is_stored() {
+    fn a_fetch_forgiven_its_own_invalidation_is_stored() {
         let store = Store::new(1 << 20);
         let mut t = store.begin_fetch();
-        store.invalidate_tags(&["game:1"]);
-        store.renew(&mut t);
+        let (_, seq) = store.invalidate_tags_seq(&["game:1"]);
+        t.forgive(seq);
         assert!(store.insert(&t, "/a", &[], entry("/a", &["game:1"])));
         drop(t);
         // Nothing in flight: the epochs are pruned at the next invalidation.
         store.invalidate_tags(&["game:2"]);
-        assert!(store.shared.lock_epochs().inflight.is_empty());
+        assert!(store.shared.ledger.lock().inflight_is_empty());
+    }
+
+    #[test]
+    fn a_fetch_is_forgiven_only_its_own_invalidation() {
+        // The fetch awaits Redis while a peer invalidates the game, then
+        // invalidates it itself: its body may predate the peer's change.
+        let store = Store::new(1 << 20);
+        let mut t = store.begin_fetch();
+        store.invalidate_tags(&["game:1"]);
+        let (_, own) = store.invalidate_tags_seq(&["game:1"]);
+        t.forgive(own);
+        assert!(!store.insert(&t, "/a", &[], entry("/a", &["game:1"])));
+        // The same order the other way round: forgiving its own does not
+        // forgive the peer's that came after.
+        let mut t = store.begin_fetch();
+        let (_, own) = store.invalidate_tags_seq(&["game:2"]);
+        store.invalidate_tags(&["game:2"]);
+        t.forgive(own);
+        assert!(!store.insert(&t, "/b", &[], entry("/b", &["game:2"])));
+    }
+
+    #[test]
+    fn invalidated_entries_are_not_current_for_the_l2_writer() {
+        let store = Store::new(1 << 20);
+        let t = store.begin_fetch();
+        let a = entry("/a", &["game:1"]);
+        assert!(store.insert(&t, "/a", &[], Arc::clone(&a)));
+        assert!(store.is_current(&a));
+        // Killed, and still in moka until the removal runs.
+        a.kill();
+        assert!(!store.is_current(&a));
+    }
+
+    #[test]
+    fn insert_and_invalidate_race_never_leaves_a_superseded_entry_alive() {
+        // Real threads: one stores entries fetched before an invalidation
+        // that another thread makes at the same time. Whichever wins, no
+        // entry of the invalidated tag that predates it may be found.
+        for round in 0..200 {
+            let store = Arc::new(Store::new(1 << 20));
+            let tickets: Vec<FetchTicket> = (0..8).map(|_| store.begin_fetch()).collect();
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let (s, b) = (Arc::clone(&store), Arc::clone(&barrier));
+            let inserter = std::thread::spawn(move || {
+                b.wait();
+                for (i, t) in tickets.iter().enumerate() {
+                    let key = format!("/r{round}/{i}");
+                    s.insert(t, &key, &[], entry(&key, &["game:1"]));
+                }
+            });
+            barrier.wait();
+            store.invalidate_tags(&["game:1"]);
+            inserter.join().unwrap();
+            for i in 0..8 {
+                assert!(
+                    !found(&store, &format!("/r{round}/{i}")),
+                    "round {round}: entry {i} survived an invalidation newer than its fetch"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn while_cut_off_old_tagged_entries_revalidate() {
+        let store = Store::new(1 << 20);
+        store.ledger().set_outage_bound(Duration::from_secs(5));
+        let old = entry_at("/a", &["game:1"], Instant::now() - Duration::from_secs(10));
+        let plain = entry_at("/p", &[], Instant::now() - Duration::from_secs(10));
+        let now = Instant::now();
+        assert_eq!(store.freshness(&old, now), crate::cache::Freshness::Fresh);
+        store.ledger().set_cut_off(true);
+        assert_eq!(store.freshness(&old, now), crate::cache::Freshness::Stale);
+        // Untagged entries are not the fleet's to invalidate.
+        assert_eq!(store.freshness(&plain, now), crate::cache::Freshness::Fresh);
+        let young = entry("/y", &["game:1"]);
+        assert_eq!(store.freshness(&young, now), crate::cache::Freshness::Fresh);
     }
 
     #[test]

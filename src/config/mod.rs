@@ -228,13 +228,24 @@ pub struct RedisConfig {
     pub master_name: String,
     pub key_prefix: String,
     pub registry_ttl: Dur,
-    pub channel: String,
-    /// Which pub/sub carries `channel`: sharded (`SPUBLISH`/`SSUBSCRIBE`)
-    /// in a cluster that supports it, classic otherwise. Pinning one lets a
-    /// fleet agree while it or its Redis is upgraded.
-    pub pubsub: PubSubMode,
+    /// The event log's length (`XADD … MAXLEN ~`).
+    pub events_max_len: u64,
+    /// Events kept while Redis cannot take them.
+    pub outbox_capacity: usize,
+    /// A Redis connection silent this long past its heartbeat is replaced.
+    pub liveness_timeout: Dur,
+    /// While the log cannot be read, tagged entries stored longer ago than
+    /// this revalidate instead of being served from L1.
+    pub outage_max_staleness: Dur,
     pub store_responses: bool,
     pub command_timeout: Dur,
+    /// Retired: the fan-out is the event log `{prefix}events` now. Read
+    /// only to say so.
+    #[serde(skip_serializing)]
+    pub channel: Option<toml::Value>,
+    /// Retired with `channel`.
+    #[serde(skip_serializing)]
+    pub pubsub: Option<toml::Value>,
 }
 
 impl Default for RedisConfig {
@@ -246,10 +257,14 @@ impl Default for RedisConfig {
             master_name: String::new(),
             key_prefix: "oddscache:".into(),
             registry_ttl: Dur::secs(86_400),
-            channel: "oddscache:invalidations".into(),
-            pubsub: PubSubMode::Auto,
+            events_max_len: 100_000,
+            outbox_capacity: 10_000,
+            liveness_timeout: Dur::secs(3),
+            outage_max_staleness: Dur::secs(5),
             store_responses: false,
             command_timeout: Dur::millis(250),
+            channel: None,
+            pubsub: None,
         }
     }
 }
@@ -262,19 +277,6 @@ pub enum RedisMode {
     Standalone,
     Cluster,
     Sentinel,
-}
-
-/// `[redis] pubsub`.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum PubSubMode {
-    /// Cluster: sharded when the servers know `SPUBLISH` (Redis 7+), else
-    /// classic. Standalone and sentinel: classic.
-    #[default]
-    Auto,
-    Classic,
-    /// Cluster only.
-    Sharded,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -562,13 +564,37 @@ fn validate_redis(redis: &RedisConfig, problems: &mut Vec<Problem>) {
         )),
         _ => {}
     }
-    if redis.channel.is_empty() {
-        problems.push(Problem::new("redis.channel", "must not be empty"));
+    if redis.channel.is_some() {
+        problems.push(Problem::new(
+            "redis.channel",
+            "retired: invalidations travel on the event log, the stream {key_prefix}events; remove this key (see events_max_len, outbox_capacity, liveness_timeout)",
+        ));
     }
-    if redis.pubsub == PubSubMode::Sharded && redis.mode != RedisMode::Cluster {
+    if redis.pubsub.is_some() {
         problems.push(Problem::new(
             "redis.pubsub",
-            "\"sharded\" is for mode = \"cluster\"; one server or a sentinel-managed primary uses classic pub/sub",
+            "retired: there is no pub/sub to choose; the event log {key_prefix}events is one stream, on one shard in a cluster; remove this key",
+        ));
+    }
+    if redis.events_max_len < 1000 {
+        problems.push(Problem::new(
+            "redis.events_max_len",
+            "must be at least 1000: a shorter log makes every brief outage a fleet-wide resync",
+        ));
+    }
+    if redis.outbox_capacity == 0 {
+        problems.push(Problem::new("redis.outbox_capacity", "must be at least 1"));
+    }
+    if redis.liveness_timeout.get() < std::time::Duration::from_millis(100) {
+        problems.push(Problem::new(
+            "redis.liveness_timeout",
+            "must be at least 100ms",
+        ));
+    }
+    if redis.outage_max_staleness.get().is_zero() {
+        problems.push(Problem::new(
+            "redis.outage_max_staleness",
+            "must be greater than 0s",
         ));
     }
     if redis

@@ -164,7 +164,7 @@ fn effective_config_round_trips_and_hides_passwords() {
 #[test]
 fn redis_and_rate_limit_sections_are_validated() {
     let problems = load(
-        "[redis]\nurl = \"nope://x\"\nchannel = \"\"\nregistry_ttl = \"0s\"\n[rate_limit]\nper_second = 0\nburst = 1\n",
+        "[redis]\nurl = \"nope://x\"\nchannel = \"x\"\nregistry_ttl = \"0s\"\n[rate_limit]\nper_second = 0\nburst = 1\n",
     )
     .unwrap_err();
     assert_eq!(
@@ -260,17 +260,39 @@ fn redis_modes_are_validated_with_their_keys() {
 }
 
 #[test]
-fn pubsub_is_auto_by_default_and_sharded_only_in_a_cluster() {
-    use crate::config::PubSubMode;
-    let cfg = load("[redis]\nmode = \"cluster\"\nurls = [\"redis://127.0.0.1:7000\"]\n").unwrap();
-    assert_eq!(cfg.redis_enabled().unwrap().pubsub, PubSubMode::Auto);
-    let cfg = load(
-        "[redis]\nmode = \"cluster\"\nurls = [\"redis://127.0.0.1:7000\"]\npubsub = \"classic\"\n",
+fn the_retired_pubsub_keys_say_what_replaced_them() {
+    let problems = load(
+        "[redis]\nurl = \"redis://x\"\nchannel = \"oddscache:invalidations\"\npubsub = \"sharded\"\n",
     )
-    .unwrap();
-    assert_eq!(cfg.redis_enabled().unwrap().pubsub, PubSubMode::Classic);
-    let problems = load("[redis]\nurl = \"redis://x\"\npubsub = \"sharded\"\n").unwrap_err();
-    assert_eq!(keys(&problems), ["redis.pubsub"]);
-    let problems = load("[redis]\nurl = \"redis://x\"\npubsub = \"broadcast\"\n").unwrap_err();
-    assert_eq!(keys(&problems), ["redis.pubsub"]);
+    .unwrap_err();
+    assert_eq!(keys(&problems), ["redis.channel", "redis.pubsub"]);
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert!(text[0].contains("events"), "{text:?}");
+    assert!(text[1].contains("retired"), "{text:?}");
+}
+
+#[test]
+fn the_event_log_keys_have_defaults_and_bounds() {
+    let cfg = load("[redis]\nurl = \"redis://x\"\n").unwrap();
+    let r = cfg.redis_enabled().unwrap();
+    assert_eq!(r.events_max_len, 100_000);
+    assert_eq!(r.outbox_capacity, 10_000);
+    assert_eq!(r.liveness_timeout.get(), std::time::Duration::from_secs(3));
+    assert_eq!(
+        r.outage_max_staleness.get(),
+        std::time::Duration::from_secs(5)
+    );
+    let problems = load(
+        "[redis]\nurl = \"redis://x\"\nevents_max_len = 10\noutbox_capacity = 0\nliveness_timeout = \"1ms\"\noutage_max_staleness = \"0s\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        keys(&problems),
+        [
+            "redis.events_max_len",
+            "redis.outbox_capacity",
+            "redis.liveness_timeout",
+            "redis.outage_max_staleness"
+        ]
+    );
 }

@@ -118,8 +118,22 @@ impl Detector {
             }
         };
         let extraction = self.rules.extract(&decoded);
-        if let Some(why) = extraction.skipped {
-            self.metrics.watch_skipped(why.as_str());
+        match extraction.skipped {
+            // Counted once per skipped game, below.
+            Some(watch::SkipReason::GameId) | None => {}
+            Some(why) => self.metrics.watch_skipped(why.as_str()),
+        }
+        for why in &extraction.rejected {
+            self.metrics
+                .watch_skipped(watch::SkipReason::GameId.as_str());
+            let mut logged = self
+                .logged_unknown
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let key = format!("\u{0}id:{why}");
+            if logged.len() < LOGGED_UNKNOWN && logged.insert(key) {
+                tracing::warn!(why, "skipped a game whose id cannot become part of a tag or key (SPEC §5: 1 to 128 bytes of letters, digits and . _ - : / +)");
+            }
         }
         for g in &extraction.games {
             if let Some(raw) = &g.raw_status {
@@ -169,11 +183,15 @@ impl Detector {
     /// Compares each game with what is known and invalidates on a change.
     /// Returns when every invalidation is done, so the caller stores the
     /// revealing response only after its own invalidation.
-    pub async fn observe(&self, games: &[GameSnapshot]) {
+    /// The sequence numbers of the L1 invalidations it made are returned,
+    /// for the fetch to forgive (see `cache::freshness`).
+    pub async fn observe(&self, games: &[GameSnapshot]) -> Vec<u64> {
         self.load_unknown(games).await;
+        let mut caused = Vec::new();
         for g in games {
-            self.observe_one(g).await;
+            caused.extend(self.observe_one(g).await);
         }
+        caused
     }
 
     /// Fetches the fleet's state of games this replica has not seen, in one
@@ -196,15 +214,17 @@ impl Detector {
         }
     }
 
-    async fn observe_one(&self, g: &GameSnapshot) {
+    async fn observe_one(&self, g: &GameSnapshot) -> Vec<u64> {
         let threshold = self.rules.threshold();
         let mut known = self.known.get(&g.game_id);
+        // A local eviction after losing a compare-and-set, to forgive.
+        let mut caused: Vec<u64> = Vec::new();
         for _ in 0..CAS_ATTEMPTS {
             let state = known.as_ref().map(|k| &k.state);
             let change = watch::diff(state, g, threshold);
             let next = watch::next_state(state, g, change.is_some());
             if change.is_none() && state == Some(&next) {
-                return;
+                return caused;
             }
             let next = Known::after(known.as_ref(), next);
             // A change, a first sighting, or the first odds since an
@@ -217,9 +237,36 @@ impl Detector {
                     .await
                 {
                     Ok(super::redis::Cas::Set) => {}
+                    Ok(super::redis::Cas::Seeded) => {
+                        // Redis held no state: a peer that knew one may
+                        // hold entries nobody else would invalidate.
+                        self.invalidator.announce_seed(&g.game_id, &next);
+                    }
                     Ok(super::redis::Cas::Current(current)) => {
-                        // A peer recorded a transition first: judge again
-                        // against what the fleet now knows.
+                        // A peer recorded a transition first. If the fleet
+                        // moved away from what this replica knew, its own
+                        // entries were built on the old state: they go
+                        // here, whether or not an event for that move
+                        // reaches this replica (SPEC §6, never zero).
+                        if change.is_some() {
+                            if let Some(prior) = known.as_ref().filter(|k| k.state != current.state)
+                            {
+                                let detail = format!(
+                                    "the fleet moved this game from {} to {} first",
+                                    prior.state.status.as_str(),
+                                    current.state.status.as_str()
+                                );
+                                let was = prior.state.status;
+                                let (_, seq) = self.invalidator.evict_locally(
+                                    &g.game_id,
+                                    was,
+                                    current.clone(),
+                                    detail,
+                                    false,
+                                );
+                                caused.push(seq);
+                            }
+                        }
                         adopt(&self.known, g.game_id.clone(), current.clone());
                         known = Some(current);
                         continue;
@@ -230,7 +277,7 @@ impl Detector {
             }
             adopt(&self.known, g.game_id.clone(), next.clone());
             let Some(change) = change else {
-                return;
+                return caused;
             };
             let status_changed = change.from != change.to;
             let req = Request {
@@ -246,9 +293,10 @@ impl Detector {
                 state: Some(next),
             };
             debug_assert!(req.reason != Reason::Manual);
-            self.invalidator.invalidate(req).await;
-            return;
+            caused.push(self.invalidator.invalidate_seq(req).await.1);
+            return caused;
         }
+        caused
     }
 }
 

@@ -1,10 +1,11 @@
 //! The one invalidation door.
 //!
-//! The watcher (through [`detect::Detector`]), unsafe methods, the Redis
-//! subscriber and the admin API all invalidate through [`Invalidator`]. It
-//! drops the L1 entries at once, deletes the Redis registry members and the
-//! `game_key_patterns` keys, publishes one event for the fleet, and records
-//! the event for the stats and events endpoints.
+//! The watcher (through [`detect::Detector`]), the admin API and the
+//! event log's reader all invalidate through [`Invalidator`]. It drops the
+//! L1 entries at once, queues the event for the fleet's log (whose writer
+//! deletes the Redis registry members and `game_key_patterns` keys first,
+//! and retries until the log has it: see `redis::fanout`), and records the
+//! event for the stats and events endpoints.
 
 pub mod detect;
 pub mod events;
@@ -100,6 +101,10 @@ pub struct Invalidator {
     patterns: Vec<Template>,
     /// Game states peers announce land here, so change detection agrees.
     known: detect::KnownGames,
+    /// This process's nonce: events it wrote come back in the log and are
+    /// not applied twice; another process with the same replica id still
+    /// applies them.
+    instance: String,
 }
 
 impl Invalidator {
@@ -109,6 +114,7 @@ impl Invalidator {
         metrics: Arc<Metrics>,
         redis: Option<Arc<redis::RedisTier>>,
         known: detect::KnownGames,
+        instance: String,
     ) -> Invalidator {
         let patterns = config
             .invalidation
@@ -130,7 +136,12 @@ impl Invalidator {
             redis,
             patterns,
             known,
+            instance,
         }
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     pub fn journal(&self) -> &Journal {
@@ -147,11 +158,17 @@ impl Invalidator {
 
     /// Invalidates `req.target` in L1 at once, then in Redis and the fleet.
     pub async fn invalidate(&self, req: Request) -> Arc<Event> {
+        self.invalidate_seq(req).await.0
+    }
+
+    /// [`Self::invalidate`], with the L1 invalidation's sequence number.
+    pub async fn invalidate_seq(&self, req: Request) -> (Arc<Event>, u64) {
         let tags = req.target.tags();
         // Until Redis has deleted them too, copies read back from the L2
         // count as older than this invalidation.
         let _hold = self.redis.as_ref().map(|_| self.store.begin_hold());
-        let local = self.store.invalidate_tags(&tags) as u64;
+        let (local, seq) = self.store.invalidate_tags_seq(&tags);
+        let local = local as u64;
         let game_id = req.target.game_id().cloned();
         let mut event = self.journal.new_event(
             req.reason,
@@ -160,45 +177,167 @@ impl Invalidator {
             req.origin,
             req.detail,
         );
-        let mut deleted = local;
+        if let Some(game_id) = &game_id {
+            // SPEC §5: the baseline resets at each invalidation, so the
+            // next body sets it afresh for every replica. A detected change
+            // leaves its new state behind instead (`req.state`).
+            if req.state.is_none() {
+                self.known.invalidate(game_id);
+            }
+        }
         if let Some(redis) = &self.redis {
             let patterns: Vec<String> = game_id
                 .as_ref()
                 .map(|g| self.expand_patterns(g.as_str()))
                 .unwrap_or_default();
-            // Published even when the deletion failed: a peer whose
-            // subscription never broke has no resync to fall back on, and
-            // its L1 copies are the ones clients see.
-            let keys = match redis.delete(&tags, &patterns).await {
-                Ok(outcome) => {
-                    deleted += outcome.deleted;
-                    event.keys_deleted = deleted;
-                    outcome.cache_keys
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "Redis could not delete the tags' keys; L1 is clean, publishing the event anyway");
-                    Vec::new()
-                }
-            };
-            let msg = wire::Message {
-                v: wire::VERSION,
-                event: event.clone(),
-                keys,
-                state: req.state.clone(),
-            };
-            if let Err(e) = redis.publish(&msg).await {
-                tracing::warn!(error = %e, "cannot publish invalidation; peers rely on TTLs and resync");
+            let (done, delivered) = tokio::sync::oneshot::channel();
+            event.keys_deleted = local;
+            let msg = wire::Message::new(event.clone(), &self.instance, Vec::new(), req.state);
+            redis.enqueue(redis::Pending {
+                tags: tags.clone(),
+                patterns,
+                msg,
+                hold: _hold,
+                done: Some(done),
+            });
+            // Normally the log has it within a round trip or three; when
+            // Redis cannot take it now the event stays queued and is
+            // appended when it returns, and this answer does not wait.
+            match tokio::time::timeout(redis.delivery_wait(), delivered).await {
+                Ok(Ok(n)) => event.keys_deleted = local + n,
+                _ => tracing::warn!(
+                    queued = redis.outbox_len(),
+                    "Redis cannot take the invalidation now; it stays in the outbox and goes to the fleet when Redis answers"
+                ),
             }
+        } else {
+            event.keys_deleted = local;
         }
-        event.keys_deleted = deleted;
-        self.record(event)
+        (self.record(event), seq)
     }
 
-    /// An event a peer published: drop what it names, adopt its game state.
-    pub fn apply_peer(&self, msg: wire::Message) -> Option<Arc<Event>> {
-        if msg.event.replica == self.journal.replica() {
+    /// Every replica drops its tagged L1 entries and its known game states:
+    /// the log cannot cover what it may have missed. Returns the entries
+    /// dropped.
+    pub fn resync(&self, why: &str) -> usize {
+        let dropped = self.store.flush_tagged();
+        self.known.invalidate_all();
+        self.metrics.resync(why);
+        dropped
+    }
+
+    /// An entry read from the fleet's log: drop what it names and adopt its
+    /// game state, unless this process wrote it.
+    pub fn apply_logged(&self, msg: wire::Message) -> Option<Arc<Event>> {
+        if msg.event.replica == self.journal.replica() && msg.instance == self.instance {
             return None; // our own, already applied
         }
+        match msg.kind {
+            wire::Kind::Invalidate => self.apply_peer(msg),
+            wire::Kind::Resync => {
+                let dropped = self.resync("peer_overflow");
+                tracing::warn!(dropped, replica = %msg.event.replica, "a peer's outbox overflowed; dropped tagged L1 entries and known game states");
+                None
+            }
+            wire::Kind::Seed => self.apply_seed(msg),
+        }
+    }
+
+    /// A game's state written where Redis had none. A replica that knew
+    /// another state may hold entries built on it, which nobody else will
+    /// invalidate: it evicts them here (SPEC §6, "never zero times").
+    fn apply_seed(&self, msg: wire::Message) -> Option<Arc<Event>> {
+        let (Some(id), Some(state)) = (msg.event.game_id.as_deref(), msg.state) else {
+            return None;
+        };
+        let id = GameId::try_from(id).ok()?;
+        let mine = self.known.get(&id)?;
+        if mine.state == state.state {
+            detect::adopt(&self.known, id, state);
+            return None;
+        }
+        let detail = format!(
+            "fleet state was lost; {} saw {} while this replica knew {}",
+            msg.event.replica,
+            state.state.status.as_str(),
+            mine.state.status.as_str()
+        );
+        self.evict_locally(&id, mine.state.status, state, detail, true)
+            .0
+    }
+
+    /// Drops this replica's entries of a game whose fleet state moved from
+    /// `was` without this replica hearing of it. `record`: journal it as an
+    /// event of its own; a compare-and-set loser does not, since the winner's
+    /// event (or seed) records the transition once for the fleet. Returns
+    /// the event, if recorded, and the L1 invalidation's sequence number.
+    pub fn evict_locally(
+        &self,
+        id: &GameId,
+        was: Status,
+        now: detect::Known,
+        detail: String,
+        record: bool,
+    ) -> (Option<Arc<Event>>, u64) {
+        let target = Target::Game {
+            game_id: id.clone(),
+            sport_id: None,
+            league_id: None,
+            with_sidebar: false,
+        };
+        let tags = target.tags();
+        let (removed, seq) = self.store.invalidate_tags_seq(&tags);
+        let reason = match now.state.status {
+            Status::Cancelled => Reason::Cancelled,
+            Status::Postponed => Reason::Postponed,
+            s if s != was => Reason::StatusChange,
+            _ => Reason::OddsMovement,
+        };
+        detect::adopt(&self.known, id.clone(), now);
+        if !record {
+            tracing::info!(game_id = %id, removed, %detail, "evicted this replica's entries of a game the fleet moved first");
+            return (None, seq);
+        }
+        let mut event = self.journal.new_event(
+            reason,
+            Some(id.as_str().to_string()),
+            tags,
+            Origin::Local,
+            detail,
+        );
+        event.keys_deleted = removed as u64;
+        (Some(self.record(event)), seq)
+    }
+
+    /// Tells the fleet that this replica wrote a game's state where Redis
+    /// had none (see [`wire::Kind::Seed`]).
+    pub fn announce_seed(&self, id: &GameId, state: &detect::Known) {
+        let Some(redis) = &self.redis else {
+            return;
+        };
+        let mut event = self.journal.new_event(
+            Reason::StatusChange,
+            Some(id.as_str().to_string()),
+            Vec::new(),
+            Origin::Local,
+            format!("seeded {}", state.state.status.as_str()),
+        );
+        event.at_ms = events::unix_ms(SystemTime::now());
+        let msg = wire::Message {
+            kind: wire::Kind::Seed,
+            ..wire::Message::new(event, &self.instance, Vec::new(), Some(state.clone()))
+        };
+        redis.enqueue(redis::Pending {
+            tags: Vec::new(),
+            patterns: Vec::new(),
+            msg,
+            hold: None,
+            done: None,
+        });
+    }
+
+    /// An event a peer wrote: drop what it names, adopt its game state.
+    fn apply_peer(&self, msg: wire::Message) -> Option<Arc<Event>> {
         let mut removed = self.store.invalidate_tags(&msg.event.tags) as u64;
         removed += msg
             .keys
@@ -209,10 +348,17 @@ impl Invalidator {
         self.metrics
             .propagation
             .observe(now_ms.saturating_sub(msg.event.at_ms) as f64 / 1000.0);
-        if let (Some(id), Some(state)) = (msg.event.game_id.as_deref(), msg.state) {
-            if let Ok(id) = GameId::try_from(id) {
+        if let Some(id) = msg
+            .event
+            .game_id
+            .as_deref()
+            .and_then(|i| GameId::try_from(i).ok())
+        {
+            match msg.state {
                 // Newest by compare-and-set order, not by arrival.
-                detect::adopt(&self.known, id, state);
+                Some(state) => detect::adopt(&self.known, id, state),
+                // A manual invalidation resets the baseline everywhere.
+                None => self.known.invalidate(&id),
             }
         }
         let mut event = msg.event;

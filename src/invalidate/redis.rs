@@ -1,11 +1,12 @@
 //! The Redis tier (SPEC §6): the tag registry, fleet-wide deletion, the
-//! game-state compare-and-set, and the pub/sub fan-out.
+//! game-state compare-and-set, and the event log (in [`fanout`]).
 //!
 //! Redis is never on the hit path. Registrations go through a bounded
 //! queue that drops (and counts) when Redis is slow; every command has
-//! `command_timeout`; the connection and the subscription come back with
-//! backoff, and after a resubscribe every tagged L1 entry is dropped,
-//! since invalidations may have been missed meanwhile.
+//! `command_timeout`. A command connection that stops answering is
+//! replaced, not waited on: a probe runs every 100 ms while Redis is
+//! unhealthy and makes a new connection when the old one fails, so the
+//! command path is back within a probe or two of Redis answering again.
 //!
 //! With `store_responses` the same writer also copies each stored entry to
 //! the shared L2 (`{prefix}resp:{cache_key}`, in [`l2`]'s encoding), with
@@ -18,8 +19,8 @@
 //! pipeline is sent as single commands, each routed to its slot's node, and
 //! a multi-key UNLINK is split per slot by the cluster client, so no
 //! command crosses slots and the key names stay those of SPEC §6 (see
-//! README, "Redis layout"). The fan-out, classic or sharded pub/sub, and
-//! the subscriber live in [`fanout`].
+//! README, "Redis layout"). The event log, its outbox and its reader live
+//! in [`fanout`].
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,13 +38,14 @@ use super::events::unix_ms;
 use super::wire;
 use crate::cache::store::is_local_tag;
 use crate::cache::{l2, Entry, Store};
-use crate::config::{PubSubMode, RedisConfig, RedisMode};
+use crate::config::{RedisConfig, RedisMode};
 use crate::metrics::Metrics;
 use crate::shutdown;
 use crate::watch::GameId;
 
-mod fanout;
-use fanout::Fanout;
+pub mod fanout;
+use fanout::Outbox;
+pub use fanout::Pending;
 
 /// Registrations waiting for Redis; past this they are dropped.
 const QUEUE: usize = 16_384;
@@ -54,12 +56,18 @@ const BULK_TIMEOUT_FACTOR: u32 = 20;
 /// Members per UNLINK command.
 const UNLINK_CHUNK: usize = 1000;
 
-/// Compare-and-set on `{prefix}game:{id}`: one key, so one slot in a cluster.
+/// Compare-and-set on `{prefix}game:{id}`: one key, so one slot in a
+/// cluster. A missing or unreadable value is replaced, and says so (2), so
+/// the writer tells the fleet that the state was seeded, not changed.
 const CAS_LUA: &str = r"
 local cur = redis.call('GET', KEYS[1])
-if cur == false or cur == ARGV[1] then
+if cur == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
   return {1, ''}
+end
+if cur == false or not pcall(cjson.decode, cur) then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+  return {2, ''}
 end
 return {0, cur}
 ";
@@ -80,6 +88,9 @@ pub enum RedisError {
 #[derive(Debug, PartialEq)]
 pub enum Cas {
     Set,
+    /// Set where Redis held no readable state: the key had expired, was
+    /// lost, or was corrupt. Peers that knew a state must hear of it.
+    Seeded,
     /// Another replica changed it first; this is the state now.
     Current(Known),
 }
@@ -178,11 +189,16 @@ pub struct RedisTier {
     primary: Mutex<Option<String>>,
     prefix: String,
     registry_ttl: u64,
-    channel: String,
-    /// `[redis] pubsub`, as configured.
-    pubsub: PubSubMode,
-    /// The pub/sub this process uses, decided once (see [`fanout`]).
-    fanout: OnceLock<Fanout>,
+    /// This replica's id and this process's nonce, as its events carry them.
+    replica: Arc<str>,
+    instance: Arc<str>,
+    events_max_len: u64,
+    /// `liveness_timeout`: a reader silent this long past its heartbeat is
+    /// replaced.
+    liveness: Duration,
+    outbox: Outbox,
+    /// When `{prefix}replica:{id}` was last written.
+    confirmed: Mutex<Option<Instant>>,
     timeout: Duration,
     store_responses: bool,
     /// The L1, so the writer can skip L2 copies of entries that were
@@ -195,9 +211,9 @@ pub struct RedisTier {
     /// commands fail at once instead of each waiting `command_timeout`, so
     /// a dead or stalled Redis costs fills nothing.
     healthy: AtomicBool,
-    /// Whether the subscriber holds its subscription. With `healthy`, it
-    /// makes `oddscache_redis_up`: either one down means peers' events or
-    /// our own commands are not going through.
+    /// Whether the log's reader is reading. With `healthy`, it makes
+    /// `oddscache_redis_up`: either one down means peers' events or our own
+    /// commands are not going through.
     subscribed: AtomicBool,
 }
 
@@ -206,9 +222,11 @@ impl RedisTier {
     /// in the background, so a Redis that is down does not stop start-up.
     pub fn start(
         cfg: &RedisConfig,
+        identity: (&str, &str),
         metrics: Arc<Metrics>,
         shutdown: shutdown::Signal,
     ) -> Result<Arc<RedisTier>, RedisError> {
+        let (replica, instance) = identity;
         let backend = match cfg.mode {
             RedisMode::Standalone => {
                 let url = cfg.url.as_deref().ok_or(RedisError::NotConnected)?;
@@ -251,9 +269,12 @@ impl RedisTier {
             primary: Mutex::new(None),
             prefix: cfg.key_prefix.clone(),
             registry_ttl: cfg.registry_ttl.get().as_secs().max(1),
-            channel: cfg.channel.clone(),
-            pubsub: cfg.pubsub,
-            fanout: OnceLock::new(),
+            replica: replica.into(),
+            instance: instance.into(),
+            events_max_len: cfg.events_max_len,
+            liveness: cfg.liveness_timeout.get(),
+            outbox: Outbox::new(cfg.outbox_capacity),
+            confirmed: Mutex::new(None),
             timeout: cfg.command_timeout.get(),
             store_responses: cfg.store_responses,
             store: OnceLock::new(),
@@ -264,6 +285,7 @@ impl RedisTier {
             subscribed: AtomicBool::new(false),
         });
         tokio::spawn(Arc::clone(&tier).connect_loop(shutdown.clone()));
+        tokio::spawn(Arc::clone(&tier).drain_outbox(shutdown.clone()));
         tokio::spawn(Arc::clone(&tier).write_registrations(rx, shutdown));
         Ok(tier)
     }
@@ -318,7 +340,7 @@ impl RedisTier {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutdown.recv() => return,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
 
@@ -326,19 +348,41 @@ impl RedisTier {
     /// primary first.
     async fn open(&self) -> Result<Conn, RedisError> {
         match &self.backend {
-            Backend::Standalone(client) => {
-                Ok(Conn::Standalone(client.get_connection_manager().await?))
-            }
+            Backend::Standalone(client) => Ok(Conn::Standalone(self.manage(client).await?)),
             Backend::Cluster { client, .. } => {
                 Ok(Conn::Cluster(client.get_async_connection().await?))
             }
             Backend::Sentinel(_) => {
                 let (client, addr) = self.sentinel_primary().await?;
-                let conn = client.get_connection_manager().await?;
+                let conn = self.manage(&client).await?;
                 *self.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
                 Ok(Conn::Standalone(conn))
             }
         }
+    }
+
+    /// A command connection to `client`'s server: every reply within
+    /// `command_timeout`, reconnections retried quickly (the probe replaces
+    /// the connection when they do not help), and TCP keepalive.
+    async fn manage(&self, client: &redis::Client) -> Result<ConnectionManager, RedisError> {
+        let tcp = redis::io::tcp::TcpSettings::default()
+            .set_nodelay(true)
+            .set_keepalive(fanout::keepalive(self.liveness))
+            .set_user_timeout(self.liveness);
+        let info = client.get_connection_info().clone().set_tcp_settings(tcp);
+        let client = redis::Client::open(info)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.timeout))
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(500))))
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(200))
+            .set_number_of_retries(2);
+        let open = client.get_connection_manager_with_config(config);
+        let within = self.timeout.max(Duration::from_secs(1)) * 2;
+        tokio::time::timeout(within, open)
+            .await
+            .map_err(|_| RedisError::Timeout(within))?
+            .map_err(RedisError::from)
     }
 
     /// The primary the sentinels name now, and its address.
@@ -394,7 +438,7 @@ impl RedisTier {
         if current.as_deref() == Some(addr.as_str()) {
             return false;
         }
-        let mut conn = match client.get_connection_manager().await {
+        let mut conn = match self.manage(&client).await {
             Ok(conn) => Conn::Standalone(conn),
             Err(e) => {
                 tracing::debug!(error = %e, primary = %addr, "cannot connect to the new primary");
@@ -434,6 +478,13 @@ impl RedisTier {
                 // Healthy at once on the new primary, not a probe later.
                 ok = self.follow_failover().await;
             }
+            if !ok {
+                // The connection itself may be the problem: a blackholed
+                // flow never errors, and a reconnection the manager is
+                // backing off from waits. A new one answers as soon as
+                // Redis does.
+                ok = self.replace_connection(sentinel).await;
+            }
             let was = self.healthy.swap(ok, Ordering::Relaxed);
             if was != ok {
                 if ok {
@@ -445,6 +496,19 @@ impl RedisTier {
             }
             self.publish_up();
         }
+    }
+
+    /// Opens a new command connection and keeps it if it answers.
+    async fn replace_connection(&self, sentinel: bool) -> bool {
+        let Ok(mut fresh) = self.open().await else {
+            return false;
+        };
+        if !self.probe(&mut fresh, sentinel).await {
+            return false;
+        }
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh);
+        tracing::info!("replaced the Redis command connection");
+        true
     }
 
     fn manager(&self) -> Option<Conn> {
@@ -530,8 +594,8 @@ impl RedisTier {
         }
     }
 
-    /// `oddscache_redis_up`: 1 while commands go through and the
-    /// subscription is held.
+    /// `oddscache_redis_up`: 1 while commands go through and the log is
+    /// being read.
     fn publish_up(&self) {
         let up = self.healthy.load(Ordering::Relaxed) && self.subscribed.load(Ordering::Relaxed);
         self.metrics.redis_up.set(i64::from(up));
@@ -756,8 +820,10 @@ impl RedisTier {
             Ok(r) => r.map_err(RedisError::from),
         };
         let (set, current) = result.inspect_err(|e| self.failed(e))?;
-        if set == 1 {
-            return Ok(Cas::Set);
+        match set {
+            1 => return Ok(Cas::Set),
+            2 => return Ok(Cas::Seeded),
+            _ => {}
         }
         serde_json::from_str(&current)
             .map(Cas::Current)

@@ -1,20 +1,43 @@
-//! The pub/sub message: a versioned JSON envelope around one event, the
-//! cache keys it deleted, and the game state it leaves behind. Pure.
+//! The event log's entry: a versioned JSON envelope around one event, the
+//! cache keys it deleted, the game state it leaves behind, and which
+//! process wrote it. Pure.
 
 use serde::{Deserialize, Serialize};
 
 use super::detect::Known;
 use super::events::Event;
 
-pub const VERSION: u32 = 1;
+/// 2: the log replaced pub/sub, and entries say which process wrote them.
+pub const VERSION: u32 = 2;
 /// Larger messages are refused unread: a peer never sends one.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// Keys listed in one message; tags cover the rest.
 pub const MAX_KEYS: usize = 1000;
 
+/// What an entry asks of every replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Drop what the event names and adopt its game state.
+    #[default]
+    Invalidate,
+    /// A writer's outbox overflowed: events were lost, so every replica
+    /// drops its tagged entries and known game states.
+    Resync,
+    /// A game's state was written where Redis had none (the key expired or
+    /// was lost): a replica that knew another state evicts the game.
+    Seed,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub v: u32,
+    #[serde(default)]
+    pub kind: Kind,
+    /// The writing process's nonce: two processes with one replica id (one
+    /// hostname) still apply each other's events.
+    #[serde(default)]
+    pub instance: String,
     pub event: Event,
     /// Cache keys (not Redis names) deleted, for peers whose index missed them.
     #[serde(default)]
@@ -23,6 +46,40 @@ pub struct Message {
     /// its `seq` so that they keep the newest whatever the arrival order.
     #[serde(default)]
     pub state: Option<Known>,
+}
+
+impl Message {
+    /// An invalidation event, as this process writes it.
+    pub fn new(event: Event, instance: &str, keys: Vec<String>, state: Option<Known>) -> Message {
+        Message {
+            v: VERSION,
+            kind: Kind::Invalidate,
+            instance: instance.to_owned(),
+            event,
+            keys,
+            state,
+        }
+    }
+
+    /// The event a writer appends after its outbox overflowed.
+    pub fn resync(replica: &str, instance: &str) -> Message {
+        let event = Event {
+            id: format!("{replica}-resync"),
+            at: String::new(),
+            at_ms: super::events::unix_ms(std::time::SystemTime::now()),
+            reason: crate::watch::Reason::Manual,
+            game_id: None,
+            tags: Vec::new(),
+            keys_deleted: 0,
+            origin: super::events::Origin::Local,
+            replica: replica.to_owned(),
+            detail: "outbox overflowed: events were lost".into(),
+        };
+        Message {
+            kind: Kind::Resync,
+            ..Message::new(event, instance, Vec::new(), None)
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -69,6 +126,8 @@ mod tests {
     fn message() -> Message {
         Message {
             v: VERSION,
+            kind: Kind::Invalidate,
+            instance: "n1".into(),
             event: Event {
                 id: "r1-1".into(),
                 at: "2026-11-25T20:31:07.000Z".into(),
@@ -102,11 +161,11 @@ mod tests {
     #[test]
     fn refuses_other_versions_and_junk() {
         let mut m = message();
-        m.v = 2;
-        assert_eq!(decode(&encode(&m)), Err(DecodeError::Version(2)));
+        m.v = 1;
+        assert_eq!(decode(&encode(&m)), Err(DecodeError::Version(1)));
         assert!(matches!(decode(b"{"), Err(DecodeError::Malformed(_))));
         assert!(matches!(
-            decode(b"{\"v\":1}"),
+            decode(b"{\"v\":2}"),
             Err(DecodeError::Malformed(_))
         ));
         assert!(matches!(

@@ -20,7 +20,7 @@ use super::Proxy;
 use crate::cache::entry::NewEntry;
 use crate::cache::policy::{self, CacheStatus, FreshnessRules, Fwd};
 use crate::cache::store::{uri_tag, FetchTicket, FillGuard, FillState};
-use crate::cache::{key, l2, Entry};
+use crate::cache::{freshness, key, l2, Entry};
 use crate::invalidate::detect::Detector;
 use crate::invalidate::events::unix_ms;
 use crate::watch::GameSnapshot;
@@ -158,7 +158,7 @@ impl Proxy {
             if let Some(s) = target
                 .stale
                 .as_ref()
-                .filter(|s| s.usable_on_error(Instant::now()))
+                .filter(|s| freshness::usable_on_error(s, Instant::now()))
             {
                 if let Some(g) = guard {
                     g.finish(FillState::NotStored);
@@ -192,7 +192,8 @@ impl Proxy {
         } else {
             Fwd::UriMiss
         };
-        match stale.filter(|s| s.usable_on_error(Instant::now())) {
+        // An invalidated copy is gone, whatever the upstream says.
+        match stale.filter(|s| freshness::usable_on_error(s, Instant::now())) {
             Some(s) => self.serve_stale(method, client_headers, &s, err.status().as_u16()),
             None => {
                 self.metrics.misses.inc();
@@ -647,11 +648,14 @@ impl Proxy {
                 .superseded(t, Detector::tags(&games).iter().map(|t| &**t))
         });
         if !overtaken {
-            self.detector.observe(&games).await;
+            let caused = self.detector.observe(&games).await;
             // The invalidations this body just caused must not stop it from
             // being stored: it is the response that revealed the change.
+            // Only those: a peer's that landed meanwhile still supersedes it.
             if let Some(t) = ticket {
-                self.store.renew(t);
+                for seq in caused {
+                    t.forgive(seq);
+                }
             }
         }
         games

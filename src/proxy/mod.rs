@@ -199,7 +199,7 @@ impl Proxy {
             return None;
         };
         let now = Instant::now();
-        if !matches!(e.freshness(now), Freshness::Fresh) {
+        if !matches!(self.store.freshness(&e, now), Freshness::Fresh) {
             return None;
         }
         self.metrics.hits.inc();
@@ -231,7 +231,7 @@ impl Proxy {
                 let primary = key::primary(req.uri());
                 let (found, key) = self.store.lookup(&primary, req.headers());
                 let stale = match found {
-                    Lookup::Found(e) => match e.freshness(now) {
+                    Lookup::Found(e) => match self.store.freshness(&e, now) {
                         Freshness::Fresh => {
                             self.metrics.hits.inc();
                             return respond::hit(req.method(), req.headers(), &e, now);
@@ -273,7 +273,7 @@ impl Proxy {
                     // lead has stored a fresh entry: serve it instead of
                     // asking the upstream a second time.
                     if let (Lookup::Found(e), _) = self.store.lookup(&primary, req.headers()) {
-                        if matches!(e.freshness(Instant::now()), Freshness::Fresh) {
+                        if matches!(self.store.freshness(&e, Instant::now()), Freshness::Fresh) {
                             guard.finish(FillState::Filled(e));
                             continue;
                         }
@@ -290,7 +290,9 @@ impl Proxy {
                         .await;
                 }
                 Fill::Wait(rx) => match wait_fill(rx, self.settings.coalesce_timeout).await {
-                    Some(FillState::Filled(e)) if e.key() == &*key && !e.is_dead() => {
+                    Some(FillState::Filled(e))
+                        if e.key() == &*key && crate::cache::freshness::servable(&e) =>
+                    {
                         self.metrics.coalesced.inc();
                         self.metrics.hits.inc();
                         let now = Instant::now();

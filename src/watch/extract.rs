@@ -9,8 +9,12 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use super::doc::{members, Node};
+#[cfg(test)]
+use super::is_valid_game_id;
 use super::pointer::{push_segment, Pointer};
-use super::{is_valid_id, GameId, GameSnapshot, Lines, SkipReason, Status, WatchRules};
+use super::{
+    game_id_problem, is_valid_id, GameId, GameSnapshot, Lines, SkipReason, Status, WatchRules,
+};
 
 /// Deeper odds than this are ignored rather than walked: real odds are a few
 /// levels deep, and the cap bounds the work a hostile body can cause.
@@ -26,6 +30,9 @@ pub struct Extraction {
     pub games: Vec<GameSnapshot>,
     /// Set exactly when `games` is empty.
     pub skipped: Option<SkipReason>,
+    /// Why each game object whose id could not be used was skipped
+    /// (`"length"`, `"character"`), in order.
+    pub rejected: Vec<&'static str>,
 }
 
 impl Extraction {
@@ -33,6 +40,7 @@ impl Extraction {
         Extraction {
             games: Vec::new(),
             skipped: Some(why),
+            rejected: Vec::new(),
         }
     }
 }
@@ -54,10 +62,13 @@ impl WatchRules {
         // Borrows ids from `root`, so deduplication costs no copies.
         let mut seen = HashSet::new();
         let mut scratch = Scratch::default();
+        let mut rejected = Vec::new();
         for pointer in &self.games {
             pointer.each_match(&root, &mut |candidate| {
-                let Some(id) = self.game_id_of(candidate) else {
-                    return;
+                let id = match self.game_id_of(candidate) {
+                    Some(Ok(id)) => id,
+                    Some(Err(why)) => return rejected.push(why),
+                    None => return,
                 };
                 if !seen.contains(&id) {
                     let game = self.snapshot(candidate, GameId(id.to_string()), &mut scratch);
@@ -66,17 +77,32 @@ impl WatchRules {
                 }
             });
         }
-        let skipped = games.is_empty().then_some(SkipReason::NoGames);
-        Extraction { games, skipped }
+        let skipped = match (games.is_empty(), rejected.is_empty()) {
+            (false, _) => None,
+            (true, true) => Some(SkipReason::NoGames),
+            (true, false) => Some(SkipReason::GameId),
+        };
+        Extraction {
+            games,
+            skipped,
+            rejected,
+        }
     }
 
-    /// The validated id of a candidate game object; anything else is no game.
-    fn game_id_of<'v>(&self, candidate: &'v Node<'_>) -> Option<Cow<'v, str>> {
+    /// The id of a candidate game object: `None` when it is no game (not
+    /// an object, or no id), an error naming why its id cannot be used.
+    fn game_id_of<'v>(
+        &self,
+        candidate: &'v Node<'_>,
+    ) -> Option<Result<Cow<'v, str>, &'static str>> {
         if !matches!(candidate, Node::Object(_)) {
             return None;
         }
         let id = id_text(self.game_id.get(candidate)?)?;
-        is_valid_id(&id).then_some(id)
+        Some(match game_id_problem(&id) {
+            None => Ok(id),
+            Some(why) => Err(why),
+        })
     }
 
     fn snapshot(&self, game: &Node<'_>, game_id: GameId, scratch: &mut Scratch) -> GameSnapshot {
@@ -328,23 +354,37 @@ mod tests {
 
     #[test]
     fn hostile_ids_are_no_game() {
-        let hostile = [
-            json!("*"),
-            json!("a:b"),
-            json!("a\nb"),
-            json!("x".repeat(10_000)),
-            json!(""),
-            json!("{tag}"),
+        // Ids that cannot become part of a tag: the game is skipped and
+        // says why; values that are no id at all make no game.
+        let unusable = [
+            (json!("*"), "character"),
+            (json!("a b"), "character"),
+            (json!("a\nb"), "character"),
+            (json!("x".repeat(10_000)), "length"),
+            (json!(""), "length"),
+            (json!("{tag}"), "character"),
+        ];
+        for (id, why) in &unusable {
+            let x = extract(&game(id.clone(), json!("live")));
+            assert_eq!(x.skipped, Some(SkipReason::GameId), "{id}");
+            assert_eq!(x.rejected, [*why], "{id}");
+        }
+        let not_ids = [
             json!(1.5),
             json!(true),
             json!(null),
             json!({"id": 1}),
             json!(["g-1"]),
         ];
-        for id in &hostile {
+        for id in &not_ids {
             let x = extract(&game(id.clone(), json!("live")));
             assert_eq!(x.skipped, Some(SkipReason::NoGames), "{id}");
         }
+        let hostile: Vec<Value> = unusable
+            .iter()
+            .map(|(id, _)| id.clone())
+            .chain(not_ids)
+            .collect();
         let mut list: Vec<Value> = hostile
             .iter()
             .map(|id| game(id.clone(), json!("live")))
@@ -352,6 +392,13 @@ mod tests {
         list.insert(3, game(json!("ok"), json!("live")));
         list.push(json!("not an object"));
         assert_eq!(ids(&extract(&json!({ "games": list }))), ["ok"]);
+    }
+
+    #[test]
+    fn real_feed_ids_are_games() {
+        let list = json!({"games": [game(json!("sr:match:12345"), json!("live")),
+                                    game(json!("feed/g+1"), json!("live"))]});
+        assert_eq!(ids(&extract(&list)), ["sr:match:12345", "feed/g+1"]);
     }
 
     #[test]
@@ -496,7 +543,7 @@ mod tests {
         assert_eq!(x.skipped.is_some(), x.games.is_empty());
         let mut seen = HashSet::new();
         for g in &x.games {
-            assert!(is_valid_id(g.game_id.as_str()));
+            assert!(is_valid_game_id(g.game_id.as_str()));
             assert!(seen.insert(g.game_id.clone()), "duplicate {}", g.game_id);
             assert!(g.lines.values().all(|v| v.is_finite()));
             assert!(g
@@ -518,27 +565,38 @@ mod tests {
             };
             let mut games = Vec::new();
             let mut seen = HashSet::new();
+            let mut rejected = Vec::new();
             for pointer in &rules.games {
                 pointer.each_match(&root, &mut |candidate| {
                     let Some(id) = game_id_of(rules, candidate) else {
                         return;
                     };
+                    if let Some(why) = game_id_problem(&id) {
+                        return rejected.push(why);
+                    }
                     if !seen.contains(&id) {
                         games.push(snapshot(rules, candidate, GameId(id.to_string())));
                         seen.insert(id);
                     }
                 });
             }
-            let skipped = games.is_empty().then_some(SkipReason::NoGames);
-            Extraction { games, skipped }
+            let skipped = match (games.is_empty(), rejected.is_empty()) {
+                (false, _) => None,
+                (true, true) => Some(SkipReason::NoGames),
+                (true, false) => Some(SkipReason::GameId),
+            };
+            Extraction {
+                games,
+                skipped,
+                rejected,
+            }
         }
 
         fn game_id_of<'v>(rules: &WatchRules, candidate: &'v Value) -> Option<Cow<'v, str>> {
             if !candidate.is_object() {
                 return None;
             }
-            let id = id_text(rules.game_id.get(candidate)?)?;
-            is_valid_id(&id).then_some(id)
+            id_text(rules.game_id.get(candidate)?)
         }
 
         fn snapshot(rules: &WatchRules, game: &Value, game_id: GameId) -> GameSnapshot {

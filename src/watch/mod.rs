@@ -121,12 +121,28 @@ pub struct GameId(#[serde(deserialize_with = "deserialize_id")] String);
 #[error("a game id is 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
 pub struct InvalidGameId;
 
-/// The id alphabet, shared with `sport_id`/`league_id`, which land in
-/// sidebar tags and need the same protection.
+/// The alphabet of `sport_id`/`league_id`, which land in sidebar tags.
 pub(crate) fn is_valid_id(s: &str) -> bool {
     (1..=128).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Game ids as real feeds write them (SPEC §5): letters, digits and
+/// `. _ - : / +`, 1 to 128 bytes, so Sportradar's `sr:match:12345` is a
+/// game. Nothing that could break a tag, a key or a pattern (space,
+/// control bytes, `{ } * ? [ ]`, quotes) gets through.
+pub(crate) fn game_id_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() || s.len() > 128 {
+        return Some("length");
+    }
+    let ok =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'/' | b'+');
+    (!s.bytes().all(ok)).then_some("character")
+}
+
+pub fn is_valid_game_id(s: &str) -> bool {
+    game_id_problem(s).is_none()
 }
 
 impl GameId {
@@ -138,7 +154,7 @@ impl GameId {
 impl TryFrom<&str> for GameId {
     type Error = InvalidGameId;
     fn try_from(s: &str) -> Result<Self, Self::Error> {
-        if is_valid_id(s) {
+        if is_valid_game_id(s) {
             Ok(GameId(s.to_owned()))
         } else {
             Err(InvalidGameId)
@@ -149,7 +165,7 @@ impl TryFrom<&str> for GameId {
 impl TryFrom<String> for GameId {
     type Error = InvalidGameId;
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        if is_valid_id(&s) {
+        if is_valid_game_id(&s) {
             Ok(GameId(s))
         } else {
             Err(InvalidGameId)
@@ -213,14 +229,17 @@ pub enum SkipReason {
     NoGames,
     Undecodable,
     TooLarge,
+    /// A game object whose id cannot become part of a tag or key.
+    GameId,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 4] = [
+    pub const ALL: [SkipReason; 5] = [
         SkipReason::NotJson,
         SkipReason::NoGames,
         SkipReason::Undecodable,
         SkipReason::TooLarge,
+        SkipReason::GameId,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -229,6 +248,7 @@ impl SkipReason {
             SkipReason::NoGames => "no_games",
             SkipReason::Undecodable => "undecodable",
             SkipReason::TooLarge => "too_large",
+            SkipReason::GameId => "game_id",
         }
     }
 }
@@ -314,12 +334,19 @@ mod tests {
 
     #[test]
     fn game_id_alphabet() {
-        for ok in ["g-1001", "1001", "a.b_c-D", &"x".repeat(128)] {
+        for ok in [
+            "g-1001",
+            "1001",
+            "a.b_c-D",
+            "sr:match:12345",
+            "feed/2026/g+1",
+            &"x".repeat(128),
+        ] {
             assert_eq!(GameId::try_from(ok).unwrap().as_str(), ok);
         }
         let long = "x".repeat(129);
         for bad in [
-            "", "*", "a:b", "a b", "a\nb", "{a}", "a/b", "é", "a?", &long,
+            "", "*", "a b", "a\nb", "{a}", "é", "a?", "a[1]", "a\"b", "a'b", &long,
         ] {
             assert_eq!(GameId::try_from(bad), Err(InvalidGameId), "{bad:?}");
         }
@@ -330,7 +357,7 @@ mod tests {
         let id = GameId::try_from("g-1").unwrap();
         assert_eq!(serde_json::to_string(&id).unwrap(), "\"g-1\"");
         assert_eq!(serde_json::from_str::<GameId>("\"g-1\"").unwrap(), id);
-        assert!(serde_json::from_str::<GameId>("\"a:b\"").is_err());
+        assert!(serde_json::from_str::<GameId>("\"a b\"").is_err());
         assert!(serde_json::from_str::<GameId>("\"\"").is_err());
         assert!(serde_json::from_str::<GameId>("12").is_err());
     }
@@ -358,6 +385,15 @@ mod tests {
     #[test]
     fn skip_reason_labels() {
         let labels: Vec<_> = SkipReason::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(labels, ["not_json", "no_games", "undecodable", "too_large"]);
+        assert_eq!(
+            labels,
+            [
+                "not_json",
+                "no_games",
+                "undecodable",
+                "too_large",
+                "game_id"
+            ]
+        );
     }
 }

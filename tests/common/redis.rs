@@ -67,31 +67,27 @@ impl RedisServer {
             .expect("cannot connect to the test Redis")
     }
 
-    /// Readiness probe: `n` replicas hold their command connection and their
-    /// subscription to `channel` (bounded by `READY_WITHIN`).
-    pub async fn wait_fleet_connected(&self, channel: &str, n: usize) {
+    /// Readiness probe: `n` replicas hold their command connection and are
+    /// reading the event log (a client blocked in `XREAD`), bounded by
+    /// `READY_WITHIN`.
+    pub async fn wait_fleet_connected(&self, n: usize) {
         let mut c = self.conn().await;
         let deadline = Instant::now() + READY_WITHIN;
         loop {
-            let (_, subs): (String, usize) = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(channel)
-                .query_async(&mut c)
-                .await
-                .expect("PUBSUB NUMSUB");
             let clients: String = redis::cmd("CLIENT")
                 .arg("LIST")
                 .query_async(&mut c)
                 .await
                 .expect("CLIENT LIST");
+            let readers = readers_in(&clients);
             // Our own connection plus two per replica.
             let others = clients.lines().count().saturating_sub(1);
-            if subs >= n && others >= 2 * n {
+            if readers >= n && others >= 2 * n {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the fleet did not connect to Redis: {subs} subscribers, {others} clients, want {n} replicas"
+                "the fleet did not connect to Redis: {readers} log readers, {others} clients, want {n} replicas"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -129,4 +125,13 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Clients of a `CLIENT LIST` reply that are reading the event log: their
+/// last command is a blocking `XREAD`.
+pub fn readers_in(client_list: &str) -> usize {
+    client_list
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f == "cmd=xread"))
+        .count()
 }
