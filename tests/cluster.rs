@@ -39,6 +39,10 @@ const POLL: Duration = Duration::from_millis(10);
 /// The shipped config in cluster mode on `seeds`, with the shared L2 on so
 /// response keys land in the cluster too.
 fn cluster_config(upstream: &str, seeds: Vec<String>, replica: &str) -> Config {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("TLOG").unwrap_or("off".into()))
+        .with_test_writer()
+        .try_init(); // DEBUG-TEMP
     let mut cfg = config(upstream, None, replica);
     cfg.redis = Some(RedisConfig {
         mode: RedisMode::Cluster,
@@ -195,7 +199,7 @@ fn game_path(id: &str) -> String {
 /// with XADD; nothing goes out by pub/sub.
 #[tokio::test(flavor = "multi_thread")]
 async fn registration_invalidation_and_the_log_fan_out_across_slots_and_nodes() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_with(1); // DEBUG-TEMP
     let owner = cluster.owner(EVENTS);
     let elsewhere = (owner + 1) % cluster.nodes.len();
     let up = Upstream::start().await;
@@ -225,7 +229,43 @@ async fn registration_invalidation_and_the_log_fan_out_across_slots_and_nodes() 
         }
     }
 
-    // Registration is queued off the request path: wait for it.
+    tokio::time::sleep(Duration::from_secs(3)).await; // DEBUG-TEMP
+    for _ in 0..3 {
+        let _: () = c.set("dbgx", 1).await.unwrap();
+        let t = Instant::now();
+        let r: redis::RedisResult<redis::Value> =
+            redis::cmd("WAIT").arg(1).arg(250).query_async(c).await;
+        eprintln!("DEBUG WAIT -> {r:?} in {:?}", t.elapsed());
+    } // DEBUG-TEMP
+    for i in 0..cluster.nodes.len() {
+        let t = Instant::now();
+        let r = cluster.nodes[i].cmd::<redis::Value>(redis::cmd("WAIT").arg(1).arg(250));
+        eprintln!(
+            "DEBUG node {i} WAIT -> {r:?} in {:?}; repl {:?}",
+            t.elapsed(),
+            cluster.nodes[i]
+                .cmd::<String>(redis::cmd("INFO").arg("replication"))
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with("role")
+                    || l.starts_with("connected_slaves")
+                    || l.starts_with("slave0"))
+                .collect::<Vec<_>>()
+        );
+    } // DEBUG-TEMP
+    eprintln!(
+        "DEBUG xlen={:?} xadd={} wait={} cmdstats={:?}",
+        cluster.nodes[owner].cmd::<i64>(redis::cmd("XLEN").arg(EVENTS)),
+        calls(&cluster, owner, "xadd"),
+        calls(&cluster, owner, "wait"),
+        cluster.nodes[owner]
+            .cmd::<String>(redis::cmd("INFO").arg("commandstats"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("wait") || l.contains("xadd"))
+            .collect::<Vec<_>>()
+    ); // DEBUG-TEMP
+       // Registration is queued off the request path: wait for it.
     let keys_of = |id: &str| {
         [
             format!("{PREFIX}registry:game:{id}"),

@@ -53,6 +53,8 @@ const QUEUE: usize = 16_384;
 const BATCH: usize = 512;
 /// How much longer than `command_timeout` a tag's bulk deletion may take.
 const BULK_TIMEOUT_FACTOR: u32 = 20;
+/// How often a failing command connection is replaced by a new one at most.
+const REPLACE_EVERY: Duration = Duration::from_millis(500);
 /// Members per UNLINK command.
 const UNLINK_CHUNK: usize = 1000;
 
@@ -199,6 +201,8 @@ pub struct RedisTier {
     outbox: Outbox,
     /// When `{prefix}replica:{id}` was last written.
     confirmed: Mutex<Option<Instant>>,
+    /// When the command connection was last replaced.
+    replaced: Mutex<Option<Instant>>,
     timeout: Duration,
     store_responses: bool,
     /// The L1, so the writer can skip L2 copies of entries that were
@@ -275,6 +279,7 @@ impl RedisTier {
             liveness: cfg.liveness_timeout.get(),
             outbox: Outbox::new(cfg.outbox_capacity),
             confirmed: Mutex::new(None),
+            replaced: Mutex::new(None),
             timeout: cfg.command_timeout.get(),
             store_responses: cfg.store_responses,
             store: OnceLock::new(),
@@ -498,8 +503,17 @@ impl RedisTier {
         }
     }
 
-    /// Opens a new command connection and keeps it if it answers.
+    /// Opens a new command connection and keeps it if it answers; at most
+    /// once per [`REPLACE_EVERY`], so a Redis that is merely paused does not
+    /// collect half-open connections.
     async fn replace_connection(&self, sentinel: bool) -> bool {
+        {
+            let mut last = self.replaced.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < REPLACE_EVERY) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
         let Ok(mut fresh) = self.open().await else {
             return false;
         };
