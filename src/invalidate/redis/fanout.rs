@@ -299,7 +299,10 @@ impl RedisTier {
     /// replica to have it.
     async fn append(&self, msg: &wire::Message) -> Result<(), RedisError> {
         let payload = wire::encode(msg);
-        let replicated = !matches!(self.backend, Backend::Standalone(_));
+        // Sentinel only: in a cluster the client sends WAIT to every
+        // primary and keeps the smallest count, so one shard without a
+        // replica would hold up every event (see the issue note).
+        let replicated = matches!(self.backend, Backend::Sentinel(_));
         for attempt in 1..=WAIT_TRIES {
             let mut conn = self.manager().ok_or(RedisError::NotConnected)?;
             let mut add = redis::cmd("XADD");
