@@ -39,10 +39,6 @@ const POLL: Duration = Duration::from_millis(10);
 /// The shipped config in cluster mode on `seeds`, with the shared L2 on so
 /// response keys land in the cluster too.
 fn cluster_config(upstream: &str, seeds: Vec<String>, replica: &str) -> Config {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("TLOG").unwrap_or("off".into()))
-        .with_test_writer()
-        .try_init(); // DEBUG-TEMP
     let mut cfg = config(upstream, None, replica);
     cfg.redis = Some(RedisConfig {
         mode: RedisMode::Cluster,
@@ -60,6 +56,39 @@ fn seeds_from(cluster: &Cluster, first: usize) -> Vec<String> {
     let mut urls = cluster.urls();
     urls.rotate_left(first);
     urls
+}
+
+/// Waits until every replica holds its primary's data: a fresh replica
+/// waits for the full sync (Redis delays a diskless one by 5 s), and a
+/// failover to one that has not finished it loses the shard's keys.
+async fn wait_replicas_synced(cluster: &Cluster) {
+    let deadline = Instant::now() + 3 * SETUP;
+    loop {
+        let infos: Vec<String> = cluster
+            .primaries()
+            .iter()
+            .map(|&i| {
+                cluster.nodes[i]
+                    .cmd::<String>(redis::cmd("INFO").arg("replication"))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let synced = infos.iter().all(|info| {
+            let replicas: Vec<&str> = info
+                .lines()
+                .filter(|l| l.starts_with("slave") && l.contains("state="))
+                .collect();
+            !replicas.is_empty() && replicas.iter().all(|l| l.contains("state=online"))
+        });
+        if synced {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas never synced: {infos:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Clients reading the event log on node `i` (their last command is a
@@ -130,6 +159,19 @@ fn logged_games(cluster: &Cluster, i: usize, replica: &str) -> HashSet<String> {
         .collect()
 }
 
+/// Waits until the log on node `i` holds an invalidation of `game` that
+/// `replica` appended.
+async fn wait_logged(cluster: &Cluster, i: usize, replica: &str, game: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !logged_games(cluster, i, replica).contains(game) {
+        assert!(
+            Instant::now() < deadline,
+            "{replica}'s invalidation of {game} is not in the log on node {i} after {within:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Metric `series` (name and labels, e.g. `oddscache_resyncs_total{why="gap"}`)
 /// from the admin port's `/metrics`.
 async fn metric(http: &Http, admin: SocketAddr, series: &str) -> f64 {
@@ -142,6 +184,22 @@ async fn metric(http: &Http, admin: SocketAddr, series: &str) -> f64 {
             (name == series).then(|| value.parse().ok()).flatten()
         })
         .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+/// Waits until metric `series` on the admin port reads `want`.
+async fn wait_metric(http: &Http, admin: SocketAddr, series: &str, want: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = metric(http, admin, series).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} on {admin} stayed {got}, never {want}, for {within:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// Calls of `command` (lower case, e.g. "xadd") on node `i` since start.
@@ -336,13 +394,18 @@ async fn registration_invalidation_and_the_log_fan_out_across_slots_and_nodes() 
 }
 
 /// The primary that owns the log's slot dies under two sidecars, both
-/// reading the log on it: while its replica takes over, clients reading
-/// from both see no errors and no wrong odds. A status change written
-/// through r1 just after the kill cannot be appended while the slot has no
-/// owner; r1's outbox keeps it and appends it to the promoted replica, and
-/// r2, reading again from there, gets it. Both end reading the log on the
-/// new owner, and afterwards status changes written through r1 delete
-/// their keys on the new topology and reach r2. Nothing stale survives.
+/// reading the log on it, moments after they filled their caches: while
+/// its replica takes over, clients reading from both see no errors and no
+/// wrong odds. The failover loses whatever had not reached the replica (a
+/// fresh replica may not have finished its first sync): log entries,
+/// registry sets, game states. A status change written through r1 just
+/// after the kill cannot be appended while the slot has no owner; r1's
+/// outbox keeps it and appends it to the promoted replica's log, and r2
+/// stops serving the old status (it applies the entry, or resyncs when the
+/// last entry it applied is gone). Both end reading the log on the new
+/// owner, and once both say Redis is up again, status changes written
+/// through r1 delete their keys on the new topology and reach r2. Nothing
+/// stale survives.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_stale() {
     let mut cluster = Cluster::start_with(1);
@@ -351,13 +414,14 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
     let victim = cluster.owner(EVENTS);
     let other = *primaries.iter().find(|&&p| p != victim).unwrap();
     let up = Upstream::start().await;
-    let r1 = Sidecar::start(cluster_config(
+    let (r1, _, admin1) = Sidecar::with_handle(cluster_config(
         &up.url(),
         seeds_from(&cluster, victim),
         "r1",
     ))
     .await;
-    let r2 = Sidecar::start(cluster_config(&up.url(), seeds_from(&cluster, other), "r2")).await;
+    let (r2, _, admin2) =
+        Sidecar::with_handle(cluster_config(&up.url(), seeds_from(&cluster, other), "r2")).await;
     assert_eq!(wait_readers_on_owner(&cluster, 2, SETUP).await, victim);
     let http = Http::new();
 
@@ -426,10 +490,7 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
         killed_at.elapsed()
     );
     wait_serves(&http, &r2, "r2", &during, "in_progress", PROPAGATION).await;
-    assert!(
-        logged_games(&cluster, new_owner, "r1").contains(&during),
-        "r1's outbox never appended the change of {during} to the new owner's log"
-    );
+    wait_logged(&cluster, new_owner, "r1", &during, PROPAGATION).await;
     stop.store(true, Ordering::Relaxed);
     reader.await.unwrap();
     assert_eq!(
@@ -439,6 +500,10 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
         reads.load(Ordering::Relaxed)
     );
 
+    // The readers are back; so must the command connections be.
+    for admin in [admin1, admin2] {
+        wait_metric(&http, admin, "oddscache_redis_up", 1.0, SETUP).await;
+    }
     let c = &mut cluster.connection().await;
     for id in &ids {
         let w = http
@@ -464,13 +529,15 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
 /// A manual failover (`CLUSTER FAILOVER` on the owner's replica) moves the
 /// log's slot without closing any connection: the demoted primary ends its
 /// blocked reads (or answers the next one with `MOVED`), and both sidecars
-/// follow the slot to the promoted replica. A manual failover loses no
-/// write, so each goes on from the last entry it applied, which the
-/// promoted replica holds: no resync, and no tagged entry dropped. A change
+/// follow the slot to the promoted replica. The replicas are in sync
+/// first, and a manual failover loses no write, so each sidecar goes on
+/// from the last entry it applied, which the promoted replica holds: no
+/// resync, and no tagged entry dropped. A change
 /// written through r1 during the switch, and one after it, reach r2.
 #[tokio::test(flavor = "multi_thread")]
 async fn log_readers_follow_the_slot_to_a_promoted_replica_and_resume_without_a_resync() {
     let cluster = Cluster::start_with(1);
+    wait_replicas_synced(&cluster).await;
     let owner = cluster.owner(EVENTS);
     let replica = cluster
         .replica_of(owner)
