@@ -77,7 +77,7 @@ impl Core {
                     .ledger()
                     .set_outage_bound(rc.outage_max_staleness.get());
                 // Nothing covers the time before the log is first read.
-                store.ledger().set_cut_off(true);
+                store.ledger().join_fleet();
                 invalidate::redis::RedisTier::start(
                     rc,
                     (&config.replica_id, &instance),

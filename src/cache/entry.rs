@@ -512,7 +512,7 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn since_epoch(t: Instant) -> i64 {
+pub(crate) fn since_epoch(t: Instant) -> i64 {
     let epoch = epoch();
     let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
     match t.checked_duration_since(epoch) {

@@ -22,17 +22,27 @@
 //!   fill's stale fallback, a waiter handed the leader's entry, the L2
 //!   writer about to copy it.
 //!
+//! Copies read back from the shared L2 come from another process, whose
+//! fetch this ledger never saw: [`Marks`] remembers, by the wall clock, when
+//! each tag was last invalidated (by this replica or by an event it
+//! applied), and a copy whose fetch began before that is not used (the
+//! copy carries its fetch's start; pods' clocks are assumed within a few
+//! milliseconds, as NTP keeps them). A resync marks everything.
+//!
 //! A third rule bounds what a replica that cannot hear the fleet serves
-//! ([`Ledger::cut_off`]): while its event log cannot be read, a tagged
-//! entry stored more than `outage_max_staleness` ago counts as expired, so
-//! it revalidates with the upstream instead of being answered from L1.
+//! ([`Ledger::is_cut_off`]): when its reader has not been caught up with
+//! the event log for [`LOG_SILENCE`] (Redis down, a blackholed flow not yet
+//! detected, a backlog not yet replayed), a tagged entry stored more than
+//! `outage_max_staleness` ago counts as expired, so it revalidates with the
+//! upstream instead of being answered from L1, and is not served
+//! stale-if-error either.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::entry::{Entry, Freshness};
+use super::entry::{since_epoch, Entry, Freshness};
 use super::store::is_local_tag;
 
 /// Whether `entry` may be served at all: no invalidation has found it.
@@ -46,16 +56,96 @@ pub fn usable_on_error(entry: &Entry, now: Instant) -> bool {
     servable(entry) && entry.usable_on_error(now)
 }
 
+/// How long the log's reader may go without being caught up before the
+/// replica counts as cut off: its blocking read returns at least every
+/// second when it is.
+pub const LOG_SILENCE: Duration = Duration::from_secs(2);
+/// `caught_up` of a sidecar without a fleet: never cut off.
+const NO_FLEET: i64 = i64::MAX;
+/// `caught_up` before the log was first read.
+const NEVER: i64 = i64::MIN;
+
+/// Tags' invalidation times remembered for L2 reads; past this the oldest
+/// are folded into one floor.
+const MARKS: usize = 100_000;
+
+/// When tags were last invalidated, by the wall clock (unix ms).
+#[derive(Default)]
+pub struct Marks {
+    inner: Mutex<MarksInner>,
+}
+
+#[derive(Default)]
+struct MarksInner {
+    by_tag: HashMap<Arc<str>, u64>,
+    order: VecDeque<(Arc<str>, u64)>,
+    /// Every copy stored before this is refused: a resync, or marks folded
+    /// away to keep the map bounded.
+    floor: u64,
+}
+
+impl Marks {
+    fn lock(&self) -> MutexGuard<'_, MarksInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that `tags` were invalidated at `at_ms`.
+    pub fn mark<T: AsRef<str>>(&self, tags: &[T], at_ms: u64) {
+        let mut m = self.lock();
+        for t in tags {
+            let tag: Arc<str> = Arc::from(t.as_ref());
+            let at = m.by_tag.get(&tag).map_or(at_ms, |&old| old.max(at_ms));
+            m.by_tag.insert(Arc::clone(&tag), at);
+            m.order.push_back((tag, at));
+        }
+        while m.order.len() > MARKS {
+            let Some((tag, at)) = m.order.pop_front() else {
+                break;
+            };
+            if m.by_tag.get(&tag) == Some(&at) {
+                m.by_tag.remove(&tag);
+                m.floor = m.floor.max(at);
+            }
+        }
+    }
+
+    /// Every copy stored up to `at_ms` is refused from now on.
+    pub fn mark_all(&self, at_ms: u64) {
+        let mut m = self.lock();
+        m.floor = m.floor.max(at_ms);
+        m.by_tag.clear();
+        m.order.clear();
+    }
+
+    /// Whether a copy tagged `tags` whose fetch began at `fetch_began_ms`
+    /// may predate an invalidation this replica knows of.
+    pub fn predates<'t>(
+        &self,
+        tags: impl IntoIterator<Item = &'t str>,
+        fetch_began_ms: u64,
+    ) -> bool {
+        let m = self.lock();
+        let before = |at: u64| fetch_began_ms <= at;
+        if m.floor > 0 && before(m.floor) {
+            return true;
+        }
+        tags.into_iter()
+            .any(|t| m.by_tag.get(t).is_some_and(|&at| before(at)))
+    }
+}
+
 /// The invalidations that fetches in flight may predate.
 pub struct Ledger {
     inner: Mutex<Epochs>,
     /// Bumped by every invalidation and flush.
     seq: AtomicU64,
-    /// Set while the fleet's event log cannot be read (see the module
-    /// header); read on every hit, so a plain flag.
-    cut_off: AtomicBool,
+    /// When the log's reader was last caught up, in nanoseconds from the
+    /// entries' epoch ([`NO_FLEET`] without one). Read on every hit.
+    caught_up: AtomicI64,
     /// `outage_max_staleness` in milliseconds.
     outage_bound_ms: AtomicU64,
+    /// Wall-clock invalidation times, for L2 copies.
+    pub marks: Marks,
 }
 
 #[derive(Default)]
@@ -79,8 +169,9 @@ impl Default for Ledger {
         Ledger {
             inner: Mutex::default(),
             seq: AtomicU64::new(0),
-            cut_off: AtomicBool::new(false),
+            caught_up: AtomicI64::new(NO_FLEET),
             outage_bound_ms: AtomicU64::new(u64::MAX),
+            marks: Marks::default(),
         }
     }
 }
@@ -124,6 +215,7 @@ impl Ledger {
     fn ticket(self: &Arc<Self>, start: u64, hold: bool) -> FetchTicket {
         FetchTicket {
             start,
+            began: Instant::now(),
             hold,
             forgiven: Vec::new(),
             ledger: Arc::clone(self),
@@ -165,14 +257,43 @@ impl Ledger {
         ep.superseded(ticket, tags)
     }
 
-    /// Sets whether the fleet's log can be read, and the staleness bound
-    /// that applies while it cannot.
-    pub fn set_cut_off(&self, cut_off: bool) {
-        self.cut_off.store(cut_off, Ordering::Relaxed);
+    /// This replica is in a fleet whose log it has not read yet.
+    pub fn join_fleet(&self) {
+        self.caught_up.store(NEVER, Ordering::Relaxed);
     }
 
-    pub fn is_cut_off(&self) -> bool {
-        self.cut_off.load(Ordering::Relaxed)
+    /// The reader has applied everything the log held at `now`.
+    pub fn caught_up(&self, now: Instant) {
+        self.caught_up.store(since_epoch(now), Ordering::Relaxed);
+    }
+
+    /// Whether, at `now`, the replica has not been caught up with the log
+    /// for [`LOG_SILENCE`].
+    pub fn is_cut_off(&self, now: Instant) -> bool {
+        let at = self.caught_up.load(Ordering::Relaxed);
+        if at == NO_FLEET {
+            return false;
+        }
+        let silence = i64::try_from(LOG_SILENCE.as_nanos()).unwrap_or(i64::MAX);
+        at == NEVER || since_epoch(now).saturating_sub(at) > silence
+    }
+
+    /// Whether the outage bound keeps `entry` from being served at `now`:
+    /// cut off, tagged, and stored longer ago than the bound.
+    fn beyond_outage_bound(&self, entry: &Entry, now: Instant) -> bool {
+        if !self.is_cut_off(now) {
+            return false;
+        }
+        let bound = Duration::from_millis(self.outage_bound_ms.load(Ordering::Relaxed));
+        now.saturating_duration_since(entry.stored_at()) > bound
+            && entry.tags().any(|t| !is_local_tag(t))
+    }
+
+    /// Whether an expired `entry` may stand in for a failed upstream:
+    /// servable, within its `stale-if-error` window, and not beyond the
+    /// outage bound.
+    pub fn usable_on_error(&self, entry: &Entry, now: Instant) -> bool {
+        usable_on_error(entry, now) && !self.beyond_outage_bound(entry, now)
     }
 
     pub fn set_outage_bound(&self, bound: Duration) {
@@ -185,12 +306,7 @@ impl Ledger {
     /// than the outage bound counts as expired (it revalidates).
     pub fn freshness(&self, entry: &Entry, now: Instant) -> Freshness {
         let own = entry.freshness(now);
-        if own == Freshness::Stale || !self.cut_off.load(Ordering::Relaxed) {
-            return own;
-        }
-        let bound = Duration::from_millis(self.outage_bound_ms.load(Ordering::Relaxed));
-        let old = now.saturating_duration_since(entry.stored_at()) > bound;
-        if old && entry.tags().any(|t| !is_local_tag(t)) {
+        if own != Freshness::Stale && self.beyond_outage_bound(entry, now) {
             Freshness::Stale
         } else {
             own
@@ -236,6 +352,8 @@ impl Epochs {
 /// Registered while a fetch is in flight, so epochs it may need are kept.
 pub struct FetchTicket {
     start: u64,
+    /// When the fetch began, for the L2 copy of what it stores.
+    began: Instant,
     /// Taken by [`Ledger::begin_hold`]: also listed in `holds`.
     hold: bool,
     /// The invalidations this fetch caused itself: the response that
@@ -245,6 +363,10 @@ pub struct FetchTicket {
 }
 
 impl FetchTicket {
+    pub fn began(&self) -> Instant {
+        self.began
+    }
+
     /// Exempts the invalidation numbered `seq`, which this fetch's own
     /// response caused, from superseding it. Nothing else is exempted: a
     /// peer's invalidation that landed while the fetch awaited Redis still
@@ -270,5 +392,34 @@ impl Drop for FetchTicket {
         if self.hold {
             release(&mut ep.holds, self.start);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn l2_copies_older_than_a_known_invalidation_are_refused() {
+        let m = Marks::default();
+        m.mark(&["game:1"], 10_000);
+        assert!(m.predates(["game:1"], 9_000), "fetched before");
+        assert!(m.predates(["game:1"], 10_000), "in the same millisecond");
+        assert!(!m.predates(["game:1"], 10_001));
+        assert!(!m.predates(["game:2"], 9_000), "another tag");
+        m.mark_all(20_000);
+        assert!(m.predates(["game:2"], 15_000), "before a resync");
+        assert!(!m.predates(["game:2"], 21_001));
+    }
+
+    #[test]
+    fn marks_stay_bounded_and_fold_into_the_floor() {
+        let m = Marks::default();
+        for i in 0..(MARKS as u64 + 10) {
+            m.mark(&[format!("game:{i}")], 1_000 + i);
+        }
+        assert!(m.lock().by_tag.len() <= MARKS);
+        // The folded-away oldest marks still refuse what predates them.
+        assert!(m.predates(["game:0"], 1_000));
     }
 }

@@ -5,13 +5,18 @@
 //! Layout, integers big-endian:
 //!
 //! ```text
-//! "OCR" version:u8=1 status:u16 flags:u8 (bit 0: must_revalidate)
-//! stored_at_unix_ms:u64 initial_age_ms:u64 fresh_for_ms:u64
+//! "OCR" version:u8=2 status:u16 flags:u8 (bit 0: must_revalidate)
+//! stored_at_unix_ms:u64 fetch_began_unix_ms:u64 initial_age_ms:u64 fresh_for_ms:u64
 //! stale_if_error_ms:u64 stale_while_revalidate_ms:u64
 //! headers:u32 { name_len:u32 name value_len:u32 value }*
 //! tags:u32 { len:u32 utf8 }*
 //! body_len:u32 body
 //! ```
+//!
+//! `fetch_began` is when the fetch that produced the response began, by the
+//! storing replica's clock: a reader refuses a copy whose fetch began before
+//! an invalidation of one of its tags that it knows of (see
+//! `freshness::Marks`). Version 1 values, which lack it, are refused.
 //!
 //! Nothing may follow the body. Decoding checks every length against what
 //! is left before it allocates, so a corrupt or hostile value costs at most
@@ -28,12 +33,12 @@ use super::entry::{Entry, NewEntry};
 use super::policy::strip_hop_by_hop;
 
 const MAGIC: &[u8; 3] = b"OCR";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// More header fields or tags than this is not a response we stored.
 pub const MAX_HEADERS: usize = 1024;
 pub const MAX_TAGS: usize = 4096;
 /// Bytes of the fixed part, up to the header count included.
-const FIXED: usize = 3 + 1 + 2 + 1 + 5 * 8 + 4;
+const FIXED: usize = 3 + 1 + 2 + 1 + 6 * 8 + 4;
 
 const MUST_REVALIDATE: u8 = 1;
 
@@ -65,6 +70,8 @@ pub struct Stored {
     pub body: Bytes,
     /// When the entry was stored, by the wall clock of the replica that stored it.
     pub stored_at_ms: u64,
+    /// When its fetch began, by the same clock.
+    pub fetch_began_ms: u64,
     pub initial_age: Duration,
     pub fresh_for: Duration,
     pub stale_if_error: Duration,
@@ -83,10 +90,11 @@ fn put_chunk(out: &mut Vec<u8>, bytes: &[u8]) -> Option<()> {
     Some(())
 }
 
-/// Encodes `entry`, stored at `stored_at_ms` (unix milliseconds). `None`
+/// Encodes `entry`, stored at `stored_at_ms` and fetched from
+/// `fetch_began_ms` (unix milliseconds). `None`
 /// when a part does not fit the layout (a body or field over 4 GiB, or more
 /// fields or tags than a decoder accepts).
-pub fn encode(entry: &Entry, stored_at_ms: u64) -> Option<Vec<u8>> {
+pub fn encode(entry: &Entry, stored_at_ms: u64, fetch_began_ms: u64) -> Option<Vec<u8>> {
     if entry.headers().len() > MAX_HEADERS || entry.tags().count() > MAX_TAGS {
         return None;
     }
@@ -106,6 +114,7 @@ pub fn encode(entry: &Entry, stored_at_ms: u64) -> Option<Vec<u8>> {
         0
     });
     out.put_u64(stored_at_ms);
+    out.put_u64(fetch_began_ms);
     for d in [
         entry.initial_age(),
         entry.fresh_for(),
@@ -206,6 +215,7 @@ pub fn decode(bytes: Bytes) -> Result<Stored, DecodeError> {
     let status = StatusCode::from_u16(code).map_err(|_| DecodeError::Status(code))?;
     let flags = r.u8()?;
     let stored_at_ms = r.u64()?;
+    let fetch_began_ms = r.u64()?;
     let initial_age = r.millis()?;
     let fresh_for = r.millis()?;
     let stale_if_error = r.millis()?;
@@ -234,6 +244,7 @@ pub fn decode(bytes: Bytes) -> Result<Stored, DecodeError> {
         headers,
         body,
         stored_at_ms,
+        fetch_began_ms,
         initial_age,
         fresh_for,
         stale_if_error,
@@ -352,7 +363,12 @@ mod tests {
     #[test]
     fn round_trips() {
         let e = sample();
-        let s = decode(encode(&e, 1_700_000_000_000).unwrap().into()).unwrap();
+        let s = decode(
+            encode(&e, 1_700_000_000_000, 1_700_000_000_000)
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
         assert_eq!(s.stored_at_ms, 1_700_000_000_000);
         same(&e, &s);
     }
@@ -372,7 +388,7 @@ mod tests {
             [0, 1000, 0, 0],
             true,
         );
-        let s = decode(encode(&e, 0).unwrap().into()).unwrap();
+        let s = decode(encode(&e, 0, 0).unwrap().into()).unwrap();
         assert_eq!(s.headers.len(), 1, "{:?}", s.headers);
         assert!(s.headers.contains_key("x-ok"));
         assert!(s.must_revalidate);
@@ -381,7 +397,7 @@ mod tests {
     #[test]
     fn rebuilt_entries_keep_their_clock() {
         let e = sample(); // 2s old on arrival, fresh for 5s
-        let raw = encode(&e, 10_000).unwrap();
+        let raw = encode(&e, 10_000, 10_000).unwrap();
         let now = Instant::now();
         let rebuilt = decode(raw.clone().into())
             .unwrap()
@@ -403,15 +419,19 @@ mod tests {
 
     #[test]
     fn refuses_junk_and_other_versions() {
-        let raw = encode(&sample(), 1).unwrap();
+        let raw = encode(&sample(), 1, 1).unwrap();
         assert_eq!(decode(Bytes::new()), Err(DecodeError::Magic));
         assert_eq!(
             decode(Bytes::from_static(b"{\"json\":1}")),
             Err(DecodeError::Magic)
         );
-        let mut v2 = raw.clone();
-        v2[3] = 2;
-        assert_eq!(decode(v2.into()), Err(DecodeError::Version(2)));
+        // Version 1 has no fetch start: refused, not misread.
+        let mut v1 = raw.clone();
+        v1[3] = 1;
+        assert_eq!(decode(v1.into()), Err(DecodeError::Version(1)));
+        let mut v3 = raw.clone();
+        v3[3] = 3;
+        assert_eq!(decode(v3.into()), Err(DecodeError::Version(3)));
         let mut bad_status = raw.clone();
         bad_status[4..6].copy_from_slice(&7u16.to_be_bytes());
         assert_eq!(decode(bad_status.into()), Err(DecodeError::Status(7)));
@@ -434,7 +454,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_refused() {
-        let raw = encode(&sample(), 1).unwrap();
+        let raw = encode(&sample(), 1, 1).unwrap();
         for n in 0..raw.len() {
             assert!(
                 decode(Bytes::copy_from_slice(&raw[..n])).is_err(),
@@ -462,7 +482,7 @@ mod tests {
             let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
             let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
             let e = entry(status, &headers, &body, &tags, times, must_revalidate);
-            let s = decode(encode(&e, stored_at).unwrap().into()).unwrap();
+            let s = decode(encode(&e, stored_at, stored_at).unwrap().into()).unwrap();
             prop_assert_eq!(s.stored_at_ms, stored_at);
             same(&e, &s);
         }
@@ -474,7 +494,7 @@ mod tests {
 
         #[test]
         fn corrupted_values_never_panic(i in any::<prop::sample::Index>(), b in any::<u8>()) {
-            let mut raw = encode(&sample(), 1).unwrap();
+            let mut raw = encode(&sample(), 1, 1).unwrap();
             let i = i.index(raw.len());
             raw[i] = b;
             let _ = decode(raw.into());

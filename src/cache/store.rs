@@ -404,6 +404,14 @@ impl Store {
                 let filed = Filed::insert(index.take(tag), &entry, i);
                 index.insert(filed);
             }
+            // The entry this one replaces is no longer filed: an
+            // invalidation from now on would not find it, so it stops being
+            // servable here rather than when moka is overwritten below.
+            if let Some(Slot::Entry(old)) = self.get(entry.key()) {
+                if !Arc::ptr_eq(&old, &entry) && old.tags().next().is_some() {
+                    old.kill();
+                }
+            }
         }
         if !vary.is_empty() {
             let varies = Varies {
@@ -891,8 +899,15 @@ mod tests {
         let plain = entry_at("/p", &[], Instant::now() - Duration::from_secs(10));
         let now = Instant::now();
         assert_eq!(store.freshness(&old, now), crate::cache::Freshness::Fresh);
-        store.ledger().set_cut_off(true);
+        store.ledger().join_fleet();
         assert_eq!(store.freshness(&old, now), crate::cache::Freshness::Stale);
+        assert!(!store.ledger().usable_on_error(&old, now));
+        store.ledger().caught_up(now);
+        assert_eq!(store.freshness(&old, now), crate::cache::Freshness::Fresh);
+        // Silent for longer than a heartbeat: cut off again.
+        let later = now + crate::cache::freshness::LOG_SILENCE + Duration::from_millis(10);
+        assert!(store.ledger().is_cut_off(later));
+        store.ledger().join_fleet();
         // Untagged entries are not the fleet's to invalidate.
         assert_eq!(store.freshness(&plain, now), crate::cache::Freshness::Fresh);
         let young = entry("/y", &["game:1"]);

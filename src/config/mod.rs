@@ -585,10 +585,12 @@ fn validate_redis(redis: &RedisConfig, problems: &mut Vec<Problem>) {
     if redis.outbox_capacity == 0 {
         problems.push(Problem::new("redis.outbox_capacity", "must be at least 1"));
     }
-    if redis.liveness_timeout.get() < std::time::Duration::from_millis(100) {
+    if redis.liveness_timeout.get() < std::time::Duration::from_millis(100)
+        || redis.liveness_timeout.get() > std::time::Duration::from_secs(600)
+    {
         problems.push(Problem::new(
             "redis.liveness_timeout",
-            "must be at least 100ms",
+            "must be from 100ms to 10m",
         ));
     }
     if redis.outage_max_staleness.get().is_zero() {
@@ -610,10 +612,12 @@ fn validate_redis(redis: &RedisConfig, problems: &mut Vec<Problem>) {
     if redis.registry_ttl.get().as_secs() == 0 {
         problems.push(Problem::new("redis.registry_ttl", "must be at least 1s"));
     }
-    if redis.command_timeout.get().is_zero() {
+    if redis.command_timeout.get().is_zero()
+        || redis.command_timeout.get() > std::time::Duration::from_secs(60)
+    {
         problems.push(Problem::new(
             "redis.command_timeout",
-            "must be greater than 0s",
+            "must be greater than 0s and at most 1m",
         ));
     }
 }

@@ -205,12 +205,37 @@ impl Detector {
             .map(|g| &g.game_id)
             .filter(|id| !self.known.contains_key(*id))
             .collect();
-        if let Ok(states) = redis.load_states(&missing).await {
-            for (id, state) in missing.into_iter().zip(states) {
-                if let Some(state) = state {
+        let states = redis.load_states(&missing).await.ok();
+        let suspect = self.invalidator.suspect();
+        for (i, id) in missing.into_iter().enumerate() {
+            match states.as_ref().and_then(|s| s.get(i).cloned().flatten()) {
+                Some(state) => {
+                    suspect.invalidate(id);
                     adopt(&self.known, id.clone(), state);
                 }
+                // Redis has no readable state, or cannot say: judge the body
+                // against what this replica knew before its resync, so a
+                // change is never taken for a first sighting.
+                None => {
+                    if let Some(old) = suspect.remove(id) {
+                        adopt(&self.known, id.clone(), old);
+                    }
+                }
             }
+        }
+    }
+
+    /// Whether anything cached may predate `id`'s first sighting: entries
+    /// of the game here, or a registry set of it in Redis (another
+    /// replica's, or one that outlived a lost state key).
+    async fn may_have_copies(&self, id: &GameId) -> bool {
+        let tag = format!("game:{id}");
+        if !self.invalidator.store().keys_for_tag(&tag).is_empty() {
+            return true;
+        }
+        match self.invalidator.redis() {
+            Some(redis) => redis.registry_exists(&tag).await.unwrap_or(true),
+            None => false,
         }
     }
 
@@ -238,8 +263,35 @@ impl Detector {
                 {
                     Ok(super::redis::Cas::Set) => {}
                     Ok(super::redis::Cas::Seeded) => {
-                        // Redis held no state: a peer that knew one may
-                        // hold entries nobody else would invalidate.
+                        // Redis held no state. If copies of the game exist
+                        // anywhere they may show another state, and no
+                        // replica would ever invalidate them: this one does,
+                        // for the fleet. Otherwise peers that knew a state
+                        // compare it with the seed.
+                        if change.is_none() && self.may_have_copies(&g.game_id).await {
+                            adopt(&self.known, g.game_id.clone(), next.clone());
+                            let req = Request {
+                                target: Target::Game {
+                                    game_id: g.game_id.clone(),
+                                    sport_id: g.sport_id.clone(),
+                                    league_id: g.league_id.clone(),
+                                    with_sidebar: true,
+                                },
+                                reason: match g.status {
+                                    Status::Cancelled => Reason::Cancelled,
+                                    Status::Postponed => Reason::Postponed,
+                                    _ => Reason::StatusChange,
+                                },
+                                origin: Origin::Local,
+                                detail: format!(
+                                    "the fleet's state of this game was missing; seeded {} and dropped what may predate it",
+                                    g.status.as_str()
+                                ),
+                                state: Some(next),
+                            };
+                            caused.push(self.invalidator.invalidate_seq(req).await.1);
+                            return caused;
+                        }
                         self.invalidator.announce_seed(&g.game_id, &next);
                     }
                     Ok(super::redis::Cas::Current(current)) => {

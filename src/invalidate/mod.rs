@@ -101,6 +101,10 @@ pub struct Invalidator {
     patterns: Vec<Template>,
     /// Game states peers announce land here, so change detection agrees.
     known: detect::KnownGames,
+    /// What this replica knew of games before its last resync: a body is
+    /// judged against it when Redis has no state of the game (see
+    /// `Detector::load_unknown`).
+    suspect: detect::KnownGames,
     /// This process's nonce: events it wrote come back in the log and are
     /// not applied twice; another process with the same replica id still
     /// applies them.
@@ -136,8 +140,13 @@ impl Invalidator {
             redis,
             patterns,
             known,
+            suspect: detect::known_games(),
             instance,
         }
+    }
+
+    pub fn suspect(&self) -> &detect::KnownGames {
+        &self.suspect
     }
 
     pub fn instance(&self) -> &str {
@@ -169,6 +178,10 @@ impl Invalidator {
         let _hold = self.redis.as_ref().map(|_| self.store.begin_hold());
         let (local, seq) = self.store.invalidate_tags_seq(&tags);
         let local = local as u64;
+        self.store
+            .ledger()
+            .marks
+            .mark(&tags, events::unix_ms(SystemTime::now()));
         let game_id = req.target.game_id().cloned();
         let mut event = self.journal.new_event(
             req.reason,
@@ -193,13 +206,10 @@ impl Invalidator {
             let (done, delivered) = tokio::sync::oneshot::channel();
             event.keys_deleted = local;
             let msg = wire::Message::new(event.clone(), &self.instance, Vec::new(), req.state);
-            redis.enqueue(redis::Pending {
-                tags: tags.clone(),
-                patterns,
-                msg,
-                hold: _hold,
-                done: Some(done),
-            });
+            let mut pending = redis::Pending::new(msg, tags.clone(), patterns);
+            pending.hold = _hold;
+            pending.done = Some(done);
+            redis.enqueue(pending);
             // Normally the log has it within a round trip or three; when
             // Redis cannot take it now the event stays queued and is
             // appended when it returns, and this answer does not wait.
@@ -221,7 +231,21 @@ impl Invalidator {
     /// dropped.
     pub fn resync(&self, why: &str) -> usize {
         let dropped = self.store.flush_tagged();
+        // Known states may have missed events: the fleet's are read again
+        // at each game's next sighting, and these kept only for when Redis
+        // has none (a lost state key), so a change is never taken for a
+        // first sighting.
+        for (id, state) in self.known.iter() {
+            self.suspect.insert(GameId::clone(&id), state);
+        }
         self.known.invalidate_all();
+        if why != "start" {
+            // L2 copies written before now may have missed the same events.
+            self.store
+                .ledger()
+                .marks
+                .mark_all(events::unix_ms(SystemTime::now()));
+        }
         self.metrics.resync(why);
         dropped
     }
@@ -251,19 +275,28 @@ impl Invalidator {
             return None;
         };
         let id = GameId::try_from(id).ok()?;
-        let mine = self.known.get(&id)?;
-        if mine.state == state.state {
-            detect::adopt(&self.known, id, state);
-            return None;
-        }
+        let was = match self.known.get(&id) {
+            Some(mine) if mine.state == state.state => {
+                detect::adopt(&self.known, id, state);
+                return None;
+            }
+            Some(mine) => mine.state.status,
+            // Nothing known to compare with: what is cached here was read
+            // from the L2 or filled before a resync, and the seeder has
+            // already invalidated the fleet if copies existed anywhere
+            // (`Detector::may_have_copies`).
+            None => {
+                detect::adopt(&self.known, id, state);
+                return None;
+            }
+        };
         let detail = format!(
             "fleet state was lost; {} saw {} while this replica knew {}",
             msg.event.replica,
             state.state.status.as_str(),
-            mine.state.status.as_str()
+            was.as_str()
         );
-        self.evict_locally(&id, mine.state.status, state, detail, true)
-            .0
+        self.evict_locally(&id, was, state, detail, true).0
     }
 
     /// Drops this replica's entries of a game whose fleet state moved from
@@ -287,6 +320,10 @@ impl Invalidator {
         };
         let tags = target.tags();
         let (removed, seq) = self.store.invalidate_tags_seq(&tags);
+        self.store
+            .ledger()
+            .marks
+            .mark(&tags, events::unix_ms(SystemTime::now()));
         let reason = match now.state.status {
             Status::Cancelled => Reason::Cancelled,
             Status::Postponed => Reason::Postponed,
@@ -327,18 +364,16 @@ impl Invalidator {
             kind: wire::Kind::Seed,
             ..wire::Message::new(event, &self.instance, Vec::new(), Some(state.clone()))
         };
-        redis.enqueue(redis::Pending {
-            tags: Vec::new(),
-            patterns: Vec::new(),
-            msg,
-            hold: None,
-            done: None,
-        });
+        redis.enqueue(redis::Pending::new(msg, Vec::new(), Vec::new()));
     }
 
     /// An event a peer wrote: drop what it names, adopt its game state.
     fn apply_peer(&self, msg: wire::Message) -> Option<Arc<Event>> {
         let mut removed = self.store.invalidate_tags(&msg.event.tags) as u64;
+        // By the later of the two clocks: the event's, and ours now that we
+        // applied it (a copy the peer's writer raced may carry either).
+        let at = msg.event.at_ms.max(events::unix_ms(SystemTime::now()));
+        self.store.ledger().marks.mark(&msg.event.tags, at);
         removed += msg
             .keys
             .iter()
@@ -407,9 +442,9 @@ impl Invalidator {
 
     /// Files a stored entry under its tags in Redis, and copies it to the
     /// shared L2 with `store_responses` (queued, off the request path).
-    pub fn register(&self, entry: &Arc<crate::cache::Entry>) {
+    pub fn register(&self, entry: &Arc<crate::cache::Entry>, fetch_began: std::time::Instant) {
         if let Some(redis) = &self.redis {
-            redis.register(entry);
+            redis.register(entry, fetch_began);
         }
     }
 }

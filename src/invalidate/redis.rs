@@ -182,6 +182,7 @@ struct Registration {
     key: Arc<str>,
     tags: Box<[Arc<str>]>,
     entry: Option<Arc<Entry>>,
+    fetch_began: Instant,
 }
 
 pub struct RedisTier {
@@ -203,6 +204,11 @@ pub struct RedisTier {
     confirmed: Mutex<Option<Instant>>,
     /// When the command connection was last replaced.
     replaced: Mutex<Option<Instant>>,
+    /// Cluster mode: the connection to the log's owner that events are
+    /// appended and waited for on.
+    writer: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// Logged once: the log's primary has no replica to wait for.
+    warned_no_replica: AtomicBool,
     timeout: Duration,
     store_responses: bool,
     /// The L1, so the writer can skip L2 copies of entries that were
@@ -280,6 +286,8 @@ impl RedisTier {
             outbox: Outbox::new(cfg.outbox_capacity),
             confirmed: Mutex::new(None),
             replaced: Mutex::new(None),
+            writer: tokio::sync::Mutex::new(None),
+            warned_no_replica: AtomicBool::new(false),
             timeout: cfg.command_timeout.get(),
             store_responses: cfg.store_responses,
             store: OnceLock::new(),
@@ -617,7 +625,8 @@ impl RedisTier {
 
     /// Queues a stored entry's registration, and its L2 copy with
     /// `store_responses`; drops them when the queue is full.
-    pub fn register(&self, entry: &Arc<Entry>) {
+    /// `fetch_began`: when the fetch that produced it began.
+    pub fn register(&self, entry: &Arc<Entry>, fetch_began: Instant) {
         let tags: Box<[Arc<str>]> = entry
             .tags()
             .filter(|t| !is_local_tag(t))
@@ -630,6 +639,7 @@ impl RedisTier {
             key: Arc::from(entry.key()),
             tags,
             entry: self.store_responses.then(|| Arc::clone(entry)),
+            fetch_began,
         };
         if self.queue.try_send(reg).is_err() {
             self.metrics.registrations_dropped.inc();
@@ -639,7 +649,7 @@ impl RedisTier {
     /// The L2 value of a queued entry and its TTL in milliseconds; `None`
     /// when no peer could use it any more: expired, or no longer the
     /// entry in L1 (invalidated or replaced while it waited).
-    fn l2_value(&self, entry: &Arc<Entry>) -> Option<(Vec<u8>, u64)> {
+    fn l2_value(&self, entry: &Arc<Entry>, fetch_began: Instant) -> Option<(Vec<u8>, u64)> {
         if let Some(store) = self.store.get() {
             if !store.is_current(entry) {
                 return None;
@@ -652,8 +662,12 @@ impl RedisTier {
         let ttl = entry.retention().saturating_sub(resident);
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let resident_ms = u64::try_from(resident.as_millis()).unwrap_or(u64::MAX);
-        let stored_at_ms = unix_ms(SystemTime::now()).saturating_sub(resident_ms);
-        l2::encode(entry, stored_at_ms).map(|v| (v, ttl_ms))
+        let now_ms = unix_ms(SystemTime::now());
+        let stored_at_ms = now_ms.saturating_sub(resident_ms);
+        let fetching = Instant::now().saturating_duration_since(fetch_began);
+        let began_ms =
+            now_ms.saturating_sub(u64::try_from(fetching.as_millis()).unwrap_or(u64::MAX));
+        l2::encode(entry, stored_at_ms, began_ms.min(stored_at_ms)).map(|v| (v, ttl_ms))
     }
 
     /// The L2 copy of `cache_key`, if any. Fails at once while Redis is
@@ -692,38 +706,82 @@ impl RedisTier {
             if n == 0 {
                 return;
             }
-            let mut pipe = redis::pipe();
+            // Filed first, written after: an invalidation whose SMEMBERS
+            // comes after the copy exists also finds it. Two pipelines,
+            // since a cluster sends one pipeline's commands concurrently.
+            let mut filing = redis::pipe();
             let mut expire = HashSet::new();
-            let mut commands = 0;
             for reg in &batch {
                 let member = self.response_key(&reg.key);
-                // Filed before it is written: an invalidation that reads the
-                // sets after the copy exists also finds it.
                 for tag in reg.tags.iter() {
                     let set = self.registry_key(tag);
-                    pipe.cmd("SADD").arg(&set).arg(&member).ignore();
+                    filing.cmd("SADD").arg(&set).arg(&member).ignore();
                     expire.insert(set);
-                    commands += 1;
                 }
-                if let Some((value, ttl_ms)) = reg.entry.as_ref().and_then(|e| self.l2_value(e)) {
-                    pipe.cmd("SET")
-                        .arg(&member)
+            }
+            if !expire.is_empty() {
+                for reg in &expire {
+                    filing
+                        .cmd("EXPIRE")
+                        .arg(reg)
+                        .arg(self.registry_ttl)
+                        .ignore();
+                }
+                if let Err(e) = self.query::<()>(&filing).await {
+                    self.metrics.registrations_dropped.inc_by(n as u64);
+                    tracing::debug!(error = %e, dropped = n, "registry write failed");
+                    continue;
+                }
+            }
+            // Decided after the filing landed: an entry invalidated while
+            // it was queued or filed is not copied.
+            let copies: Vec<(&Arc<Entry>, String, Instant)> = batch
+                .iter()
+                .filter_map(|reg| {
+                    Some((
+                        reg.entry.as_ref()?,
+                        self.response_key(&reg.key),
+                        reg.fetch_began,
+                    ))
+                })
+                .collect();
+            let mut writing = redis::pipe();
+            let mut written = Vec::new();
+            for (entry, member, began) in &copies {
+                if let Some((value, ttl_ms)) = self.l2_value(entry, *began) {
+                    writing
+                        .cmd("SET")
+                        .arg(member)
                         .arg(value)
                         .arg("PX")
                         .arg(ttl_ms)
                         .ignore();
-                    commands += 1;
+                    written.push((*entry, member));
                 }
             }
-            if commands == 0 {
+            if written.is_empty() {
                 continue;
             }
-            for reg in &expire {
-                pipe.cmd("EXPIRE").arg(reg).arg(self.registry_ttl).ignore();
+            if let Err(e) = self.query::<()>(&writing).await {
+                self.metrics
+                    .registrations_dropped
+                    .inc_by(written.len() as u64);
+                tracing::debug!(error = %e, "L2 copy write failed");
+                continue;
             }
-            if let Err(e) = self.query::<()>(&pipe).await {
-                self.metrics.registrations_dropped.inc_by(n as u64);
-                tracing::debug!(error = %e, dropped = n, "registry write failed");
+            // An invalidation that found the entry while its copy was on
+            // the way may have deleted before the write landed: take the
+            // copy back. (Readers also refuse copies older than the
+            // invalidations they applied: `Marks`.)
+            let stale: Vec<&String> = written
+                .iter()
+                .filter(|(e, _)| self.store.get().is_some_and(|s| !s.is_current(e)))
+                .map(|(_, m)| *m)
+                .collect();
+            if !stale.is_empty() {
+                let mut undo = redis::pipe();
+                undo.cmd("UNLINK").arg(&stale).ignore();
+                let _ = self.query_always::<()>(&undo).await;
             }
         }
     }
@@ -780,6 +838,14 @@ impl RedisTier {
                 .map(str::to_owned)
                 .collect(),
         })
+    }
+
+    /// Whether `tag`'s registry set exists.
+    pub async fn registry_exists(&self, tag: &str) -> Result<bool, RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EXISTS").arg(self.registry_key(tag));
+        let n: Vec<i64> = self.query(&pipe).await?;
+        Ok(n.first().is_some_and(|&n| n > 0))
     }
 
     /// The fleet's known state of each game, in one round trip.

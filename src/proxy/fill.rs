@@ -20,7 +20,7 @@ use super::Proxy;
 use crate::cache::entry::NewEntry;
 use crate::cache::policy::{self, CacheStatus, FreshnessRules, Fwd};
 use crate::cache::store::{uri_tag, FetchTicket, FillGuard, FillState};
-use crate::cache::{freshness, key, l2, Entry};
+use crate::cache::{key, l2, Entry};
 use crate::invalidate::detect::Detector;
 use crate::invalidate::events::unix_ms;
 use crate::watch::GameSnapshot;
@@ -158,7 +158,7 @@ impl Proxy {
             if let Some(s) = target
                 .stale
                 .as_ref()
-                .filter(|s| freshness::usable_on_error(s, Instant::now()))
+                .filter(|s| self.store.ledger().usable_on_error(s, Instant::now()))
             {
                 if let Some(g) = guard {
                     g.finish(FillState::NotStored);
@@ -193,7 +193,7 @@ impl Proxy {
             Fwd::UriMiss
         };
         // An invalidated copy is gone, whatever the upstream says.
-        match stale.filter(|s| freshness::usable_on_error(s, Instant::now())) {
+        match stale.filter(|s| self.store.ledger().usable_on_error(s, Instant::now())) {
             Some(s) => self.serve_stale(method, client_headers, &s, err.status().as_u16()),
             None => {
                 self.metrics.misses.inc();
@@ -426,6 +426,16 @@ impl Proxy {
                 return Err(guard);
             }
         };
+        // Another process stored it: refused if it may predate an
+        // invalidation this replica made or applied (see `freshness`).
+        if self
+            .store
+            .ledger()
+            .marks
+            .predates(stored.tags.iter().map(|t| &**t), stored.fetch_began_ms)
+        {
+            return Err(guard);
+        }
         let now = Instant::now();
         let Some(entry) = stored.into_entry(Arc::clone(key), unix_ms(SystemTime::now()), now)
         else {
@@ -556,7 +566,7 @@ impl Proxy {
             .store
             .insert(ticket, primary, &vary, Arc::clone(&entry));
         if stored {
-            self.detector.invalidator().register(&entry);
+            self.detector.invalidator().register(&entry, ticket.began());
         }
         if let Some(g) = guard {
             g.finish(if stored {

@@ -59,10 +59,40 @@ pub const RETRY_EVERY: Duration = Duration::from_millis(100);
 const ROLE_EVERY: Duration = Duration::from_secs(2);
 /// `{prefix}replica:{id}` expires this long after its last refresh.
 pub const REPLICA_TTL: Duration = Duration::from_secs(30);
-/// `WAIT 1` answered 0 this many times: the event is taken as delivered
-/// anyway (logged), rather than appended again and again to a primary
-/// without a replica.
-const WAIT_TRIES: usize = 3;
+/// `WAIT 1` asked this many times (a fifth of `command_timeout` each)
+/// before an event no replica acknowledged is taken as delivered anyway.
+const WAIT_TRIES: usize = 5;
+/// What queued events get to reach the log once the sidecar is stopping.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+
+/// Where an event is appended and waited for.
+enum LogConn {
+    /// The command connection (one server, or the sentinels' primary).
+    Shared(super::Conn),
+    /// A cluster: the log's owner.
+    Owner(MultiplexedConnection),
+}
+
+/// Whether Redis refused a command for good: retrying it cannot help.
+fn permanent(e: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    match e {
+        RedisError::Redis(e) => matches!(
+            e.kind(),
+            ErrorKind::Extension
+                | ErrorKind::UnexpectedReturnType
+                | ErrorKind::Parse
+                | ErrorKind::Server(
+                    ServerErrorKind::ResponseError
+                        | ServerErrorKind::CrossSlot
+                        | ServerErrorKind::NoPerm
+                        | ServerErrorKind::ExecAbort
+                )
+        ),
+        RedisError::Decode(_) => true,
+        RedisError::NotConnected | RedisError::Timeout(_) => false,
+    }
+}
 
 /// What `ROLE` says a node is.
 #[derive(Debug, PartialEq)]
@@ -131,7 +161,46 @@ pub struct Pending {
     pub hold: Option<FetchTicket>,
     /// Told the number of Redis keys deleted once the event is in the log.
     pub done: Option<oneshot::Sender<u64>>,
+    /// Its Redis deletion is done (a retry only appends), and how many.
+    pub deleted: bool,
+    pub deleted_count: u64,
+    /// Failed deliveries so far.
+    pub tries: u32,
 }
+
+impl Pending {
+    pub fn new(msg: wire::Message, tags: Vec<String>, patterns: Vec<String>) -> Pending {
+        Pending {
+            tags,
+            patterns,
+            msg,
+            hold: None,
+            done: None,
+            deleted: false,
+            deleted_count: 0,
+            tries: 0,
+        }
+    }
+}
+
+/// What overflowed events leave to do: their Redis deletions, done before
+/// the resync is appended, so L2 copies and other producers' keys of a
+/// dropped event go too.
+#[derive(Default)]
+struct Lost {
+    tags: std::collections::HashSet<String>,
+    patterns: std::collections::HashSet<String>,
+    /// More than [`LOST_CAP`] were dropped: readers' resync also refuses
+    /// every L2 copy older than it, which covers the copies; other
+    /// producers' keys of those events stay until their TTL.
+    incomplete: bool,
+}
+
+/// Tags and patterns of overflowed events remembered at most.
+const LOST_CAP: usize = 50_000;
+/// Tries after which an event's hold on L2 reads is let go, so one event
+/// that cannot be delivered does not pin the ledger.
+const HOLD_TRIES: u32 = 50;
 
 /// Events that the log has not taken yet, oldest first.
 pub struct Outbox {
@@ -139,6 +208,7 @@ pub struct Outbox {
     capacity: usize,
     /// Events were dropped: a `resync` goes first when Redis returns.
     overflowed: AtomicBool,
+    lost: Mutex<Lost>,
     wake: Notify,
 }
 
@@ -148,6 +218,7 @@ impl Outbox {
             queue: Mutex::default(),
             capacity: capacity.max(1),
             overflowed: AtomicBool::new(false),
+            lost: Mutex::default(),
             wake: Notify::new(),
         }
     }
@@ -164,8 +235,25 @@ impl Outbox {
         if room {
             q.push_back(p);
         } else {
-            // Every queued event, and this one, is covered by the resync.
-            q.clear();
+            // Every queued event, and this one, is covered by the resync;
+            // their Redis deletions are kept to be done before it.
+            let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+            for dropped in q.drain(..).chain([p]) {
+                for t in dropped.tags {
+                    if lost.tags.len() + lost.patterns.len() < LOST_CAP {
+                        lost.tags.insert(t);
+                    } else {
+                        lost.incomplete = true;
+                    }
+                }
+                for k in dropped.patterns {
+                    if lost.tags.len() + lost.patterns.len() < LOST_CAP {
+                        lost.patterns.insert(k);
+                    } else {
+                        lost.incomplete = true;
+                    }
+                }
+            }
             self.overflowed.store(true, Ordering::SeqCst);
         }
         drop(q);
@@ -229,28 +317,49 @@ impl RedisTier {
     }
 
     /// Appends queued events in order until `shutdown`, each retried until
-    /// the log has it.
+    /// the log has it. On shutdown, what is queued gets [`SHUTDOWN_DRAIN`]
+    /// more to reach the log.
     pub(super) async fn drain_outbox(self: Arc<Self>, mut shutdown: shutdown::Signal) {
         loop {
-            if self.outbox.overflowed.load(Ordering::SeqCst) {
-                let resync = wire::Message::resync(&self.replica, &self.instance);
-                match self.append(&resync).await {
-                    Ok(()) => self.outbox.overflowed.store(false, Ordering::SeqCst),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "cannot append the resync event yet");
-                        if self.pause(&mut shutdown).await {
-                            return;
-                        }
-                        continue;
-                    }
+            tokio::select! {
+                _ = self.drain_once() => {}
+                _ = shutdown.recv() => break,
+            }
+            tokio::select! {
+                _ = self.outbox.wake.notified() => {}
+                _ = tokio::time::sleep(RETRY_EVERY) => {}
+                _ = shutdown.recv() => break,
+            }
+        }
+        if !self.outbox.is_empty() || self.outbox.overflowed.load(Ordering::SeqCst) {
+            let queued = self.outbox.len();
+            match tokio::time::timeout(SHUTDOWN_DRAIN, self.drain_once()).await {
+                Ok(true) => tracing::info!(queued, "appended the queued invalidations before exiting"),
+                _ => tracing::error!(
+                    left = self.outbox.len(),
+                    "exiting with invalidations Redis did not take; peers rely on their TTLs for them"
+                ),
+            }
+        }
+    }
+
+    /// Delivers queued events in order until the queue is empty (`true`)
+    /// or one cannot be delivered now (`false`; it stays at the front).
+    async fn drain_once(&self) -> bool {
+        loop {
+            // Taken before the append, so an overflow during it is not
+            // wiped out when it succeeds.
+            if self.outbox.overflowed.swap(false, Ordering::SeqCst) {
+                if let Err(e) = self.append_resync().await {
+                    self.outbox.overflowed.store(true, Ordering::SeqCst);
+                    tracing::debug!(error = %e, "cannot append the resync event yet");
+                    return false;
                 }
             }
             let next = self.outbox.lock().pop_front();
             let Some(mut p) = next else {
-                tokio::select! {
-                    _ = self.outbox.wake.notified() => continue,
-                    _ = shutdown.recv() => return,
-                }
+                self.metrics.outbox_events.set(0);
+                return true;
             };
             match self.deliver(&mut p).await {
                 Ok(deleted) => {
@@ -261,77 +370,194 @@ impl RedisTier {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, queued = self.outbox.len() + 1, "cannot append an invalidation yet; it stays queued");
+                    p.tries += 1;
+                    if p.tries >= HOLD_TRIES {
+                        p.hold = None;
+                    }
                     // Back at the front, unless an overflow meanwhile
                     // replaced the queue with a resync that covers it.
                     if !self.outbox.overflowed.load(Ordering::SeqCst) {
                         self.outbox.lock().push_front(p);
                     }
-                    if self.pause(&mut shutdown).await {
-                        return;
-                    }
+                    return false;
                 }
             }
         }
     }
 
-    /// Waits before a retry; `true` on shutdown.
-    async fn pause(&self, shutdown: &mut shutdown::Signal) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(RETRY_EVERY) => false,
-            _ = shutdown.recv() => true,
+    /// After an overflow: the dropped events' Redis deletions, then one
+    /// `resync` event that every replica applies as a flush.
+    async fn append_resync(&self) -> Result<(), RedisError> {
+        let (tags, patterns, incomplete) = {
+            let lost = self.outbox.lost.lock().unwrap_or_else(|p| p.into_inner());
+            let tags: Vec<String> = lost.tags.iter().cloned().collect();
+            let patterns: Vec<String> = lost.patterns.iter().cloned().collect();
+            (tags, patterns, lost.incomplete)
+        };
+        for chunk in tags.chunks(1000) {
+            self.delete(chunk, &[]).await?;
         }
+        for chunk in patterns.chunks(1000) {
+            self.delete(&[], chunk).await?;
+        }
+        if incomplete {
+            tracing::error!("more invalidations overflowed than their deletions can be remembered; other producers' keys of some of them stay until their TTL");
+        }
+        self.append(&wire::Message::resync(&self.replica, &self.instance))
+            .await?;
+        *self.outbox.lost.lock().unwrap_or_else(|p| p.into_inner()) = Lost::default();
+        Ok(())
     }
 
     /// Deletes the event's Redis keys, then appends it: the deletion comes
-    /// first so a peer that applies the event finds the L2 copies gone.
+    /// first so a peer that applies the event finds the L2 copies gone. A
+    /// deletion Redis refuses for good (a key of another type under a
+    /// registry name, say) is logged and the event goes out anyway: peers'
+    /// L1 copies are the ones clients see.
     async fn deliver(&self, p: &mut Pending) -> Result<u64, RedisError> {
-        let deleted = self.delete(&p.tags, &p.patterns).await?;
-        if p.msg.keys.is_empty() {
-            p.msg.keys = deleted.cache_keys;
+        if !p.deleted {
+            match self.delete(&p.tags, &p.patterns).await {
+                Ok(deleted) => {
+                    if p.msg.keys.is_empty() {
+                        p.msg.keys = deleted.cache_keys;
+                    }
+                    p.msg.event.keys_deleted =
+                        p.msg.event.keys_deleted.saturating_add(deleted.deleted);
+                    p.deleted_count = deleted.deleted;
+                }
+                Err(e) if permanent(&e) => {
+                    tracing::error!(error = %e, tags = ?p.tags, "Redis refused to delete an invalidation's keys; appending the event anyway");
+                }
+                Err(e) => return Err(e),
+            }
+            p.deleted = true;
         }
-        p.msg.event.keys_deleted = p.msg.event.keys_deleted.saturating_add(deleted.deleted);
         self.append(&p.msg).await?;
         p.hold = None;
-        Ok(deleted.deleted)
+        Ok(p.deleted_count)
     }
 
-    /// `XADD` one message, and in Sentinel and Cluster modes `WAIT` for one
-    /// replica to have it.
+    /// `XADD` one message; with Sentinel or Cluster, then `WAIT` for one
+    /// replica to have it, on the same connection to the log's primary.
+    /// The append is sent once: a `WAIT` that counts no replica is asked
+    /// again, not the event appended again.
     async fn append(&self, msg: &wire::Message) -> Result<(), RedisError> {
         let payload = wire::encode(msg);
-        // Sentinel only: in a cluster the client sends WAIT to every
-        // primary and keeps the smallest count, so one shard without a
-        // replica would hold up every event (see the issue note).
-        let replicated = matches!(self.backend, Backend::Sentinel(_));
-        for attempt in 1..=WAIT_TRIES {
-            let mut conn = self.manager().ok_or(RedisError::NotConnected)?;
-            let mut add = redis::cmd("XADD");
-            add.arg(self.events_key())
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.events_max_len)
-                .arg("*")
-                .arg("m")
-                .arg(&payload);
-            self.bounded(&mut conn, &add, self.timeout).await?;
-            if !replicated {
+        let mut add = redis::cmd("XADD");
+        add.arg(self.events_key())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.events_max_len)
+            .arg("*")
+            .arg("m")
+            .arg(&payload);
+        let mut conn = match &self.backend {
+            Backend::Standalone(_) => {
+                let mut conn = self.manager().ok_or(RedisError::NotConnected)?;
+                self.bounded(&mut conn, &add, self.timeout).await?;
                 return Ok(());
             }
+            Backend::Sentinel(_) => {
+                let mut conn = self.manager().ok_or(RedisError::NotConnected)?;
+                self.bounded(&mut conn, &add, self.timeout).await?;
+                LogConn::Shared(conn)
+            }
+            Backend::Cluster { .. } => {
+                let mut conn = self.log_writer().await?;
+                let sent =
+                    tokio::time::timeout(self.timeout, add.query_async::<Value>(&mut conn)).await;
+                match sent {
+                    Ok(Ok(_)) => LogConn::Owner(conn),
+                    other => {
+                        *self.writer.lock().await = None;
+                        return Err(match other {
+                            Ok(Err(e)) => e.into(),
+                            _ => RedisError::Timeout(self.timeout),
+                        });
+                    }
+                }
+            }
+        };
+        // A primary without replicas has nobody to wait for (a cluster or
+        // a sentinel set run without them, or just after a failover):
+        // asked with ROLE on the same connection, one round trip.
+        let role_reply = match &mut conn {
+            LogConn::Shared(c) => self.bounded(c, &redis::cmd("ROLE"), self.timeout).await?,
+            LogConn::Owner(c) => {
+                match tokio::time::timeout(self.timeout, redis::cmd("ROLE").query_async::<Value>(c))
+                    .await
+                {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => return Err(RedisError::Timeout(self.timeout)),
+                }
+            }
+        };
+        if replicas_of(&role_reply) == Some(0) {
+            if !self.warned_no_replica.swap(true, Ordering::Relaxed) {
+                tracing::warn!("the log's primary has no replica: events count as delivered once it has them, and a failover could lose the newest");
+            }
+            return Ok(());
+        }
+        self.warned_no_replica.store(false, Ordering::Relaxed);
+        // Short waits: WAIT holds the connection's other replies behind it.
+        let ms = u64::try_from((self.timeout / 5).as_millis())
+            .unwrap_or(50)
+            .max(10);
+        for attempt in 1..=WAIT_TRIES {
             let mut wait = redis::cmd("WAIT");
-            let ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
             wait.arg(1).arg(ms);
-            // WAIT blocks on the server for up to `ms`.
-            let acked = self.bounded(&mut conn, &wait, self.timeout * 2).await?;
+            let acked = match &mut conn {
+                LogConn::Shared(c) => self.bounded(c, &wait, self.timeout).await?,
+                LogConn::Owner(c) => {
+                    match tokio::time::timeout(self.timeout, wait.query_async::<Value>(c)).await {
+                        Ok(Ok(v)) => v,
+                        Ok(Err(e)) => return Err(e.into()),
+                        Err(_) => return Err(RedisError::Timeout(self.timeout)),
+                    }
+                }
+            };
             if matches!(acked, Value::Int(n) if n >= 1) {
                 return Ok(());
             }
-            tracing::warn!(
+            tracing::debug!(
                 attempt,
-                "no Redis replica acknowledged an invalidation event"
+                "no Redis replica has acknowledged an invalidation event yet"
             );
         }
-        tracing::warn!("taking an invalidation event as delivered without a replica's acknowledgement: the primary has none that keeps up");
+        // The primary has no replica that keeps up (after a failover, until
+        // the old primary rejoins): waiting longer would stall every event
+        // behind this one. Logged, and counted as an error.
+        self.metrics.redis_errors.inc();
+        tracing::warn!("an invalidation event is in the log, but no replica acknowledged it: a failover now could lose it");
         Ok(())
+    }
+
+    /// Cluster mode: a connection to the primary that owns the log's slot,
+    /// made on first use and after any failure.
+    async fn log_writer(&self) -> Result<MultiplexedConnection, RedisError> {
+        let mut slot = self.writer.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let Backend::Cluster { seeds, .. } = &self.backend else {
+            return Err(RedisError::NotConnected);
+        };
+        let mut last = RedisError::NotConnected;
+        for seed in seeds {
+            let within = self.timeout.max(Duration::from_millis(500));
+            match tokio::time::timeout(within * 2, self.owner(seed.clone(), true, false, within))
+                .await
+            {
+                Ok(Ok(reader)) => {
+                    *slot = Some(reader.conn.clone());
+                    return Ok(reader.conn);
+                }
+                Ok(Err(e)) => last = e,
+                Err(_) => last = RedisError::Timeout(within * 2),
+            }
+        }
+        Err(last)
     }
 
     async fn bounded(
@@ -365,7 +591,6 @@ impl RedisTier {
         let mut last: Option<String> = None;
         let mut attempt = 0usize;
         let mut backoff = Duration::from_millis(50);
-        let ledger = Arc::clone(invalidator.store().ledger());
         loop {
             let connected = tokio::select! {
                 r = self.open_reader(attempt) => r,
@@ -375,7 +600,6 @@ impl RedisTier {
                 Ok(mut reader) => match self.resume(&mut reader, &invalidator, &mut last).await {
                     Ok(()) => {
                         backoff = Duration::from_millis(50);
-                        ledger.set_cut_off(false);
                         self.subscribed.store(true, Ordering::Relaxed);
                         self.publish_up();
                         tracing::info!(node = %reader.node, from = last.as_deref().unwrap_or(""), "reading the invalidation log");
@@ -389,7 +613,6 @@ impl RedisTier {
                 },
                 Err(e) => tracing::debug!(error = %e, "cannot reach the invalidation log"),
             }
-            ledger.set_cut_off(true);
             self.subscribed.store(false, Ordering::Relaxed);
             self.publish_up();
             self.metrics.redis_errors.inc();
@@ -481,7 +704,20 @@ impl RedisTier {
                 Ok(v) => v,
                 Err(e) => return e,
             };
-            for (id, fields) in stream_entries(&reply) {
+            let entries = stream_entries(&reply);
+            if entries.len() >= READ_COUNT {
+                // Far behind: trimming may have passed this replica by.
+                match self.trimmed_past(reader, &from).await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        let dropped = invalidator.resync("gap");
+                        tracing::warn!(dropped, last = %from, "the invalidation log was trimmed past this replica's last entry while it caught up; dropped tagged L1 entries and known game states");
+                    }
+                    Err(e) => return e,
+                }
+            }
+            let caught_up = entries.len() < READ_COUNT;
+            for (id, fields) in entries {
                 if let Some(payload) = fields {
                     match wire::decode(&payload) {
                         Ok(msg) => {
@@ -493,6 +729,9 @@ impl RedisTier {
                     }
                 }
                 *last = Some(id);
+            }
+            if caught_up {
+                invalidator.store().ledger().caught_up(Instant::now());
             }
             self.confirm(last.as_deref()).await;
             if reader.sentinel && reader.role_checked.elapsed() >= ROLE_EVERY {
@@ -506,6 +745,21 @@ impl RedisTier {
                 }
             }
         }
+    }
+
+    /// Whether entries after `from` were trimmed away (`XINFO STREAM`'s
+    /// `max-deleted-entry-id`, Redis 7).
+    async fn trimmed_past(&self, reader: &mut Reader, from: &str) -> Result<bool, RedisError> {
+        let mut info = redis::cmd("XINFO");
+        info.arg("STREAM").arg(self.events_key());
+        let reply = self.read_cmd(reader, &info).await?;
+        let deleted = info_field(&reply, "max-deleted-entry-id").and_then(|v| text(&v));
+        Ok(
+            match (deleted.as_deref().and_then(stream_id), stream_id(from)) {
+                (Some(d), Some(f)) => d > f,
+                _ => false,
+            },
+        )
     }
 
     /// Writes `{prefix}replica:{id}`: the last applied entry and when.
@@ -647,6 +901,39 @@ pub(super) fn keepalive(liveness: Duration) -> socket2::TcpKeepalive {
         .with_retries(3)
 }
 
+/// How many replicas a primary's `ROLE` reply lists; `None` for a reply
+/// that is not a primary's.
+fn replicas_of(reply: &Value) -> Option<usize> {
+    match (role(reply), reply) {
+        (Role::Primary, Value::Array(items)) => match items.get(2) {
+            Some(Value::Array(replicas)) => Some(replicas.len()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A stream id's two numbers, for ordering.
+pub(super) fn stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// A field of a RESP2 (flat) or RESP3 (map) `XINFO` reply.
+fn info_field(reply: &Value, name: &str) -> Option<Value> {
+    match reply {
+        Value::Array(kv) => kv
+            .chunks(2)
+            .find(|p| p.first().and_then(text).as_deref() == Some(name))
+            .and_then(|p| p.get(1).cloned()),
+        Value::Map(kv) => kv
+            .iter()
+            .find(|(k, _)| text(k).as_deref() == Some(name))
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    }
+}
+
 /// The ids of a `XRANGE`/`XREVRANGE` reply.
 fn entry_ids(reply: &Value) -> Vec<String> {
     let Value::Array(entries) = reply else {
@@ -735,6 +1022,51 @@ mod tests {
         assert_eq!(info.redis_settings().password(), Some("pw"));
         assert!(redirected(&seed, "nowhere").is_err());
         assert!(redirected(&seed, "host:port").is_err());
+    }
+
+    #[test]
+    fn role_counts_a_primarys_replicas() {
+        let none = Value::Array(vec![bulk("master"), Value::Int(1), Value::Array(vec![])]);
+        assert_eq!(replicas_of(&none), Some(0));
+        let one = Value::Array(vec![
+            bulk("master"),
+            Value::Int(1),
+            Value::Array(vec![Value::Array(vec![
+                bulk("127.0.0.1"),
+                bulk("7001"),
+                bulk("1"),
+            ])]),
+        ]);
+        assert_eq!(replicas_of(&one), Some(1));
+        let replica = Value::Array(vec![bulk("slave"), bulk("h"), Value::Int(1)]);
+        assert_eq!(replicas_of(&replica), None);
+    }
+
+    #[test]
+    fn stream_ids_order_by_both_numbers_and_xinfo_fields_are_found() {
+        assert!(stream_id("10-2") > stream_id("10-1"));
+        assert!(stream_id("11-0") > stream_id("10-99"));
+        assert_eq!(stream_id("junk"), None);
+        let resp2 = Value::Array(vec![
+            bulk("length"),
+            Value::Int(3),
+            bulk("max-deleted-entry-id"),
+            bulk("5-0"),
+        ]);
+        assert_eq!(
+            info_field(&resp2, "max-deleted-entry-id"),
+            Some(bulk("5-0"))
+        );
+        assert_eq!(info_field(&resp2, "nope"), None);
+    }
+
+    #[test]
+    fn permanent_errors_are_told_from_transient_ones() {
+        let wrongtype = redis::RedisError::from((redis::ErrorKind::Extension, "WRONGTYPE"));
+        assert!(permanent(&RedisError::Redis(wrongtype)));
+        let io = redis::RedisError::from(std::io::Error::other("reset"));
+        assert!(!permanent(&RedisError::Redis(io)));
+        assert!(!permanent(&RedisError::Timeout(Duration::from_millis(1))));
     }
 
     #[test]
