@@ -51,14 +51,13 @@ async fn until_status(http: &Http, url: &str, want: &str, within: Duration) -> D
     }
 }
 
-/// Redis refuses writes (`CLIENT PAUSE … WRITE`) just as replica B sees a
-/// game go live: B's compare-and-set, deletion and append all time out.
-/// Replica A's read of the log is never interrupted, so no resync covers
-/// it. The event waits in B's outbox and reaches A once Redis takes writes
+/// Redis stalls (`CLIENT PAUSE … ALL`) just as replica B sees a game go
+/// live: B's compare-and-set, deletion and append all time out. Replica
+/// A's connection to the log is never broken, so no resync covers it. The event waits in B's outbox and reaches A once Redis takes writes
 /// again. (On the pub/sub build, B logged "cannot publish invalidation"
 /// and A served the old status as a HIT until its TTL ran out.)
 #[tokio::test(flavor = "multi_thread")]
-async fn an_event_seen_while_redis_refuses_writes_reaches_the_fleet_after() {
+async fn an_event_seen_while_redis_stalls_reaches_the_fleet_after() {
     let redis = RedisServer::start();
     let up = Upstream::start().await;
     let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "a")).await;
@@ -78,7 +77,7 @@ async fn an_event_seen_while_redis_refuses_writes_reaches_the_fleet_after() {
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(pause.as_millis() as u64)
-        .arg("WRITE")
+        .arg("ALL")
         .query_async(&mut c)
         .await
         .unwrap();
@@ -113,6 +112,8 @@ struct Relay {
     /// Flows opened at or before this generation are silent.
     silenced: Arc<AtomicU64>,
     generation: Arc<AtomicU64>,
+    /// Every flow, old and new, is silent while set.
+    all: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Relay {
@@ -121,7 +122,8 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let silenced = Arc::new(AtomicU64::new(0));
         let generation = Arc::new(AtomicU64::new(1));
-        let (s, g) = (Arc::clone(&silenced), Arc::clone(&generation));
+        let all = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, g, al) = (Arc::clone(&silenced), Arc::clone(&generation), Arc::clone(&all));
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", to)).await else {
@@ -130,19 +132,30 @@ impl Relay {
                 let mine = g.load(Ordering::SeqCst);
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pipe(cr, sw, mine, Arc::clone(&s)));
-                tokio::spawn(pipe(sr, cw, mine, Arc::clone(&s)));
+                tokio::spawn(pipe(cr, sw, mine, Arc::clone(&s), Arc::clone(&al)));
+                tokio::spawn(pipe(sr, cw, mine, Arc::clone(&s), Arc::clone(&al)));
             }
         });
         Relay {
             addr,
             silenced,
             generation,
+            all,
         }
     }
 
     fn url(&self) -> String {
         format!("redis://{}", self.addr)
+    }
+
+    /// Every flow, open now or opened later, is silent until `heal`.
+    fn blackhole_everything(&self) {
+        self.all.store(true, Ordering::SeqCst);
+    }
+
+    fn heal(&self) {
+        self.all.store(false, Ordering::SeqCst);
+        self.blackhole_open_flows();
     }
 
     /// Every flow open now goes silent; new ones work.
@@ -157,6 +170,7 @@ async fn pipe(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     generation: u64,
     silenced: Arc<AtomicU64>,
+    all: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -164,7 +178,7 @@ async fn pipe(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if generation <= silenced.load(Ordering::SeqCst) {
+        if all.load(Ordering::SeqCst) || generation <= silenced.load(Ordering::SeqCst) {
             continue; // read and dropped: the peer sees silence
         }
         if to.write_all(&buf[..n]).await.is_err() {
@@ -215,6 +229,187 @@ async fn a_blackholed_replica_reconnects_and_replays_what_it_missed() {
         "A served the change {:?} after its flows were blackholed",
         cut_at.elapsed()
     );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Zero-fire after the state key is lost (SPEC §6, "never zero times").
+/// r1 and r2 cache a game as `pre_game`; `{prefix}game:{id}` goes (a Redis
+/// restart without persistence, or its TTL), and the game goes live at the
+/// upstream. r3, which never saw the game, sees it first, already live. It
+/// must not take that for a first sighting with nothing to invalidate:
+/// copies of the game exist (its registry set says so), so it invalidates
+/// the game for the fleet. For a second game the registry went too; r3's
+/// seed then reaches r1 and r2, which knew another state and evict.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_state_key_never_hides_a_transition() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let fleet: Vec<Sidecar> = {
+        let mut v = Vec::new();
+        for r in ["r1", "r2", "r3"] {
+            v.push(Sidecar::start(config(&up.url(), Some(&redis.url()), r)).await);
+        }
+        v
+    };
+    redis.wait_fleet_connected(3).await;
+    let http = Http::new();
+    let ids = up.sim.game_ids();
+    let (kept, lost) = (ids[2].clone(), ids[3].clone());
+    let mut c = redis.conn().await;
+    for id in [&kept, &lost] {
+        assert!(up.sim.set_status(id, "pre_game"));
+        for s in &fleet[..2] {
+            assert_eq!(http.get(&s.url(&odds_path(id))).await.game_status(), "pre_game");
+            assert_eq!(http.get(&s.url(&odds_path(id))).await.x_cache, "HIT");
+        }
+    }
+    // Registrations are written off the request path.
+    let registry = |id: &str| format!("oddscache:registry:game:{id}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !redis::cmd("EXISTS")
+        .arg(registry(&lost))
+        .query_async::<bool>(&mut c)
+        .await
+        .unwrap()
+    {
+        assert!(Instant::now() < deadline, "the registry was never written");
+        tokio::time::sleep(POLL).await;
+    }
+    for id in [&kept, &lost] {
+        let _: () = redis::cmd("DEL")
+            .arg(format!("oddscache:game:{id}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(up.sim.set_status(id, "in_progress"));
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(registry(&lost))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for id in [&kept, &lost] {
+        let first = http.get(&fleet[2].url(&odds_path(id))).await;
+        assert_eq!(first.game_status(), "in_progress");
+        for s in &fleet[..2] {
+            until_status(&http, &s.url(&odds_path(id)), "in_progress", Duration::from_secs(2)).await;
+        }
+    }
+    for s in fleet {
+        s.stop().await;
+    }
+}
+
+/// Two processes with one replica id (one hostname, say two containers of
+/// a misconfigured pod) still apply each other's events: each tells its own
+/// by a per-process nonce, not by the id alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_with_one_replica_id_hear_each_other() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "same")).await;
+    let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "same")).await;
+    redis.wait_fleet_connected(2).await;
+    let http = Http::new();
+    let id = up.sim.game_ids()[4].clone();
+    assert!(up.sim.set_status(&id, "pre_game"));
+    let odds = odds_path(&id);
+    for s in [&a, &b] {
+        assert_eq!(http.get(&s.url(&odds)).await.game_status(), "pre_game");
+        assert_eq!(http.get(&s.url(&odds)).await.x_cache, "HIT");
+    }
+    let w = http
+        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
+        .await;
+    assert_eq!(w.game_status(), "in_progress");
+    until_status(&http, &a.url(&odds), "in_progress", Duration::from_secs(2)).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Confirmation (SPEC §6, §7): the admin port's fleet view shows which
+/// replica has not applied the log's newest event, and by how much, and
+/// `oddscache_fleet_lag_seconds` exports the worst lag. A is cut off
+/// (every flow silent, new ones too) while B writes a change; B's view
+/// shows A behind. Healed, A catches up and the lag goes back to 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fleet_view_shows_a_replica_that_is_behind() {
+    let redis = RedisServer::start();
+    let relay = Relay::start(redis.port()).await;
+    let up = Upstream::start().await;
+    let mut cfg_a = config(&up.url(), Some(&relay.url()), "a");
+    cfg_a.redis.as_mut().expect("redis").liveness_timeout = Dur(Duration::from_secs(1));
+    let a = Sidecar::start(cfg_a).await;
+    let (b, _handle, b_admin) =
+        Sidecar::with_handle(config(&up.url(), Some(&redis.url()), "b")).await;
+    redis.wait_fleet_connected(2).await;
+    let http = Http::new();
+    let fleet_url = format!("http://{b_admin}/api/v1/shared/cache/fleet");
+    let view = |v: &serde_json::Value, who: &str| {
+        v["replicas"]
+            .as_array()
+            .and_then(|r| r.iter().find(|x| x["replica"] == who).cloned())
+    };
+    let wait_for = |check: &'static (dyn Fn(&serde_json::Value) -> bool + Sync)| {
+        let (http, url) = (&http, fleet_url.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let v = http.get(&url).await.json();
+                if check(&v) {
+                    return v;
+                }
+                assert!(Instant::now() < deadline, "fleet view never settled: {v}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // Both confirmed, nothing behind.
+    let both = wait_for(&|v| {
+        ["a", "b"].iter().all(|r| {
+            v["replicas"].as_array().is_some_and(|rs| {
+                rs.iter().any(|x| x["replica"] == *r && x["behind_events"] == 0)
+            })
+        })
+    })
+    .await;
+    assert!(both["head"].is_string(), "{both}");
+
+    relay.blackhole_everything();
+    let id = up.sim.game_ids()[5].clone();
+    let w = http
+        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
+        .await;
+    assert_eq!(w.status, 200);
+    let behind = wait_for(&|v| {
+        v["replicas"].as_array().is_some_and(|rs| {
+            rs.iter().any(|x| {
+                x["replica"] == "a" && x["behind_events"].as_u64().is_some_and(|n| n >= 1)
+            })
+        })
+    })
+    .await;
+    let lag = view(&behind, "a").unwrap();
+    assert!(lag["behind_ms"].as_u64().unwrap() > 0, "{lag}");
+    assert_eq!(view(&behind, "b").unwrap()["behind_events"], 0, "{behind}");
+    let metrics = http.get(&format!("http://{b_admin}/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    let gauge: f64 = text
+        .lines()
+        .find(|l| l.starts_with("oddscache_fleet_lag_seconds "))
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("oddscache_fleet_lag_seconds");
+    assert!(gauge > 0.0, "{gauge}");
+
+    relay.heal();
+    wait_for(&|v| {
+        v["replicas"].as_array().is_some_and(|rs| {
+            rs.iter().any(|x| x["replica"] == "a" && x["behind_events"] == 0)
+        })
+    })
+    .await;
     a.stop().await;
     b.stop().await;
 }

@@ -376,6 +376,55 @@ async fn the_first_odds_after_a_status_change_set_the_fleet_baseline() {
     );
 }
 
+/// SPEC §5: the odds baseline resets at each invalidation, a manual one
+/// too, on every replica and in Redis. r1 and r2 know 2.0; after an SRE
+/// invalidates the game through r1, 2.3 (15% from 2.0) is a first sighting
+/// that sets the new baseline, and 2.6 (13% from 2.3) is a movement.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manual_invalidation_resets_the_fleet_baseline() {
+    let redis = RedisServer::start();
+    let fleet = replicas(&redis, 2).await;
+    let (r1, r2) = (&fleet[0], &fleet[1]);
+    let game = "g-51";
+    for r in &fleet {
+        r.detector.observe(&snapshot(r, game, "in_progress")).await;
+    }
+    r1.inv
+        .invalidate(Request {
+            target: Target::Game {
+                game_id: watch::GameId::try_from(game).unwrap(),
+                sport_id: None,
+                league_id: None,
+                with_sidebar: false,
+            },
+            reason: Reason::Manual,
+            origin: Origin::Api,
+            detail: "test".into(),
+            state: None,
+        })
+        .await;
+    until_events(&fleet, game, |all| all[1].len() == 1).await;
+    assert_eq!(r2.events(game), [(Origin::Peer, Reason::Manual)]);
+    let at = |home: f64| {
+        observed(
+            r2,
+            serde_json::from_str(&game_json(game, "in_progress", home)).unwrap(),
+        )
+    };
+    r2.detector.observe(&at(2.3)).await;
+    assert_eq!(
+        r2.events(game),
+        [(Origin::Peer, Reason::Manual)],
+        "2.3 was judged against the baseline from before the invalidation"
+    );
+    r2.detector.observe(&at(2.6)).await;
+    assert_eq!(
+        r2.events(game).last(),
+        Some(&(Origin::Local, Reason::OddsMovement))
+    );
+    until_events(&fleet, game, |all| all[0].len() == 2).await;
+}
+
 /// A peer keeps the newest game state by compare-and-set order, not the
 /// last event to arrive: two transitions published in the reverse order of
 /// their compare-and-sets (the first one's Redis deletion was slower) leave

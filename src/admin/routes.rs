@@ -23,6 +23,8 @@ pub const EVENTS: &str = "/api/v1/shared/cache/invalidation/events";
 pub const STREAM: &str = "/api/v1/shared/cache/invalidation/events/stream";
 pub const INVALIDATE: &str = "/api/v1/shared/cache/invalidate";
 pub const CACHE_STATS: &str = "/api/v1/shared/cache/stats";
+/// Which replica has applied which event of the log (SPEC §7).
+pub const FLEET: &str = "/api/v1/shared/cache/fleet";
 /// Prometheus scrape path; the k8s annotations and the dashboard use it.
 pub const METRICS: &str = "/metrics";
 /// Liveness: the kubelet's `livenessProbe`.
@@ -41,6 +43,7 @@ pub enum Endpoint {
     Stream,
     Invalidate,
     CacheStats,
+    Fleet,
     Metrics,
     Healthz,
     Readyz,
@@ -63,6 +66,7 @@ pub const ROUTES: &[Route] = &[
     route(STREAM, "GET", Endpoint::Stream),
     route(INVALIDATE, "POST", Endpoint::Invalidate),
     route(CACHE_STATS, "GET", Endpoint::CacheStats),
+    route(FLEET, "GET", Endpoint::Fleet),
     route(METRICS, "GET", Endpoint::Metrics),
     route(HEALTHZ, "GET", Endpoint::Healthz),
     route(READYZ, "GET", Endpoint::Readyz),
@@ -107,6 +111,16 @@ pub async fn dispatch(
         Endpoint::Events => events(admin, req.uri().query()),
         Endpoint::Stream => sse::stream(admin),
         Endpoint::CacheStats => json(StatusCode::OK, &cache_stats(admin)),
+        // The view the Redis tier last read in the background: this read
+        // does not reach Redis either.
+        Endpoint::Fleet => json(
+            StatusCode::OK,
+            &admin
+                .invalidator
+                .redis()
+                .map(|r| r.fleet_view())
+                .unwrap_or_default(),
+        ),
         Endpoint::Metrics => metrics(admin, req.headers()),
         Endpoint::Healthz => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         Endpoint::Readyz => readyz(admin),
@@ -297,9 +311,18 @@ fn gauge(n: u64) -> i64 {
 fn readyz(admin: &Admin) -> Response<AdminBody> {
     let now = Instant::now();
     let ready = admin.health.is_ready(now, admin.readiness_window);
+    // Told, not counted against readiness: a replica cut off from Redis
+    // still serves (within outage_max_staleness) and must stay in the
+    // Service.
+    let fanout = match admin.invalidator.redis() {
+        None => "disabled",
+        Some(_) if admin.store.ledger().is_cut_off(now) => "cut_off",
+        Some(_) => "reading",
+    };
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "unready" },
         "upstream_last_success_seconds_ago": admin.health.last_success_age(now).map(|d| d.as_secs_f64()),
+        "fanout": fanout,
     });
     let status = if ready {
         StatusCode::OK

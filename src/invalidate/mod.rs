@@ -199,10 +199,15 @@ impl Invalidator {
             }
         }
         if let Some(redis) = &self.redis {
-            let patterns: Vec<String> = game_id
+            let mut patterns: Vec<String> = game_id
                 .as_ref()
                 .map(|g| self.expand_patterns(g.as_str()))
                 .unwrap_or_default();
+            if let (Some(g), None) = (&game_id, &req.state) {
+                // A manual invalidation resets the fleet's baseline too: the
+                // next body seeds the game's state afresh.
+                patterns.push(redis.game_key(g));
+            }
             let (done, delivered) = tokio::sync::oneshot::channel();
             event.keys_deleted = local;
             let msg = wire::Message::new(event.clone(), &self.instance, Vec::new(), req.state);

@@ -44,6 +44,7 @@ use crate::shutdown;
 use crate::watch::GameId;
 
 pub mod fanout;
+pub mod fleet;
 use fanout::Outbox;
 pub use fanout::Pending;
 
@@ -207,6 +208,8 @@ pub struct RedisTier {
     /// Cluster mode: the connection to the log's owner that events are
     /// appended and waited for on.
     writer: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// The last fleet view read, for the admin port.
+    fleet: Mutex<fleet::FleetView>,
     /// Logged once: the log's primary has no replica to wait for.
     warned_no_replica: AtomicBool,
     timeout: Duration,
@@ -288,6 +291,7 @@ impl RedisTier {
             replaced: Mutex::new(None),
             writer: tokio::sync::Mutex::new(None),
             warned_no_replica: AtomicBool::new(false),
+            fleet: Mutex::default(),
             timeout: cfg.command_timeout.get(),
             store_responses: cfg.store_responses,
             store: OnceLock::new(),
@@ -299,6 +303,7 @@ impl RedisTier {
         });
         tokio::spawn(Arc::clone(&tier).connect_loop(shutdown.clone()));
         tokio::spawn(Arc::clone(&tier).drain_outbox(shutdown.clone()));
+        tokio::spawn(Arc::clone(&tier).watch_fleet(shutdown.clone()));
         tokio::spawn(Arc::clone(&tier).write_registrations(rx, shutdown));
         Ok(tier)
     }

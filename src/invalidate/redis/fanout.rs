@@ -788,6 +788,15 @@ impl RedisTier {
             .arg("EX")
             .arg(REPLICA_TTL.as_secs())
             .ignore();
+        pipe.cmd("ZADD")
+            .arg(self.replicas_key())
+            .arg(super::unix_ms(std::time::SystemTime::now()))
+            .arg(&*self.replica)
+            .ignore();
+        pipe.cmd("EXPIRE")
+            .arg(self.replicas_key())
+            .arg(REPLICA_TTL.as_secs() * 2)
+            .ignore();
         if let Err(e) = self.query::<()>(&pipe).await {
             tracing::debug!(error = %e, "cannot refresh this replica's confirmation");
         }
@@ -935,7 +944,7 @@ fn info_field(reply: &Value, name: &str) -> Option<Value> {
 }
 
 /// The ids of a `XRANGE`/`XREVRANGE` reply.
-fn entry_ids(reply: &Value) -> Vec<String> {
+pub(super) fn entry_ids(reply: &Value) -> Vec<String> {
     let Value::Array(entries) = reply else {
         return Vec::new();
     };
