@@ -8,19 +8,17 @@
 
 #[path = "common/redis.rs"]
 mod redis_server;
+#[path = "common/relay.rs"]
+mod relay;
 #[path = "common/sidecar.rs"]
 mod sidecar;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oddscache::config::Dur;
 use redis_server::RedisServer;
+use relay::Relay;
 use sidecar::{config, Http, Sidecar, Upstream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const POLL: Duration = Duration::from_millis(20);
 
@@ -52,10 +50,9 @@ async fn until_status(http: &Http, url: &str, want: &str, within: Duration) -> D
 }
 
 /// Redis stalls (`CLIENT PAUSE … ALL`) just as replica B sees a game go
-/// live: B's compare-and-set, deletion and append all time out. Replica
-/// A's connection to the log is never broken, so no resync covers it. The event waits in B's outbox and reaches A once Redis takes writes
-/// again. (On the pub/sub build, B logged "cannot publish invalidation"
-/// and A served the old status as a HIT until its TTL ran out.)
+/// live: B's compare-and-set, deletion and append all wait out their
+/// timeouts. The event waits in B's outbox and reaches A once Redis
+/// answers again.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_seen_while_redis_stalls_reaches_the_fleet_after() {
     let redis = RedisServer::start();
@@ -103,88 +100,46 @@ async fn an_event_seen_while_redis_stalls_reaches_the_fleet_after() {
     b.stop().await;
 }
 
-/// A TCP relay in front of Redis whose flows can be blackholed: the
-/// sockets stay open and bytes are read but never forwarded, so the
-/// client sees silence, not an RST. Flows opened after a blackhole carry
-/// bytes again (the new address answers).
-struct Relay {
-    addr: SocketAddr,
-    /// Flows opened at or before this generation are silent.
-    silenced: Arc<AtomicU64>,
-    generation: Arc<AtomicU64>,
-    /// Every flow, old and new, is silent while set.
-    all: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Relay {
-    async fn start(to: u16) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let silenced = Arc::new(AtomicU64::new(0));
-        let generation = Arc::new(AtomicU64::new(1));
-        let all = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (s, g, al) = (Arc::clone(&silenced), Arc::clone(&generation), Arc::clone(&all));
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", to)).await else {
-                    continue;
-                };
-                let mine = g.load(Ordering::SeqCst);
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                tokio::spawn(pipe(cr, sw, mine, Arc::clone(&s), Arc::clone(&al)));
-                tokio::spawn(pipe(sr, cw, mine, Arc::clone(&s), Arc::clone(&al)));
-            }
-        });
-        Relay {
-            addr,
-            silenced,
-            generation,
-            all,
-        }
+/// Replica B sees a game go live while its own flows to Redis are silent
+/// (new ones too): its compare-and-set, deletion and append never reach
+/// Redis. Replica A's read of the log is never interrupted, so no resync
+/// covers it. The event waits in B's outbox; when B's flows carry bytes
+/// again, B's command connection is replaced and the event reaches A. (On
+/// the pub/sub build, B logged "cannot publish invalidation" and dropped
+/// the event, and A served the old status as a HIT until its TTL ran out.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_its_writer_could_not_send_reaches_the_fleet_later() {
+    let redis = RedisServer::start();
+    let relay = Relay::start(redis.port()).await;
+    let up = Upstream::start().await;
+    let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "a")).await;
+    let b = Sidecar::start(config(&up.url(), Some(&relay.url()), "b")).await;
+    redis.wait_fleet_connected(2).await;
+    let http = Http::new();
+    let id = up.sim.game_ids()[6].clone();
+    assert!(up.sim.set_status(&id, "pre_game"));
+    let odds = odds_path(&id);
+    for s in [&a, &b] {
+        assert_eq!(http.get(&s.url(&odds)).await.game_status(), "pre_game");
+        assert_eq!(http.get(&s.url(&odds)).await.x_cache, "HIT");
     }
-
-    fn url(&self) -> String {
-        format!("redis://{}", self.addr)
-    }
-
-    /// Every flow, open now or opened later, is silent until `heal`.
-    fn blackhole_everything(&self) {
-        self.all.store(true, Ordering::SeqCst);
-    }
-
-    fn heal(&self) {
-        self.all.store(false, Ordering::SeqCst);
-        self.blackhole_open_flows();
-    }
-
-    /// Every flow open now goes silent; new ones work.
-    fn blackhole_open_flows(&self) {
-        let now = self.generation.fetch_add(1, Ordering::SeqCst);
-        self.silenced.store(now, Ordering::SeqCst);
-    }
-}
-
-async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    generation: u64,
-    silenced: Arc<AtomicU64>,
-    all: Arc<std::sync::atomic::AtomicBool>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if all.load(Ordering::SeqCst) || generation <= silenced.load(Ordering::SeqCst) {
-            continue; // read and dropped: the peer sees silence
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
+    relay.blackhole_everything();
+    let w = http
+        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
+        .await;
+    assert_eq!(w.game_status(), "in_progress");
+    assert_eq!(http.get(&b.url(&odds)).await.game_status(), "in_progress");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Still cut off: A cannot know yet.
+    relay.heal();
+    let healed = Instant::now();
+    let took = until_status(&http, &a.url(&odds), "in_progress", Duration::from_secs(3)).await;
+    println!(
+        "A served the change {took:?} after B's flows came back ({:?})",
+        healed.elapsed()
+    );
+    a.stop().await;
+    b.stop().await;
 }
 
 /// Replica A reaches Redis through a relay that blackholes its flows; two
@@ -260,7 +215,10 @@ async fn a_lost_state_key_never_hides_a_transition() {
     for id in [&kept, &lost] {
         assert!(up.sim.set_status(id, "pre_game"));
         for s in &fleet[..2] {
-            assert_eq!(http.get(&s.url(&odds_path(id))).await.game_status(), "pre_game");
+            assert_eq!(
+                http.get(&s.url(&odds_path(id))).await.game_status(),
+                "pre_game"
+            );
             assert_eq!(http.get(&s.url(&odds_path(id))).await.x_cache, "HIT");
         }
     }
@@ -293,7 +251,13 @@ async fn a_lost_state_key_never_hides_a_transition() {
         let first = http.get(&fleet[2].url(&odds_path(id))).await;
         assert_eq!(first.game_status(), "in_progress");
         for s in &fleet[..2] {
-            until_status(&http, &s.url(&odds_path(id)), "in_progress", Duration::from_secs(2)).await;
+            until_status(
+                &http,
+                &s.url(&odds_path(id)),
+                "in_progress",
+                Duration::from_secs(2),
+            )
+            .await;
         }
     }
     for s in fleet {
@@ -369,7 +333,8 @@ async fn the_fleet_view_shows_a_replica_that_is_behind() {
     let both = wait_for(&|v| {
         ["a", "b"].iter().all(|r| {
             v["replicas"].as_array().is_some_and(|rs| {
-                rs.iter().any(|x| x["replica"] == *r && x["behind_events"] == 0)
+                rs.iter()
+                    .any(|x| x["replica"] == *r && x["behind_events"] == 0)
             })
         })
     })
@@ -384,9 +349,8 @@ async fn the_fleet_view_shows_a_replica_that_is_behind() {
     assert_eq!(w.status, 200);
     let behind = wait_for(&|v| {
         v["replicas"].as_array().is_some_and(|rs| {
-            rs.iter().any(|x| {
-                x["replica"] == "a" && x["behind_events"].as_u64().is_some_and(|n| n >= 1)
-            })
+            rs.iter()
+                .any(|x| x["replica"] == "a" && x["behind_events"].as_u64().is_some_and(|n| n >= 1))
         })
     })
     .await;
@@ -406,7 +370,8 @@ async fn the_fleet_view_shows_a_replica_that_is_behind() {
     relay.heal();
     wait_for(&|v| {
         v["replicas"].as_array().is_some_and(|rs| {
-            rs.iter().any(|x| x["replica"] == "a" && x["behind_events"] == 0)
+            rs.iter()
+                .any(|x| x["replica"] == "a" && x["behind_events"] == 0)
         })
     })
     .await;

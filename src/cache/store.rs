@@ -850,6 +850,113 @@ mod tests {
         assert!(!store.insert(&t, "/b", &[], entry("/b", &["game:2"])));
     }
 
+    /// One step of [`interleavings_keep_the_freshness_rule`].
+    #[derive(Clone, Debug)]
+    enum Op {
+        Begin(usize),
+        End(usize),
+        /// A peer's (or an API's) invalidation of game `t`.
+        Invalidate(usize),
+        /// Fetch `i`'s own invalidation of game `t`, which it forgives.
+        Own(usize, usize),
+        Flush,
+        /// Fetch `i` stores key `k`, tagged with game `t`.
+        Insert(usize, usize, usize),
+        Lookup(usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..3usize).prop_map(Op::Begin),
+            (0..3usize).prop_map(Op::End),
+            (0..2usize).prop_map(Op::Invalidate),
+            (0..3usize, 0..2usize).prop_map(|(i, t)| Op::Own(i, t)),
+            Just(Op::Flush),
+            (0..3usize, 0..3usize, 0..2usize).prop_map(|(i, k, t)| Op::Insert(i, k, t)),
+            (0..3usize).prop_map(Op::Lookup),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Every interleaving of fetches, invalidations (a peer's or the
+        /// fetch's own), flushes, stores and lookups against a model of the
+        /// rule in `freshness`: a store succeeds exactly when no
+        /// invalidation of its tag, other than its fetch's own, and no
+        /// flush came after its fetch began; a lookup finds exactly the
+        /// entries stored since the last invalidation of their tag.
+        #[test]
+        fn interleavings_keep_the_freshness_rule(ops in proptest::collection::vec(op(), 1..60)) {
+            let store = Store::new(1 << 20);
+            let mut tickets: Vec<Option<FetchTicket>> = vec![None, None, None];
+            // The model: the step each fetch began at and what it forgives;
+            // each invalidation's step and game (None: a flush); each key's
+            // entry: its game and whether it is alive.
+            let mut began: Vec<usize> = vec![0; 3];
+            let mut forgiven: Vec<Vec<usize>> = vec![Vec::new(); 3];
+            let mut invalidations: Vec<(usize, Option<usize>)> = Vec::new();
+            let mut keys: Vec<Option<(usize, bool)>> = vec![None; 3];
+            for (step, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Begin(i) => {
+                        if tickets[i].is_none() {
+                            tickets[i] = Some(store.begin_fetch());
+                            began[i] = step;
+                            forgiven[i].clear();
+                        }
+                    }
+                    Op::End(i) => tickets[i] = None,
+                    Op::Invalidate(t) => {
+                        store.invalidate_tags(&[format!("game:{t}")]);
+                        invalidations.push((step, Some(t)));
+                        for k in keys.iter_mut().flatten() {
+                            if k.0 == t {
+                                k.1 = false;
+                            }
+                        }
+                    }
+                    Op::Own(i, t) => {
+                        let Some(ticket) = tickets[i].as_mut() else { continue };
+                        let (_, seq) = store.invalidate_tags_seq(&[format!("game:{t}")]);
+                        ticket.forgive(seq);
+                        forgiven[i].push(step);
+                        invalidations.push((step, Some(t)));
+                        for k in keys.iter_mut().flatten() {
+                            if k.0 == t {
+                                k.1 = false;
+                            }
+                        }
+                    }
+                    Op::Flush => {
+                        store.flush_tagged();
+                        invalidations.push((step, None));
+                        for k in keys.iter_mut().flatten() {
+                            k.1 = false;
+                        }
+                    }
+                    Op::Insert(i, k, t) => {
+                        let Some(ticket) = tickets[i].as_ref() else { continue };
+                        let key = format!("/k{k}");
+                        let stored = store.insert(ticket, &key, &[], entry(&key, &[&format!("game:{t}")]));
+                        let superseded = invalidations.iter().any(|&(at, game)| {
+                            at > began[i]
+                                && (game.is_none() || game == Some(t))
+                                && !(game.is_some() && forgiven[i].contains(&at))
+                        });
+                        proptest::prop_assert_eq!(stored, !superseded, "insert at step {}", step);
+                        if stored {
+                            keys[k] = Some((t, true));
+                        }
+                    }
+                    Op::Lookup(k) => {
+                        let alive = keys[k].is_some_and(|(_, alive)| alive);
+                        proptest::prop_assert_eq!(found(&store, &format!("/k{k}")), alive, "lookup at step {}", step);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn invalidated_entries_are_not_current_for_the_l2_writer() {
         let store = Store::new(1 << 20);

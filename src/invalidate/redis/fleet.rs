@@ -130,7 +130,11 @@ impl RedisTier {
                 });
             }
         }
-        replicas.sort_by(|a, b| b.behind_ms.cmp(&a.behind_ms).then(a.replica.cmp(&b.replica)));
+        replicas.sort_by(|a, b| {
+            b.behind_ms
+                .cmp(&a.behind_ms)
+                .then(a.replica.cmp(&b.replica))
+        });
         Ok(FleetView { head, replicas })
     }
 
