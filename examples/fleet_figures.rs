@@ -5,8 +5,16 @@
 //! - tag invalidation cost for 100, 1k, 10k and 100k keys under one tag, in
 //!   L1 and in Redis, with the Redis commands it took.
 //!
+//! - the event log under faults: how soon after Redis answers again the
+//!   outbox is drained and a peer has applied every queued event; how soon
+//!   a replica whose flows are blackholed notices, reconnects and applies
+//!   what it missed; and that a 10 s partition is replayed whole, in order.
+//!
 //! Run: `cargo run --release --example fleet_figures`. It starts its own
 //! `redis-server` on a free loopback port and stops it when done.
+
+#[path = "../tests/common/relay.rs"]
+mod relay;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -31,6 +39,10 @@ impl Redis {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        Redis::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Redis {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -69,8 +81,12 @@ impl Drop for Redis {
 }
 
 fn core(redis: &Redis, id: &str, signal: shutdown::Signal) -> Core {
+    core_at(&redis.url(), id, signal)
+}
+
+fn core_at(url: &str, id: &str, signal: shutdown::Signal) -> Core {
     let overrides = Overrides {
-        redis_url: Some(redis.url()),
+        redis_url: Some(url.into()),
         replica_id: Some(id.into()),
         upstream: Some("http://127.0.0.1:9".into()),
         ..Overrides::default()
@@ -239,6 +255,141 @@ async fn tag_costs(redis: &Redis) {
     }
 }
 
+fn game(id: &str) -> Request {
+    Request {
+        target: Target::Game {
+            game_id: GameId::try_from(id).unwrap(),
+            sport_id: None,
+            league_id: None,
+            with_sidebar: false,
+        },
+        reason: Reason::StatusChange,
+        origin: Origin::Local,
+        detail: String::new(),
+        state: None,
+    }
+}
+
+/// Stores `n` entries `/f/{prefix}/{i}` tagged `game:{prefix}-{i}` in `core`.
+fn fill(core: &Core, prefix: &str, n: usize) {
+    let ticket = core.store.begin_fetch();
+    for i in 0..n {
+        let key = format!("/f/{prefix}/{i}");
+        let tag = format!("game:{prefix}-{i}");
+        core.store.insert(&ticket, &key, &[], entry(&key, &[&tag]));
+    }
+}
+
+/// Waits until `core` holds none of `fill(prefix, n)`'s entries.
+async fn until_dropped(core: &Core, prefix: &str, n: usize, within: Duration) -> Duration {
+    let started = Instant::now();
+    while (0..n).any(|i| held(core, &format!("/f/{prefix}/{i}"))) {
+        assert!(started.elapsed() < within, "{prefix}: never dropped");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    started.elapsed()
+}
+
+async fn log_faults() {
+    println!(
+        "
+## The event log under faults
+"
+    );
+    println!(
+        "| fault | measured | bound |
+| --- | --- | --- |"
+    );
+    // Redis down while A invalidates 100 games: from Redis answering again
+    // to A's outbox empty, and to B having dropped all 100.
+    {
+        let mut redis = Redis::start();
+        let port = redis.port;
+        let (_stop, signal) = shutdown::channel();
+        let a = core(&redis, "a", signal.clone());
+        let b = core(&redis, "b", signal);
+        until_connected(&[&a, &b]).await;
+        fill(&b, "down", 100);
+        drop(redis);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Each waits up to 4 × command_timeout for delivery, together.
+        let ids: Vec<String> = (0..100).map(|i| format!("down-{i}")).collect();
+        futures_util::future::join_all(ids.iter().map(|id| a.invalidator.invalidate(game(id))))
+            .await;
+        let tier = Arc::clone(a.redis.as_ref().unwrap());
+        assert_eq!(tier.outbox_len(), 100, "the events wait in the outbox");
+        redis = Redis::start_on(port);
+        let back = Instant::now();
+        while tier.outbox_len() > 0 {
+            assert!(
+                back.elapsed() < Duration::from_secs(10),
+                "outbox never drained"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let drained = back.elapsed();
+        let applied = drained + until_dropped(&b, "down", 100, Duration::from_secs(10)).await;
+        println!("| Redis down, 100 events queued: outbox drained after Redis answers | {drained:?} | 1 s |");
+        println!("| … and the peer has applied all 100 | {applied:?} | |");
+        drop(redis);
+    }
+    // A's flows blackholed: B invalidates 100 ms later; A reconnects and
+    // drops the entry.
+    {
+        let redis = Redis::start();
+        let relay = relay::Relay::start(redis.port).await;
+        let (_stop, signal) = shutdown::channel();
+        let a = core_at(&relay.url(), "a", signal.clone());
+        let b = core(&redis, "b", signal);
+        until_connected(&[&a, &b]).await;
+        fill(&a, "hole", 1);
+        relay.blackhole_open_flows();
+        let cut = Instant::now();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b.invalidator.invalidate(game("hole-0")).await;
+        until_dropped(&a, "hole", 1, Duration::from_secs(20)).await;
+        println!(
+            "| flows blackholed: the change reaches the cut-off replica after | {:?} | liveness_timeout (3 s) + 1 s heartbeat + 1 s |",
+            cut.elapsed()
+        );
+    }
+    // A cut off for 10 s while B writes 200 events: all replayed, in order.
+    {
+        let redis = Redis::start();
+        let relay = relay::Relay::start(redis.port).await;
+        let (_stop, signal) = shutdown::channel();
+        let a = core_at(&relay.url(), "a", signal.clone());
+        let b = core(&redis, "b", signal);
+        until_connected(&[&a, &b]).await;
+        fill(&a, "part", 200);
+        relay.blackhole_everything();
+        for i in 0..200 {
+            b.invalidator.invalidate(game(&format!("part-{i}"))).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        relay.heal();
+        let healed = Instant::now();
+        let took = until_dropped(&a, "part", 200, Duration::from_secs(20)).await;
+        let order: Vec<String> = a
+            .invalidator
+            .journal()
+            .recent(usize::MAX, None, None)
+            .iter()
+            .rev()
+            .filter_map(|e| e.game_id.clone())
+            .collect();
+        let want: Vec<String> = (0..200).map(|i| format!("part-{i}")).collect();
+        let in_order = order == want;
+        println!(
+            "| 10 s partition, 200 events: replayed after healing | {} of 200 in {took:?} ({:?} after healing), {} | all, in order |",
+            order.len(),
+            healed.elapsed(),
+            if in_order { "in order" } else { "OUT OF ORDER" }
+        );
+        assert!(in_order, "replayed out of order: {order:?}");
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let changes = std::env::var("FANOUT_CHANGES")
@@ -248,4 +399,5 @@ async fn main() {
     let redis = Redis::start();
     fanout(&redis, changes).await;
     tag_costs(&redis).await;
+    log_faults().await;
 }

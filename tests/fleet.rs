@@ -811,8 +811,9 @@ async fn figures_propagation_latency_and_bulk_delete() {
     // replicas' confirmations.
     let left: Vec<String> = redis::cmd("KEYS").arg("*").query_async(c).await.unwrap();
     assert!(
-        left.iter()
-            .all(|k| k == &format!("{PREFIX}events") || k.starts_with(&format!("{PREFIX}replica:"))),
+        left.iter().all(|k| k == &format!("{PREFIX}events")
+            || k == &format!("{PREFIX}replicas")
+            || k.starts_with(&format!("{PREFIX}replica:"))),
         "keys left after the bulk delete: {left:?}"
     );
 

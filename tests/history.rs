@@ -37,9 +37,15 @@ const OUTAGE_BOUND: Duration = Duration::from_secs(1);
 /// a loaded machine.
 const CUT_OFF: Duration = Duration::from_millis(4500);
 const STATUSES: [&str; 3] = ["pre_game", "in_progress", "final"];
+/// Busy games, changed many times a second each: the volume.
 const GAMES: usize = 8;
-/// Writers, each moving its own half of the games.
+/// Writers, each moving its own half of the busy games.
 const WRITERS: usize = 2;
+/// Quiet games, changed one at a time every [`QUIET_EVERY`], so each stays
+/// unchanged for longer than [`CUT_OFF`]: an event lost for one of them
+/// shows as a stale read, not masked by the next change.
+const QUIET: usize = 16;
+const QUIET_EVERY: Duration = Duration::from_millis(400);
 
 #[derive(Clone, Debug)]
 struct Change {
@@ -88,7 +94,8 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
         Sidecar::start(tuned(&relay.url(), "b")).await,
     ]);
     redis.wait_fleet_connected(2).await;
-    let games: Vec<String> = up.sim.game_ids().into_iter().take(GAMES).collect();
+    let games: Vec<String> = up.sim.game_ids().into_iter().take(GAMES + QUIET).collect();
+    assert_eq!(games.len(), GAMES + QUIET, "the simulator has enough games");
     let http = Http::new();
     for id in &games {
         assert!(up.sim.set_status(id, STATUSES[0]));
@@ -141,6 +148,41 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
             })
         })
         .collect();
+    // The quiet writer, through either replica in turn.
+    let quiet = {
+        let (fleet, history, stop, games) = (
+            Arc::clone(&fleet),
+            Arc::clone(&history),
+            Arc::clone(&stop),
+            games.clone(),
+        );
+        tokio::spawn(async move {
+            let http = Http::new();
+            let mut at = vec![0usize; QUIET];
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let q = n % QUIET;
+                let game = GAMES + q;
+                at[q] = (at[q] + 1) % STATUSES.len();
+                let status = STATUSES[at[q]];
+                let via = &fleet[n % 2];
+                let began = Instant::now();
+                let body = format!(r#"{{"status":"{status}"}}"#);
+                let w = http
+                    .put(&via.url(&format!("/api/v1/games/{}", games[game])), &body)
+                    .await;
+                assert_eq!(w.status, 200, "quiet write {n}");
+                history.lock().unwrap().changes.push(Change {
+                    game,
+                    status,
+                    began,
+                    seen: Instant::now(),
+                });
+                n += 1;
+                tokio::time::sleep(QUIET_EVERY).await;
+            }
+        })
+    };
     // Readers, each on its own replica and game.
     let readers: Vec<_> = (0..4)
         .map(|i| {
@@ -154,7 +196,7 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
                 let http = Http::new();
                 let mut n = i;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (replica, game) = (n % 2, (n / 2) % GAMES);
+                    let (replica, game) = (n % 2, (n / 2) % (GAMES + QUIET));
                     let began = Instant::now();
                     let r = http
                         .get(&fleet[replica].url(&odds_path(&games[game])))
@@ -198,14 +240,7 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     fault("pause", began);
-    healthy(1500).await;
-
-    // B's flows go silent without an RST; new ones work.
-    let began = Instant::now();
-    relay.blackhole_open_flows();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    fault("blackhole", began);
-    healthy(1500).await;
+    healthy(2000).await;
 
     // Redis dies and comes back empty.
     let began = Instant::now();
@@ -215,7 +250,14 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
     redis = RedisServer::start_on(port);
     tokio::time::sleep(Duration::from_millis(500)).await;
     fault("restart", began);
-    healthy(2000).await;
+    healthy(3000).await;
+
+    // B's flows go silent without an RST; new ones work.
+    let began = Instant::now();
+    relay.blackhole_open_flows();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    fault("blackhole", began);
+    healthy(3000).await;
 
     // B is cut off altogether for three seconds.
     let began = Instant::now();
@@ -223,12 +265,14 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
     tokio::time::sleep(Duration::from_millis(3000)).await;
     relay.heal();
     fault("cut off", began);
-    healthy(2500).await;
+    // Longer than the bound: whatever a fault lost shows by now.
+    healthy(7000).await;
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
     }
+    quiet.await.unwrap();
     for r in readers {
         r.await.unwrap();
     }

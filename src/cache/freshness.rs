@@ -296,6 +296,10 @@ impl Ledger {
         usable_on_error(entry, now) && !self.beyond_outage_bound(entry, now)
     }
 
+    pub fn outage_bound(&self) -> Duration {
+        Duration::from_millis(self.outage_bound_ms.load(Ordering::Relaxed))
+    }
+
     pub fn set_outage_bound(&self, bound: Duration) {
         let ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX);
         self.outage_bound_ms.store(ms, Ordering::Relaxed);

@@ -265,8 +265,10 @@ impl Stored {
         Duration::from_millis(now_ms.saturating_sub(self.stored_at_ms))
     }
 
-    /// Rebuilds the entry as stored under `key`, rebased on `now`: it keeps
-    /// its age, expires at the same moment and keeps its stale windows.
+    /// Rebuilds the entry as stored under `key`, stored when it was (by
+    /// `now_ms`'s reckoning): it keeps its age, expires at the same moment
+    /// and keeps its stale windows, and the outage bound (which counts from
+    /// the store) ages it from its first store, not from this read.
     /// `None` when it has no freshness left, since an L2 copy only ever
     /// stands in for a fresh fill.
     pub fn into_entry(self, key: Arc<str>, now_ms: u64, now: Instant) -> Option<Entry> {
@@ -275,20 +277,22 @@ impl Stored {
             return None;
         }
         let resident = self.resident(now_ms);
+        let stored_at = now.checked_sub(resident).unwrap_or(now);
+        let resident = now.saturating_duration_since(stored_at);
         Some(Entry::new(
             NewEntry {
                 key,
                 status: self.status,
                 headers: self.headers,
                 body: self.body,
-                initial_age: self.initial_age.saturating_add(resident),
-                fresh_for,
+                initial_age: self.initial_age,
+                fresh_for: resident.saturating_add(fresh_for),
                 stale_if_error: self.stale_if_error,
                 stale_while_revalidate: self.stale_while_revalidate,
                 must_revalidate: self.must_revalidate,
                 tags: self.tags,
             },
-            now,
+            stored_at,
         ))
     }
 }
@@ -404,7 +408,17 @@ mod tests {
             .into_entry("/k".into(), 11_500, now)
             .unwrap();
         assert_eq!(rebuilt.age(now), Duration::from_millis(3500));
-        assert_eq!(rebuilt.fresh_for(), Duration::from_millis(3500));
+        // Stored 1.5 s ago, fresh for 5 s from then: 3.5 s left.
+        assert_eq!(rebuilt.stored_at(), now - Duration::from_millis(1500));
+        assert_eq!(rebuilt.fresh_for(), Duration::from_millis(5000));
+        assert_eq!(
+            rebuilt.freshness(now + Duration::from_millis(3499)),
+            crate::cache::Freshness::Fresh
+        );
+        assert_ne!(
+            rebuilt.freshness(now + Duration::from_millis(3501)),
+            crate::cache::Freshness::Fresh
+        );
         assert_eq!(rebuilt.stale_if_error(), Duration::from_secs(300));
         assert_eq!(rebuilt.key(), "/k");
         // A peer clock ahead of ours: as if just stored.

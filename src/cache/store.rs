@@ -390,6 +390,12 @@ impl Store {
         // Every entry counts as tagged with its URI: an unsafe method that
         // succeeded while this fetch was under way supersedes it.
         let uri = uri_tag(primary);
+        // Read before the locks: moka may run its maintenance inside `get`,
+        // and its eviction listener takes the tag index's lock.
+        let replaced = match self.get(entry.key()) {
+            Some(Slot::Entry(old)) if !Arc::ptr_eq(&old, &entry) => Some(old),
+            _ => None,
+        };
         {
             // Checked and filed under the ledger's lock, which every
             // invalidation holds while it reads the index: one that lands
@@ -407,10 +413,8 @@ impl Store {
             // The entry this one replaces is no longer filed: an
             // invalidation from now on would not find it, so it stops being
             // servable here rather than when moka is overwritten below.
-            if let Some(Slot::Entry(old)) = self.get(entry.key()) {
-                if !Arc::ptr_eq(&old, &entry) && old.tags().next().is_some() {
-                    old.kill();
-                }
+            if let Some(old) = &replaced {
+                old.kill();
             }
         }
         if !vary.is_empty() {
@@ -954,6 +958,37 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn replacing_entries_in_a_full_store_never_deadlocks() {
+        // A full store evicts; moka may run its maintenance (and so the
+        // eviction listener, which takes the tag index's lock) inside any
+        // call. Replacing entries under the locks of `insert` once did.
+        let (done, finished) = std::sync::mpsc::channel();
+        let store = Arc::new(Store::new(16 << 10));
+        let workers: Vec<_> = (0..2)
+            .map(|w| {
+                let (store, done) = (Arc::clone(&store), done.clone());
+                std::thread::spawn(move || {
+                    let t = store.begin_fetch();
+                    for i in 0..20_000 {
+                        let key = format!("/k{}", (i * 7 + w) % 64);
+                        store.insert(&t, &key, &[], entry(&key, &["sidebar", "game:1"]));
+                        found(&store, &key);
+                    }
+                    let _ = done.send(());
+                })
+            })
+            .collect();
+        for _ in &workers {
+            finished
+                .recv_timeout(Duration::from_secs(60))
+                .expect("an insert deadlocked against the eviction listener");
+        }
+        for w in workers {
+            w.join().unwrap();
         }
     }
 

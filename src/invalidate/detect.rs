@@ -186,10 +186,21 @@ impl Detector {
     /// The sequence numbers of the L1 invalidations it made are returned,
     /// for the fetch to forgive (see `cache::freshness`).
     pub async fn observe(&self, games: &[GameSnapshot]) -> Vec<u64> {
+        self.observe_fetched(games, None).await
+    }
+
+    /// [`Self::observe`] for a body whose fetch began at `fetch_began_ms`
+    /// (unix ms): a game whose fleet state was written after that is not
+    /// judged by this body, which may predate it (SPEC §4).
+    pub async fn observe_fetched(
+        &self,
+        games: &[GameSnapshot],
+        fetch_began_ms: Option<u64>,
+    ) -> Vec<u64> {
         self.load_unknown(games).await;
         let mut caused = Vec::new();
         for g in games {
-            caused.extend(self.observe_one(g).await);
+            caused.extend(self.observe_one(g, fetch_began_ms).await);
         }
         caused
     }
@@ -239,7 +250,7 @@ impl Detector {
         }
     }
 
-    async fn observe_one(&self, g: &GameSnapshot) -> Vec<u64> {
+    async fn observe_one(&self, g: &GameSnapshot, fetch_began_ms: Option<u64>) -> Vec<u64> {
         let threshold = self.rules.threshold();
         let mut known = self.known.get(&g.game_id);
         // A local eviction after losing a compare-and-set, to forgive.
@@ -300,6 +311,29 @@ impl Detector {
                         // entries were built on the old state: they go
                         // here, whether or not an event for that move
                         // reaches this replica (SPEC §6, never zero).
+                        if fetch_began_ms.is_some_and(|b| current.seq >= b) {
+                            // Written after this body was asked for: the
+                            // body may be older. It is not judged (that
+                            // could roll the fleet back), and if it differs
+                            // from the fleet's state it is not stored: the
+                            // eviction below is not forgiven.
+                            let differs = watch::diff(Some(&current.state), g, threshold).is_some()
+                                || known.as_ref().is_some_and(|k| k.state != current.state);
+                            if differs {
+                                let was =
+                                    known.as_ref().map_or(Status::Unknown, |k| k.state.status);
+                                self.invalidator.evict_locally(
+                                    &g.game_id,
+                                    was,
+                                    current,
+                                    "a body fetched before the fleet's last transition".into(),
+                                    false,
+                                );
+                            } else {
+                                adopt(&self.known, g.game_id.clone(), current);
+                            }
+                            return caused;
+                        }
                         if change.is_some() {
                             if let Some(prior) = known.as_ref().filter(|k| k.state != current.state)
                             {

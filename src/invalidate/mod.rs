@@ -244,13 +244,12 @@ impl Invalidator {
             self.suspect.insert(GameId::clone(&id), state);
         }
         self.known.invalidate_all();
-        if why != "start" {
-            // L2 copies written before now may have missed the same events.
-            self.store
-                .ledger()
-                .marks
-                .mark_all(events::unix_ms(SystemTime::now()));
-        }
+        // L2 copies fetched before now may have missed the same events (at
+        // start: ones this replica never heard of): none is used.
+        self.store
+            .ledger()
+            .marks
+            .mark_all(events::unix_ms(SystemTime::now()));
         self.metrics.resync(why);
         dropped
     }

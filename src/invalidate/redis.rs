@@ -379,9 +379,9 @@ impl RedisTier {
         }
     }
 
-    /// A command connection to `client`'s server: every reply within
-    /// `command_timeout`, reconnections retried quickly (the probe replaces
-    /// the connection when they do not help), and TCP keepalive.
+    /// A command connection to `client`'s server: reconnections retried
+    /// quickly (the probe replaces the connection when they do not help),
+    /// and TCP keepalive.
     async fn manage(&self, client: &redis::Client) -> Result<ConnectionManager, RedisError> {
         let tcp = redis::io::tcp::TcpSettings::default()
             .set_nodelay(true)
@@ -389,8 +389,11 @@ impl RedisTier {
             .set_user_timeout(self.liveness);
         let info = client.get_connection_info().clone().set_tcp_settings(tcp);
         let client = redis::Client::open(info)?;
+        // No response timeout of the manager's own: every call is bounded
+        // by its caller (`command_timeout`, or 20 times it for a tag's
+        // whole registry).
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.timeout))
+            .set_response_timeout(None)
             .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(500))))
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(200))

@@ -92,9 +92,24 @@ pub enum DecodeError {
     Malformed(String),
 }
 
+/// The entry's bytes. A message over [`MAX_MESSAGE_BYTES`] (a thousand
+/// long keys) sheds keys until it fits, rather than be refused by every
+/// reader: the tags cover the keys it no longer lists.
 pub fn encode(msg: &Message) -> Vec<u8> {
     // Serializing plain data into a Vec cannot fail.
-    serde_json::to_vec(msg).unwrap_or_default()
+    let bytes = serde_json::to_vec(msg).unwrap_or_default();
+    if bytes.len() <= MAX_MESSAGE_BYTES || msg.keys.is_empty() {
+        return bytes;
+    }
+    let mut smaller = msg.clone();
+    loop {
+        let keep = smaller.keys.len() / 2;
+        smaller.keys.truncate(keep);
+        let bytes = serde_json::to_vec(&smaller).unwrap_or_default();
+        if bytes.len() <= MAX_MESSAGE_BYTES || smaller.keys.is_empty() {
+            return bytes;
+        }
+    }
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
@@ -172,6 +187,19 @@ mod tests {
             decode(&vec![b' '; MAX_MESSAGE_BYTES + 1]),
             Err(DecodeError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn an_oversized_message_sheds_keys_and_still_decodes() {
+        let mut m = message();
+        m.keys = (0..MAX_KEYS)
+            .map(|i| format!("/{i}/{}", "x".repeat(2000)))
+            .collect();
+        let bytes = encode(&m);
+        assert!(bytes.len() <= MAX_MESSAGE_BYTES, "{}", bytes.len());
+        let back = decode(&bytes).unwrap();
+        assert_eq!(back.event, m.event, "the tags still travel");
+        assert!(!back.keys.is_empty() && back.keys.len() < m.keys.len());
     }
 
     #[test]

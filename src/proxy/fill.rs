@@ -19,7 +19,7 @@ use super::upstream::{UpstreamBody, UpstreamError};
 use super::Proxy;
 use crate::cache::entry::NewEntry;
 use crate::cache::policy::{self, CacheStatus, FreshnessRules, Fwd};
-use crate::cache::store::{uri_tag, FetchTicket, FillGuard, FillState};
+use crate::cache::store::{is_local_tag, uri_tag, FetchTicket, FillGuard, FillState};
 use crate::cache::{key, l2, Entry};
 use crate::invalidate::detect::Detector;
 use crate::invalidate::events::unix_ms;
@@ -427,18 +427,24 @@ impl Proxy {
             }
         };
         // Another process stored it: refused if it may predate an
-        // invalidation this replica made or applied (see `freshness`).
-        if self
-            .store
-            .ledger()
+        // invalidation this replica made or applied, or, while this replica
+        // is cut off from the log, if it is older than the outage bound
+        // (see `freshness`).
+        let ledger = self.store.ledger();
+        let now = Instant::now();
+        let now_ms = unix_ms(SystemTime::now());
+        let tagged = stored.tags.iter().any(|t| !is_local_tag(t));
+        if ledger
             .marks
             .predates(stored.tags.iter().map(|t| &**t), stored.fetch_began_ms)
+            || (tagged
+                && ledger.is_cut_off(now)
+                && now_ms.saturating_sub(stored.stored_at_ms)
+                    > u64::try_from(ledger.outage_bound().as_millis()).unwrap_or(u64::MAX))
         {
             return Err(guard);
         }
-        let now = Instant::now();
-        let Some(entry) = stored.into_entry(Arc::clone(key), unix_ms(SystemTime::now()), now)
-        else {
+        let Some(entry) = stored.into_entry(Arc::clone(key), now_ms, now) else {
             return Err(guard);
         };
         // The copy must sit where a fill of this request would put it.
@@ -658,7 +664,11 @@ impl Proxy {
                 .superseded(t, Detector::tags(&games).iter().map(|t| &**t))
         });
         if !overtaken {
-            let caused = self.detector.observe(&games).await;
+            let began_ms = ticket.as_ref().map(|t| {
+                let ago = u64::try_from(t.began().elapsed().as_millis()).unwrap_or(u64::MAX);
+                unix_ms(SystemTime::now()).saturating_sub(ago)
+            });
+            let caused = self.detector.observe_fetched(&games, began_ms).await;
             // The invalidations this body just caused must not stop it from
             // being stored: it is the response that revealed the change.
             // Only those: a peer's that landed meanwhile still supersedes it.

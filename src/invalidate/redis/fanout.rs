@@ -237,28 +237,41 @@ impl Outbox {
         } else {
             // Every queued event, and this one, is covered by the resync;
             // their Redis deletions are kept to be done before it.
-            let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
-            for dropped in q.drain(..).chain([p]) {
-                for t in dropped.tags {
-                    if lost.tags.len() + lost.patterns.len() < LOST_CAP {
-                        lost.tags.insert(t);
-                    } else {
-                        lost.incomplete = true;
-                    }
-                }
-                for k in dropped.patterns {
-                    if lost.tags.len() + lost.patterns.len() < LOST_CAP {
-                        lost.patterns.insert(k);
-                    } else {
-                        lost.incomplete = true;
-                    }
+            let dropped: Vec<Pending> = q.drain(..).chain([p]).collect();
+            drop(q);
+            for d in dropped {
+                if !d.deleted {
+                    self.lose(d.tags, d.patterns);
                 }
             }
+            // Set once the deletions are remembered, so the resync that
+            // clears the flag finds them.
             self.overflowed.store(true, Ordering::SeqCst);
+            self.wake.notify_one();
+            return false;
         }
         drop(q);
         self.wake.notify_one();
         room
+    }
+
+    /// Remembers a dropped event's Redis deletions for the resync.
+    fn lose(&self, tags: Vec<String>, patterns: Vec<String>) {
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        for t in tags {
+            if lost.tags.len() + lost.patterns.len() < LOST_CAP {
+                lost.tags.insert(t);
+            } else {
+                lost.incomplete = true;
+            }
+        }
+        for k in patterns {
+            if lost.tags.len() + lost.patterns.len() < LOST_CAP {
+                lost.patterns.insert(k);
+            } else {
+                lost.incomplete = true;
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -321,10 +334,10 @@ impl RedisTier {
     /// more to reach the log.
     pub(super) async fn drain_outbox(self: Arc<Self>, mut shutdown: shutdown::Signal) {
         loop {
-            tokio::select! {
-                _ = self.drain_once() => {}
-                _ = shutdown.recv() => break,
-            }
+            // Not raced against the shutdown: an event being delivered is
+            // off the queue, and cancelling its delivery would lose it.
+            // Each delivery is bounded by its commands' timeouts.
+            self.drain_once().await;
             tokio::select! {
                 _ = self.outbox.wake.notified() => {}
                 _ = tokio::time::sleep(RETRY_EVERY) => {}
@@ -375,8 +388,13 @@ impl RedisTier {
                         p.hold = None;
                     }
                     // Back at the front, unless an overflow meanwhile
-                    // replaced the queue with a resync that covers it.
-                    if !self.outbox.overflowed.load(Ordering::SeqCst) {
+                    // replaced the queue with a resync that covers it; its
+                    // Redis deletions then wait for the resync too.
+                    if self.outbox.overflowed.load(Ordering::SeqCst) {
+                        if !p.deleted {
+                            self.outbox.lose(p.tags, p.patterns);
+                        }
+                    } else {
                         self.outbox.lock().push_front(p);
                     }
                     return false;
@@ -388,24 +406,35 @@ impl RedisTier {
     /// After an overflow: the dropped events' Redis deletions, then one
     /// `resync` event that every replica applies as a flush.
     async fn append_resync(&self) -> Result<(), RedisError> {
-        let (tags, patterns, incomplete) = {
-            let lost = self.outbox.lost.lock().unwrap_or_else(|p| p.into_inner());
-            let tags: Vec<String> = lost.tags.iter().cloned().collect();
-            let patterns: Vec<String> = lost.patterns.iter().cloned().collect();
-            (tags, patterns, lost.incomplete)
-        };
-        for chunk in tags.chunks(1000) {
-            self.delete(chunk, &[]).await?;
+        let lost = std::mem::take(&mut *self.outbox.lost.lock().unwrap_or_else(|p| p.into_inner()));
+        let tags: Vec<String> = lost.tags.into_iter().collect();
+        let patterns: Vec<String> = lost.patterns.into_iter().collect();
+        let done = async {
+            for chunk in tags.chunks(1000) {
+                self.delete(chunk, &[]).await?;
+            }
+            for chunk in patterns.chunks(1000) {
+                self.delete(&[], chunk).await?;
+            }
+            self.append(&wire::Message::resync(&self.replica, &self.instance))
+                .await
         }
-        for chunk in patterns.chunks(1000) {
-            self.delete(&[], chunk).await?;
+        .await;
+        if let Err(e) = done {
+            // Kept for the next try, with what overflowed meanwhile.
+            self.outbox.lose(tags, patterns);
+            if lost.incomplete {
+                self.outbox
+                    .lost
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .incomplete = true;
+            }
+            return Err(e);
         }
-        if incomplete {
+        if lost.incomplete {
             tracing::error!("more invalidations overflowed than their deletions can be remembered; other producers' keys of some of them stay until their TTL");
         }
-        self.append(&wire::Message::resync(&self.replica, &self.instance))
-            .await?;
-        *self.outbox.lost.lock().unwrap_or_else(|p| p.into_inner()) = Lost::default();
         Ok(())
     }
 
@@ -747,16 +776,24 @@ impl RedisTier {
         }
     }
 
-    /// Whether entries after `from` were trimmed away (`XINFO STREAM`'s
-    /// `max-deleted-entry-id`, Redis 7).
+    /// Whether entries after `from` may have been trimmed away: the log's
+    /// oldest entry is newer than `from` (trimming moves only the start, so
+    /// `max-deleted-entry-id` does not see it). When `from` itself was the
+    /// last trimmed this is a resync that was not needed; that costs a
+    /// refetch, never a stale read.
     async fn trimmed_past(&self, reader: &mut Reader, from: &str) -> Result<bool, RedisError> {
-        let mut info = redis::cmd("XINFO");
-        info.arg("STREAM").arg(self.events_key());
-        let reply = self.read_cmd(reader, &info).await?;
-        let deleted = info_field(&reply, "max-deleted-entry-id").and_then(|v| text(&v));
+        let mut first = redis::cmd("XRANGE");
+        first
+            .arg(self.events_key())
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+        let reply = self.read_cmd(reader, &first).await?;
+        let oldest = entry_ids(&reply).into_iter().next();
         Ok(
-            match (deleted.as_deref().and_then(stream_id), stream_id(from)) {
-                (Some(d), Some(f)) => d > f,
+            match (oldest.as_deref().and_then(stream_id), stream_id(from)) {
+                (Some(o), Some(f)) => o > f,
                 _ => false,
             },
         )
@@ -815,7 +852,10 @@ impl RedisTier {
     /// Where reading starts: the server, the primary the sentinels name,
     /// or in a cluster the next seed in turn, followed to the log's owner.
     async fn open_reader(&self, attempt: usize) -> Result<Reader, RedisError> {
-        let within = self.liveness.max(Duration::from_millis(500));
+        // Short, so that attempts during a partition end soon after it does.
+        let within = self
+            .liveness
+            .clamp(Duration::from_millis(200), Duration::from_secs(1));
         let open = async {
             let (client, cluster, sentinel) = match &self.backend {
                 Backend::Standalone(client) => (client.clone(), false, false),
@@ -928,21 +968,6 @@ pub(super) fn stream_id(id: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
-/// A field of a RESP2 (flat) or RESP3 (map) `XINFO` reply.
-fn info_field(reply: &Value, name: &str) -> Option<Value> {
-    match reply {
-        Value::Array(kv) => kv
-            .chunks(2)
-            .find(|p| p.first().and_then(text).as_deref() == Some(name))
-            .and_then(|p| p.get(1).cloned()),
-        Value::Map(kv) => kv
-            .iter()
-            .find(|(k, _)| text(k).as_deref() == Some(name))
-            .map(|(_, v)| v.clone()),
-        _ => None,
-    }
-}
-
 /// The ids of a `XRANGE`/`XREVRANGE` reply.
 pub(super) fn entry_ids(reply: &Value) -> Vec<String> {
     let Value::Array(entries) = reply else {
@@ -1052,21 +1077,10 @@ mod tests {
     }
 
     #[test]
-    fn stream_ids_order_by_both_numbers_and_xinfo_fields_are_found() {
+    fn stream_ids_order_by_both_numbers() {
         assert!(stream_id("10-2") > stream_id("10-1"));
         assert!(stream_id("11-0") > stream_id("10-99"));
         assert_eq!(stream_id("junk"), None);
-        let resp2 = Value::Array(vec![
-            bulk("length"),
-            Value::Int(3),
-            bulk("max-deleted-entry-id"),
-            bulk("5-0"),
-        ]);
-        assert_eq!(
-            info_field(&resp2, "max-deleted-entry-id"),
-            Some(bulk("5-0"))
-        );
-        assert_eq!(info_field(&resp2, "nope"), None);
     }
 
     #[test]
