@@ -60,6 +60,8 @@ struct Read {
     replica: usize,
     game: usize,
     status: String,
+    /// `X-Cache` of the answer, for the report.
+    x_cache: String,
     began: Instant,
     ended: Instant,
 }
@@ -121,7 +123,7 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
             );
             tokio::spawn(async move {
                 let http = Http::new();
-                let mut at = vec![0usize; GAMES];
+                let mut at = [0usize; GAMES];
                 let mut n = 0usize;
                 let mine = GAMES / WRITERS;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -158,7 +160,7 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
         );
         tokio::spawn(async move {
             let http = Http::new();
-            let mut at = vec![0usize; QUIET];
+            let mut at = [0usize; QUIET];
             let mut n = 0usize;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let q = n % QUIET;
@@ -207,6 +209,7 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
                             replica,
                             game,
                             status: r.game_status(),
+                            x_cache: r.x_cache.clone(),
                             began,
                             ended,
                         });
@@ -276,9 +279,7 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
     for r in readers {
         r.await.unwrap();
     }
-    let h = history.lock().unwrap();
-    check(&h);
-    drop(h);
+    check(&history.lock().unwrap());
     drop(redis);
     for s in Arc::try_unwrap(fleet).ok().expect("tasks are done") {
         s.stop().await;
@@ -333,8 +334,14 @@ fn check(h: &History) {
             worst_healthy = worst_healthy.max(since);
         }
         violations.push(format!(
-            "replica {} game {} showed {} at +{:?}, {:?} after a newer change was seen (bound {:?})",
-            r.replica, r.game, r.status, r.began.duration_since(h.reads[0].began), since, bound
+            "replica {} game {} showed {} ({}) at +{:?}, {:?} after a newer change was seen (bound {:?})",
+            r.replica,
+            r.game,
+            r.status,
+            r.x_cache,
+            r.began.duration_since(h.reads[0].began),
+            since,
+            bound
         ));
     }
     println!(
