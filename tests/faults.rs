@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use oddscache::config::Dur;
 use redis_server::RedisServer;
 use relay::Relay;
-use sidecar::{config, Http, Sidecar, Upstream};
+use sidecar::{config, until_status, Http, Sidecar, Upstream};
 
 const POLL: Duration = Duration::from_millis(20);
 
@@ -30,23 +30,17 @@ fn game_path(id: &str) -> String {
     format!("/api/v1/games/{id}")
 }
 
-/// Polls `url` until it shows `want`; panics with what it saw after
-/// `within`. Returns how long that took.
-async fn until_status(http: &Http, url: &str, want: &str, within: Duration) -> Duration {
-    let began = Instant::now();
-    loop {
-        let r = http.get(url).await;
-        if r.status == 200 && r.game_status() == want {
-            return began.elapsed();
-        }
-        assert!(
-            began.elapsed() < within,
-            "{url} still shows {:?} ({}) {within:?} after the change",
-            r.game_status(),
-            r.x_cache
-        );
-        tokio::time::sleep(POLL).await;
+/// Makes game number `n` `pre_game` at the upstream and has every sidecar
+/// of `fleet` cache its odds (its second GET a HIT); returns the game's id.
+async fn cache_pre_game(http: &Http, up: &Upstream, fleet: &[&Sidecar], n: usize) -> String {
+    let id = up.sim.game_ids()[n].clone();
+    assert!(up.sim.set_status(&id, "pre_game"));
+    for s in fleet {
+        let url = s.url(&odds_path(&id));
+        assert_eq!(http.get(&url).await.game_status(), "pre_game");
+        assert_eq!(http.get(&url).await.x_cache, "HIT");
     }
+    id
 }
 
 /// Redis stalls (`CLIENT PAUSE … ALL`) just as replica B sees a game go
@@ -61,13 +55,8 @@ async fn an_event_seen_while_redis_stalls_reaches_the_fleet_after() {
     let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
     let http = Http::new();
-    let id = up.sim.game_ids()[0].clone();
-    assert!(up.sim.set_status(&id, "pre_game"));
+    let id = cache_pre_game(&http, &up, &[&a, &b], 0).await;
     let odds = odds_path(&id);
-    for s in [&a, &b] {
-        assert_eq!(http.get(&s.url(&odds)).await.game_status(), "pre_game");
-        assert_eq!(http.get(&s.url(&odds)).await.x_cache, "HIT");
-    }
 
     let pause = Duration::from_millis(1500);
     let mut c = redis.conn().await;
@@ -116,13 +105,8 @@ async fn an_event_its_writer_could_not_send_reaches_the_fleet_later() {
     let b = Sidecar::start(config(&up.url(), Some(&relay.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
     let http = Http::new();
-    let id = up.sim.game_ids()[6].clone();
-    assert!(up.sim.set_status(&id, "pre_game"));
+    let id = cache_pre_game(&http, &up, &[&a, &b], 6).await;
     let odds = odds_path(&id);
-    for s in [&a, &b] {
-        assert_eq!(http.get(&s.url(&odds)).await.game_status(), "pre_game");
-        assert_eq!(http.get(&s.url(&odds)).await.x_cache, "HIT");
-    }
     relay.blackhole_everything();
     let w = http
         .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
@@ -162,13 +146,8 @@ async fn a_blackholed_replica_reconnects_and_replays_what_it_missed() {
     let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
     let http = Http::new();
-    let id = up.sim.game_ids()[1].clone();
-    assert!(up.sim.set_status(&id, "pre_game"));
+    let id = cache_pre_game(&http, &up, &[&a, &b], 1).await;
     let odds = odds_path(&id);
-    for s in [&a, &b] {
-        assert_eq!(http.get(&s.url(&odds)).await.game_status(), "pre_game");
-        assert_eq!(http.get(&s.url(&odds)).await.x_cache, "HIT");
-    }
 
     relay.blackhole_open_flows();
     let cut_at = Instant::now();
@@ -276,13 +255,8 @@ async fn two_processes_with_one_replica_id_hear_each_other() {
     let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "same")).await;
     redis.wait_fleet_connected(2).await;
     let http = Http::new();
-    let id = up.sim.game_ids()[4].clone();
-    assert!(up.sim.set_status(&id, "pre_game"));
+    let id = cache_pre_game(&http, &up, &[&a, &b], 4).await;
     let odds = odds_path(&id);
-    for s in [&a, &b] {
-        assert_eq!(http.get(&s.url(&odds)).await.game_status(), "pre_game");
-        assert_eq!(http.get(&s.url(&odds)).await.x_cache, "HIT");
-    }
     let w = http
         .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
         .await;

@@ -111,80 +111,22 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
     let history = Arc::new(Mutex::new(History::default()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
-    // Writers: each moves its own games to their next status through one
-    // replica or the other, in turn.
+    // Busy writers, each moving its own games many times a second, and a
+    // quiet one; each goes through one replica or the other in turn.
+    let mine = GAMES / WRITERS;
     let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
+        .map(|w| (w * mine..(w + 1) * mine, w, Duration::from_millis(1)))
+        .chain([(GAMES..GAMES + QUIET, 0, QUIET_EVERY)])
+        .map(|(slots, offset, pause)| {
             let (fleet, history, stop, games) = (
                 Arc::clone(&fleet),
                 Arc::clone(&history),
                 Arc::clone(&stop),
                 games.clone(),
             );
-            tokio::spawn(async move {
-                let http = Http::new();
-                let mut at = [0usize; GAMES];
-                let mut n = 0usize;
-                let mine = GAMES / WRITERS;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let game = w * mine + n % mine;
-                    at[game] = (at[game] + 1) % STATUSES.len();
-                    let status = STATUSES[at[game]];
-                    let via = &fleet[(n / mine + w) % 2];
-                    let began = Instant::now();
-                    let body = format!(r#"{{"status":"{status}"}}"#);
-                    let w = http
-                        .put(&via.url(&format!("/api/v1/games/{}", games[game])), &body)
-                        .await;
-                    assert_eq!(w.status, 200, "write {n}");
-                    let seen = Instant::now();
-                    history.lock().unwrap().changes.push(Change {
-                        game,
-                        status,
-                        began,
-                        seen,
-                    });
-                    n += 1;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            })
+            tokio::spawn(write(fleet, history, stop, games, slots, offset, pause))
         })
         .collect();
-    // The quiet writer, through either replica in turn.
-    let quiet = {
-        let (fleet, history, stop, games) = (
-            Arc::clone(&fleet),
-            Arc::clone(&history),
-            Arc::clone(&stop),
-            games.clone(),
-        );
-        tokio::spawn(async move {
-            let http = Http::new();
-            let mut at = [0usize; QUIET];
-            let mut n = 0usize;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let q = n % QUIET;
-                let game = GAMES + q;
-                at[q] = (at[q] + 1) % STATUSES.len();
-                let status = STATUSES[at[q]];
-                let via = &fleet[n % 2];
-                let began = Instant::now();
-                let body = format!(r#"{{"status":"{status}"}}"#);
-                let w = http
-                    .put(&via.url(&format!("/api/v1/games/{}", games[game])), &body)
-                    .await;
-                assert_eq!(w.status, 200, "quiet write {n}");
-                history.lock().unwrap().changes.push(Change {
-                    game,
-                    status,
-                    began,
-                    seen: Instant::now(),
-                });
-                n += 1;
-                tokio::time::sleep(QUIET_EVERY).await;
-            }
-        })
-    };
     // Readers, each on its own replica and game.
     let readers: Vec<_> = (0..4)
         .map(|i| {
@@ -275,7 +217,6 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
     for w in writers {
         w.await.unwrap();
     }
-    quiet.await.unwrap();
     for r in readers {
         r.await.unwrap();
     }
@@ -283,6 +224,44 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
     drop(redis);
     for s in Arc::try_unwrap(fleet).ok().expect("tasks are done") {
         s.stop().await;
+    }
+}
+
+/// Moves the games in `slots` to their next status one after another, each
+/// write through one replica or the other in turn, pausing `pause` between
+/// writes, until `stop`; records each change once its write is answered.
+async fn write(
+    fleet: Arc<[Sidecar; 2]>,
+    history: Arc<Mutex<History>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    games: Vec<String>,
+    slots: std::ops::Range<usize>,
+    offset: usize,
+    pause: Duration,
+) {
+    let http = Http::new();
+    let mut at = vec![0usize; games.len()];
+    let len = slots.len();
+    let mut n = 0usize;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let game = slots.start + n % len;
+        at[game] = (at[game] + 1) % STATUSES.len();
+        let status = STATUSES[at[game]];
+        let via = &fleet[(n / len + offset) % 2];
+        let began = Instant::now();
+        let body = format!(r#"{{"status":"{status}"}}"#);
+        let w = http
+            .put(&via.url(&format!("/api/v1/games/{}", games[game])), &body)
+            .await;
+        assert_eq!(w.status, 200, "write {n} of game {game}");
+        history.lock().unwrap().changes.push(Change {
+            game,
+            status,
+            began,
+            seen: Instant::now(),
+        });
+        n += 1;
+        tokio::time::sleep(pause).await;
     }
 }
 

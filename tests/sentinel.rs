@@ -84,27 +84,8 @@ fn logged_games(node: &Node, replica: &str) -> HashSet<String> {
     let reply: redis::Value = node
         .cmd(redis::cmd("XRANGE").arg(EVENTS).arg("-").arg("+"))
         .unwrap_or_else(|e| panic!("XRANGE {EVENTS} on port {}: {e}", node.port));
-    let redis::Value::Array(entries) = reply else {
-        panic!("XRANGE answered {reply:?}");
-    };
-    entries
-        .iter()
-        .filter_map(|entry| {
-            let redis::Value::Array(parts) = entry else {
-                panic!("a log entry that is not [id, fields]: {entry:?}");
-            };
-            let Some(redis::Value::Array(fields)) = parts.get(1) else {
-                panic!("a log entry without fields: {entry:?}");
-            };
-            fields.chunks(2).find_map(|kv| match kv {
-                [redis::Value::BulkString(f), redis::Value::BulkString(v)] if f == b"m" => {
-                    Some(wire::decode(v).unwrap_or_else(|e| {
-                        panic!("a log entry that does not decode ({e}): {entry:?}")
-                    }))
-                }
-                _ => None,
-            })
-        })
+    redis_server::log_messages(reply)
+        .into_iter()
         .filter(|m| m.kind == wire::Kind::Invalidate && m.event.replica == replica)
         .filter_map(|m| m.event.game_id)
         .collect()
@@ -120,20 +101,8 @@ async fn wait_serves(
     status: &str,
     within: Duration,
 ) {
-    let deadline = Instant::now() + within;
-    loop {
-        let r = http.get(&sidecar.url(&odds_path(id))).await;
-        assert_eq!(r.status, 200);
-        if r.game_status() == status {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} still serves {} for {id} {within:?} after it became {status}",
-            r.game_status()
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    let _ = name;
+    sidecar::until_status(http, &sidecar.url(&odds_path(id)), status, within).await;
 }
 
 /// The primary dies with two sidecars caching two games: they keep

@@ -135,3 +135,31 @@ pub fn readers_in(client_list: &str) -> usize {
         .filter(|l| l.split(' ').any(|f| f == "cmd=xread"))
         .count()
 }
+
+/// The invalidation messages of an `XRANGE` reply on the event log, in
+/// order; markers (no `m` field) are left out. Panics on anything else: a
+/// test reading the log wants to know.
+pub fn log_messages(reply: redis::Value) -> Vec<oddscache::invalidate::wire::Message> {
+    let redis::Value::Array(entries) = reply else {
+        panic!("XRANGE answered {reply:?}");
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(parts) = entry else {
+                panic!("a log entry that is not [id, fields]: {entry:?}");
+            };
+            let Some(redis::Value::Array(fields)) = parts.get(1) else {
+                panic!("a log entry without fields: {entry:?}");
+            };
+            fields.chunks(2).find_map(|kv| match kv {
+                [redis::Value::BulkString(f), redis::Value::BulkString(v)] if f == b"m" => {
+                    Some(oddscache::invalidate::wire::decode(v).unwrap_or_else(|e| {
+                        panic!("a log entry that does not decode ({e}): {entry:?}")
+                    }))
+                }
+                _ => None,
+            })
+        })
+        .collect()
+}

@@ -163,3 +163,28 @@ impl Http {
         self.send(Method::PUT, url, body).await
     }
 }
+
+/// Polls `url` until it shows upstream status `want`; panics with what it
+/// saw after `within`. Returns how long that took.
+#[allow(dead_code)] // not every test binary waits for a status
+pub async fn until_status(
+    http: &Http,
+    url: &str,
+    want: &str,
+    within: std::time::Duration,
+) -> std::time::Duration {
+    let began = std::time::Instant::now();
+    loop {
+        let r = http.get(url).await;
+        if r.status == 200 && r.game_status() == want {
+            return began.elapsed();
+        }
+        assert!(
+            began.elapsed() < within,
+            "{url} still shows {:?} ({}) {within:?} after it became {want}",
+            r.game_status(),
+            r.x_cache
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
