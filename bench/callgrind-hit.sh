@@ -9,6 +9,8 @@
 #   bench/callgrind-hit.sh                      # limit and target/release/oddscache
 #   ODDSCACHE=path/to/oddscache TARGETS="ours" bench/callgrind-hit.sh
 #   KEEP=dir bench/callgrind-hit.sh             # keep the callgrind files there
+#   EXTRA="--redis-url redis://127.0.0.1:6399" bench/callgrind-hit.sh
+#                                               # more flags for oddscache (a fleet)
 #
 # Needs valgrind and wrk, and the harness's helpers (built on first use
 # into $CARGO_TARGET_DIR, default ../shared/bench/target, as run.sh does).
@@ -55,7 +57,8 @@ for t in $TARGETS; do
   case $t in
     limit) cmd=("$BIN/bench-limit" "127.0.0.1:$PORT") ;;
     ours) cmd=("$ODDSCACHE" --config "$ROOT/bench/oddscache.toml" --listen "127.0.0.1:$PORT"
-               --admin-listen 127.0.0.1:0 --upstream "http://127.0.0.1:$UP_PORT" --log-format text) ;;
+               --admin-listen 127.0.0.1:0 --upstream "http://127.0.0.1:$UP_PORT" --log-format text
+               ${EXTRA:-}) ;;
     *) echo "unknown target $t" >&2; exit 2 ;;
   esac
   LIMIT_THREADS=1 taskset -c "$CPU" valgrind --tool=callgrind --callgrind-out-file="$out.%p" \
