@@ -230,6 +230,7 @@ impl Sidecar {
         };
         let proxy_connections = metrics.proxy_connections.clone();
         let grace = config.proxy.shutdown_grace.get();
+        let redis = invalidator.redis().cloned();
         let proxy_server = tokio::spawn(server::serve(
             "proxy",
             listeners.proxy,
@@ -269,6 +270,10 @@ impl Sidecar {
         let _ = proxy_server.await;
         if let Some(admin_server) = admin_server {
             let _ = admin_server.await;
+        }
+        // Invalidations found before the signal still go to the fleet.
+        if let Some(redis) = redis {
+            redis.finish().await;
         }
     }
 }

@@ -126,6 +126,48 @@ async fn an_event_its_writer_could_not_send_reaches_the_fleet_later() {
     b.stop().await;
 }
 
+/// A sidecar that stops with invalidations still queued (Redis could not
+/// take them a moment ago) hands them to the log before it exits: the
+/// event is in the log by the time `stop` returns, and the peer drops the
+/// game.
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_invalidations_reach_the_log_before_a_sidecar_exits() {
+    let redis = RedisServer::start();
+    let relay = Relay::start(redis.port()).await;
+    let up = Upstream::start().await;
+    let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "a")).await;
+    let b = Sidecar::start(config(&up.url(), Some(&relay.url()), "b")).await;
+    redis.wait_fleet_connected(2).await;
+    let http = Http::new();
+    let id = cache_pre_game(&http, &up, &[&a, &b], 7).await;
+    let odds = odds_path(&id);
+    relay.blackhole_everything();
+    let w = http
+        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
+        .await;
+    assert_eq!(w.game_status(), "in_progress");
+    relay.heal();
+    b.stop().await;
+    let mut c = redis.conn().await;
+    let log: redis::Value = redis::cmd("XRANGE")
+        .arg("oddscache:events")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let from_b: Vec<_> = redis_server::log_messages(log)
+        .into_iter()
+        .filter(|m| m.event.replica == "b" && m.event.game_id.as_deref() == Some(id.as_str()))
+        .collect();
+    assert!(
+        !from_b.is_empty(),
+        "b exited without appending its queued invalidation"
+    );
+    until_status(&http, &a.url(&odds), "in_progress", Duration::from_secs(2)).await;
+    a.stop().await;
+}
+
 /// Replica A reaches Redis through a relay that blackholes its flows; two
 /// seconds later replica B sees a change. A's blocking read of the log
 /// gets no reply, so within `liveness_timeout` past its heartbeat A makes

@@ -179,24 +179,26 @@ impl Filed {
         }
     }
 
-    /// Files `entry`'s tag number `i` under `filed`, the tag's slot if any.
+    /// Files `entry`'s tag number `i` under `filed`, the tag's slot if any;
+    /// also returns the entry of the same key it displaced, if any.
     // `ByKey` hashes the entry's key, which never changes; only its `dead`
     // flag does.
     #[allow(clippy::mutable_key_type)]
-    fn insert(filed: Option<Filed>, entry: &Arc<Entry>, i: usize) -> Filed {
+    fn insert(filed: Option<Filed>, entry: &Arc<Entry>, i: usize) -> (Filed, Option<Arc<Entry>>) {
         match filed {
             Some(Filed::One(e, _)) if e.key_bytes() != entry.key_bytes() => {
                 let mut entries = HashSet::with_capacity(2);
                 let tag = Arc::from(entry.tag(i).unwrap_or_default());
                 entries.insert(ByKey(e));
                 entries.insert(ByKey(Arc::clone(entry)));
-                Filed::Many(Box::new(Many { tag, entries }))
+                (Filed::Many(Box::new(Many { tag, entries })), None)
             }
             Some(Filed::Many(mut m)) => {
-                m.entries.replace(ByKey(Arc::clone(entry)));
-                Filed::Many(m)
+                let displaced = m.entries.replace(ByKey(Arc::clone(entry))).map(|b| b.0);
+                (Filed::Many(m), displaced)
             }
-            None | Some(Filed::One(..)) => Filed::One(Arc::clone(entry), i as u32),
+            Some(Filed::One(e, _)) => (Filed::One(Arc::clone(entry), i as u32), Some(e)),
+            None => (Filed::One(Arc::clone(entry), i as u32), None),
         }
     }
 
@@ -390,12 +392,6 @@ impl Store {
         // Every entry counts as tagged with its URI: an unsafe method that
         // succeeded while this fetch was under way supersedes it.
         let uri = uri_tag(primary);
-        // Read before the locks: moka may run its maintenance inside `get`,
-        // and its eviction listener takes the tag index's lock.
-        let replaced = match self.get(entry.key()) {
-            Some(Slot::Entry(old)) if !Arc::ptr_eq(&old, &entry) => Some(old),
-            _ => None,
-        };
         {
             // Checked and filed under the ledger's lock, which every
             // invalidation holds while it reads the index: one that lands
@@ -405,16 +401,18 @@ impl Store {
             if ep.superseded(ticket, entry.tags().chain([&*uri])) {
                 return false;
             }
+            // No moka call under these locks: moka may run its maintenance
+            // inside any call, and its eviction listener takes the index's.
             let mut index = self.shared.lock_tags();
             for (i, tag) in entry.tags().enumerate() {
-                let filed = Filed::insert(index.take(tag), &entry, i);
+                let (filed, displaced) = Filed::insert(index.take(tag), &entry, i);
                 index.insert(filed);
-            }
-            // The entry this one replaces is no longer filed: an
-            // invalidation from now on would not find it, so it stops being
-            // servable here rather than when moka is overwritten below.
-            if let Some(old) = &replaced {
-                old.kill();
+                // The entry this one replaces is no longer filed: an
+                // invalidation from now on would not find it, so it stops
+                // being servable here rather than when moka is overwritten.
+                if let Some(old) = displaced.filter(|old| !Arc::ptr_eq(old, &entry)) {
+                    old.kill();
+                }
             }
         }
         if !vary.is_empty() {

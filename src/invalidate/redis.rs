@@ -210,6 +210,8 @@ pub struct RedisTier {
     writer: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     /// The last fleet view read, for the admin port.
     fleet: Mutex<fleet::FleetView>,
+    /// The outbox's drainer, awaited at shutdown (see [`Self::finish`]).
+    drainer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Logged once: the log's primary has no replica to wait for.
     warned_no_replica: AtomicBool,
     timeout: Duration,
@@ -292,6 +294,7 @@ impl RedisTier {
             writer: tokio::sync::Mutex::new(None),
             warned_no_replica: AtomicBool::new(false),
             fleet: Mutex::default(),
+            drainer: Mutex::new(None),
             timeout: cfg.command_timeout.get(),
             store_responses: cfg.store_responses,
             store: OnceLock::new(),
@@ -302,10 +305,30 @@ impl RedisTier {
             subscribed: AtomicBool::new(false),
         });
         tokio::spawn(Arc::clone(&tier).connect_loop(shutdown.clone()));
-        tokio::spawn(Arc::clone(&tier).drain_outbox(shutdown.clone()));
+        let drainer = tokio::spawn(Arc::clone(&tier).drain_outbox(shutdown.clone()));
+        *tier.drainer.lock().unwrap_or_else(|p| p.into_inner()) = Some(drainer);
         tokio::spawn(Arc::clone(&tier).watch_fleet(shutdown.clone()));
         tokio::spawn(Arc::clone(&tier).write_registrations(rx, shutdown));
         Ok(tier)
+    }
+
+    /// After the shutdown signal: waits, for a bounded time, for the outbox
+    /// to hand what it holds to the log (`fanout::SHUTDOWN_DRAIN`).
+    pub async fn finish(&self) {
+        let drainer = self
+            .drainer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(drainer) = drainer {
+            let within = fanout::SHUTDOWN_DRAIN * 2 + self.timeout * BULK_TIMEOUT_FACTOR;
+            if tokio::time::timeout(within, drainer).await.is_err() {
+                tracing::error!(
+                    left = self.outbox.len(),
+                    "the invalidation outbox did not drain before exit"
+                );
+            }
+        }
     }
 
     pub fn registry_key(&self, tag: &str) -> String {
@@ -522,7 +545,7 @@ impl RedisTier {
     /// Opens a new command connection and keeps it if it answers; at most
     /// once per [`REPLACE_EVERY`], so a Redis that is merely paused does not
     /// collect half-open connections.
-    async fn replace_connection(&self, sentinel: bool) -> bool {
+    pub(super) async fn replace_connection(&self, sentinel: bool) -> bool {
         {
             let mut last = self.replaced.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|t| t.elapsed() < REPLACE_EVERY) {

@@ -63,7 +63,7 @@ pub const REPLICA_TTL: Duration = Duration::from_secs(30);
 /// before an event no replica acknowledged is taken as delivered anyway.
 const WAIT_TRIES: usize = 5;
 /// What queued events get to reach the log once the sidecar is stopping.
-const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+pub(super) const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 /// Where an event is appended and waited for.
 enum LogConn {
@@ -344,15 +344,32 @@ impl RedisTier {
                 _ = shutdown.recv() => break,
             }
         }
-        if !self.outbox.is_empty() || self.outbox.overflowed.load(Ordering::SeqCst) {
-            let queued = self.outbox.len();
-            match tokio::time::timeout(SHUTDOWN_DRAIN, self.drain_once()).await {
-                Ok(true) => tracing::info!(queued, "appended the queued invalidations before exiting"),
-                _ => tracing::error!(
-                    left = self.outbox.len(),
-                    "exiting with invalidations Redis did not take; peers rely on their TTLs for them"
-                ),
+        if self.outbox.is_empty() && !self.outbox.overflowed.load(Ordering::SeqCst) {
+            return;
+        }
+        // The probe has stopped with the rest: this loop replaces a command
+        // connection that does not answer itself.
+        let queued = self.outbox.len();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+        let sentinel = matches!(self.backend, Backend::Sentinel(_));
+        let drained = tokio::time::timeout_at(deadline, async {
+            loop {
+                if !self.healthy.load(Ordering::Relaxed) {
+                    let _ = self.replace_connection(sentinel).await;
+                }
+                if self.drain_once().await {
+                    return;
+                }
+                tokio::time::sleep(RETRY_EVERY).await;
             }
+        })
+        .await;
+        match drained {
+            Ok(()) => tracing::info!(queued, "appended the queued invalidations before exiting"),
+            Err(_) => tracing::error!(
+                left = self.outbox.len(),
+                "exiting with invalidations Redis did not take; peers rely on their TTLs for them"
+            ),
         }
     }
 
@@ -410,11 +427,20 @@ impl RedisTier {
         let tags: Vec<String> = lost.tags.into_iter().collect();
         let patterns: Vec<String> = lost.patterns.into_iter().collect();
         let done = async {
+            // A deletion Redis refuses for good is logged and passed over,
+            // as `deliver` does: it must not hold the outbox for ever.
+            let skip_permanent = |r: Result<super::Deleted, RedisError>| match r {
+                Err(e) if permanent(&e) => {
+                    tracing::error!(error = %e, "Redis refused to delete some keys of overflowed invalidations; appending the resync anyway");
+                    Ok(())
+                }
+                other => other.map(|_| ()),
+            };
             for chunk in tags.chunks(1000) {
-                self.delete(chunk, &[]).await?;
+                skip_permanent(self.delete(chunk, &[]).await)?;
             }
             for chunk in patterns.chunks(1000) {
-                self.delete(&[], chunk).await?;
+                skip_permanent(self.delete(&[], chunk).await)?;
             }
             self.append(&wire::Message::resync(&self.replica, &self.instance))
                 .await

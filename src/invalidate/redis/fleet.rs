@@ -109,7 +109,11 @@ impl RedisTier {
             }
             let values: Vec<Option<String>> = self.query(&gets).await?;
             for (id, value) in ids.into_iter().zip(values) {
-                let Some(c) = value.and_then(|v| serde_json::from_str::<Confirmation>(&v).ok())
+                let Some(c) = value
+                    .and_then(|v| serde_json::from_str::<Confirmation>(&v).ok())
+                    // A clock far ahead (or a value not ours): not shown,
+                    // and never formatted past the year 9999.
+                    .filter(|c| c.seen_at_ms <= now_ms.saturating_add(ms(REPLICA_TTL)))
                 else {
                     continue;
                 };
