@@ -190,7 +190,7 @@ impl Metrics {
         let redis_up = Gauge::default();
         registry.register(
             "redis_up",
-            "1 when the Redis connection and subscription are up",
+            "1 when Redis commands go through and the event log is being read",
             redis_up.clone(),
         );
         let redis_configured = Gauge::default();
