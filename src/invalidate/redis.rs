@@ -3,10 +3,11 @@
 //!
 //! Redis is never on the hit path. Registrations go through a bounded
 //! queue that drops (and counts) when Redis is slow; every command has
-//! `command_timeout`. A command connection that stops answering is
-//! replaced, not waited on: a probe runs every 100 ms while Redis is
-//! unhealthy and makes a new connection when the old one fails, so the
-//! command path is back within a probe or two of Redis answering again.
+//! `command_timeout`. A probe runs every 100 ms while Redis is unhealthy:
+//! a connection that errors is reconnected by the manager at once (20 to
+//! 200 ms backoff), so the command path is back within a probe or two of
+//! Redis answering again; one that stays silent for `liveness_timeout` (a
+//! blackholed flow) is replaced by a new one.
 //!
 //! With `store_responses` the same writer also copies each stored entry to
 //! the shared L2 (`{prefix}resp:{cache_key}`, in [`l2`]'s encoding), with
@@ -501,6 +502,7 @@ impl RedisTier {
     /// back in use within a probe interval of returning, and `healthy`
     /// follows it.
     async fn probe_loop(self: Arc<Self>, mut shutdown: shutdown::Signal) {
+        let mut failing_since: Option<Instant> = None;
         loop {
             let every = if self.healthy.load(Ordering::Relaxed) {
                 Duration::from_millis(500)
@@ -522,12 +524,18 @@ impl RedisTier {
                 // Healthy at once on the new primary, not a probe later.
                 ok = self.follow_failover().await;
             }
-            if !ok {
+            if ok {
+                failing_since = None;
+            } else {
                 // The connection itself may be the problem: a blackholed
-                // flow never errors, and a reconnection the manager is
-                // backing off from waits. A new one answers as soon as
-                // Redis does.
-                ok = self.replace_connection(sentinel).await;
+                // flow never errors. One silent for `liveness_timeout` is
+                // replaced (a Redis that is only paused or slow for less
+                // keeps its connection, and no half-open ones pile up);
+                // one that errors is reconnected by the manager at once.
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.liveness {
+                    ok = self.replace_connection(sentinel).await;
+                }
             }
             let was = self.healthy.swap(ok, Ordering::Relaxed);
             if was != ok {
