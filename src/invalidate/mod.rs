@@ -217,8 +217,15 @@ impl Invalidator {
             redis.enqueue(pending);
             // Normally the log has it within a round trip or three; when
             // Redis cannot take it now the event stays queued and is
-            // appended when it returns, and this answer does not wait.
-            match tokio::time::timeout(redis.delivery_wait(), delivered).await {
+            // appended when it returns, and this answer does not wait (not
+            // at all while Redis is known to be down: a dead Redis costs
+            // the request that revealed a change nothing).
+            let wait = if redis.is_healthy() {
+                redis.delivery_wait()
+            } else {
+                std::time::Duration::ZERO
+            };
+            match tokio::time::timeout(wait, delivered).await {
                 Ok(Ok(n)) => event.keys_deleted = local + n,
                 _ => tracing::warn!(
                     queued = redis.outbox_len(),

@@ -355,6 +355,11 @@ impl RedisTier {
         format!("{}game:{id}", self.prefix)
     }
 
+    /// Whether the last probe or command went through.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
     pub fn is_connected(&self) -> bool {
         self.conn
             .lock()
