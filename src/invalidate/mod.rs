@@ -217,13 +217,13 @@ impl Invalidator {
             redis.enqueue(pending);
             // Normally the log has it within a round trip or three; when
             // Redis cannot take it now the event stays queued and is
-            // appended when it returns, and this answer does not wait (not
-            // at all while Redis is known to be down: a dead Redis costs
-            // the request that revealed a change nothing).
+            // appended when it returns, and this answer does not wait
+            // longer (one command's budget while Redis is known to be
+            // down, so an outage does not hold up every revealing request).
             let wait = if redis.is_healthy() {
                 redis.delivery_wait()
             } else {
-                std::time::Duration::ZERO
+                redis.command_timeout()
             };
             match tokio::time::timeout(wait, delivered).await {
                 Ok(Ok(n)) => event.keys_deleted = local + n,

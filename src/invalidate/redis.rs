@@ -355,6 +355,10 @@ impl RedisTier {
         format!("{}game:{id}", self.prefix)
     }
 
+    pub fn command_timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Whether the last probe or command went through.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
