@@ -288,11 +288,7 @@ impl Detector {
                                     league_id: g.league_id.clone(),
                                     with_sidebar: true,
                                 },
-                                reason: match g.status {
-                                    Status::Cancelled => Reason::Cancelled,
-                                    Status::Postponed => Reason::Postponed,
-                                    _ => Reason::StatusChange,
-                                },
+                                reason: watch::status_change_reason(g.status),
                                 origin: Origin::Local,
                                 detail: format!(
                                     "the fleet's state of this game was missing; seeded {} and dropped what may predate it",

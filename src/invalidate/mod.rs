@@ -335,11 +335,11 @@ impl Invalidator {
             .ledger()
             .marks
             .mark(&tags, events::unix_ms(SystemTime::now()));
-        let reason = match now.state.status {
-            Status::Cancelled => Reason::Cancelled,
-            Status::Postponed => Reason::Postponed,
-            s if s != was => Reason::StatusChange,
-            _ => Reason::OddsMovement,
+        let to = now.state.status;
+        let reason = if to != was || matches!(to, Status::Cancelled | Status::Postponed) {
+            crate::watch::status_change_reason(to)
+        } else {
+            Reason::OddsMovement
         };
         detect::adopt(&self.known, id.clone(), now);
         if !record {

@@ -52,11 +52,7 @@ pub struct Change {
 pub fn diff(known: Option<&GameState>, new: &GameSnapshot, threshold: f64) -> Option<Change> {
     let known = known?;
     if new.status != Status::Unknown && new.status != known.status {
-        let reason = match new.status {
-            Status::Cancelled => Reason::Cancelled,
-            Status::Postponed => Reason::Postponed,
-            _ => Reason::StatusChange,
-        };
+        let reason = status_change_reason(new.status);
         return Some(Change {
             reason,
             from: known.status,
@@ -81,6 +77,16 @@ pub fn diff(known: Option<&GameState>, new: &GameSnapshot, threshold: f64) -> Op
 /// On a change, or at the first sighting, the baseline resets to the new
 /// lines; otherwise it stays, so slow drift accumulates. The status follows
 /// `new` unless `new` is `Unknown`.
+/// The reason of a move to status `to`: `CANCELLED` or `POSTPONED` when it
+/// is that, else `STATUS_CHANGE` (SPEC §5).
+pub fn status_change_reason(to: Status) -> Reason {
+    match to {
+        Status::Cancelled => Reason::Cancelled,
+        Status::Postponed => Reason::Postponed,
+        _ => Reason::StatusChange,
+    }
+}
+
 pub fn next_state(known: Option<&GameState>, new: &GameSnapshot, changed: bool) -> GameState {
     let status = match (new.status, known) {
         (Status::Unknown, Some(known)) => known.status,

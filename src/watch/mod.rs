@@ -30,7 +30,7 @@ mod pointer;
 mod rules;
 
 pub use decode::decode;
-pub use diff::{diff, next_state, Change, GameState};
+pub use diff::{diff, next_state, status_change_reason, Change, GameState};
 pub use extract::Extraction;
 pub use rules::{WatchConfigError, WatchRules, WatchSpec};
 
