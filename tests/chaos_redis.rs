@@ -21,8 +21,7 @@ use redis_server::RedisServer;
 const PACE: Duration = Duration::from_millis(5);
 
 struct Setup {
-    /// Kept so the upstream lives as long as the scenario.
-    _up: SimUpstream,
+    up: SimUpstream,
     r1: Replica,
     r2: Replica,
     truth: Truth,
@@ -56,7 +55,7 @@ async fn setup(redis: &RedisServer) -> Setup {
         odds["league_id"].as_str().expect("league_id")
     );
     Setup {
-        _up: up,
+        up,
         r1,
         r2,
         truth,
@@ -102,7 +101,7 @@ async fn redis_killed_mid_load_then_restarted() {
     let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
     let port = redis.port();
-    let s = setup(&redis).await;
+    let mut s = setup(&redis).await;
     let (a, b) = (s.games[0].as_str(), s.games[1].as_str());
     let paths = [
         odds(a),
@@ -169,7 +168,7 @@ async fn redis_killed_mid_load_then_restarted() {
         "too little load after recovery to judge"
     );
     drop(s.http);
-    assert_no_leaks(&[&s.r1, &s.r2], baseline, 16).await;
+    assert_no_leaks(&[&s.r1, &s.r2], s.up.kill(), baseline).await;
     drop(redis);
 }
 
@@ -180,7 +179,7 @@ async fn redis_killed_mid_load_then_restarted() {
 async fn redis_paused_mid_load() {
     let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
-    let s = setup(&redis).await;
+    let mut s = setup(&redis).await;
     let paths = [
         odds(&s.games[0]),
         odds(&s.games[1]),
@@ -261,5 +260,5 @@ async fn redis_paused_mid_load() {
     assert_eq!(v.server_errors, 0, "5xx served");
     assert_eq!(v.stale, 0, "stale statuses served: {:?}", v.examples);
     drop(s.http);
-    assert_no_leaks(&[&s.r1, &s.r2], baseline, 16).await;
+    assert_no_leaks(&[&s.r1, &s.r2], s.up.kill(), baseline).await;
 }

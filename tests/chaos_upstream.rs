@@ -146,7 +146,7 @@ async fn upstream_killed_then_restarted() {
             "unready before the window: {u:?}"
         );
     }
-    assert_no_leaks(&[&r1, &r2], baseline, 16).await;
+    assert_no_leaks(&[&r1, &r2], up.kill(), baseline).await;
 }
 
 /// The upstream flaps between fast and slower than `upstream_timeout`.
@@ -250,7 +250,7 @@ async fn upstream_slow_and_flapping() {
         timeouts.len(),
         by_key.len()
     );
-    assert_no_leaks(&[&r1, &r2], baseline, 16).await;
+    assert_no_leaks(&[&r1, &r2], async { up.stop() }, baseline).await;
 }
 
 /// Shutdown (what SIGTERM triggers) while 50 requests are in flight, 40
