@@ -182,12 +182,19 @@ impl Sidecar {
         let Core {
             metrics,
             store,
+            redis,
             invalidator,
             detector,
             ..
         } = Core::start(&config, signal.clone())?;
-        let proxy = proxy::Proxy::new(&config, Arc::clone(&store), Arc::clone(&metrics), detector)
-            .map_err(RunError::Config)?;
+        let proxy = proxy::Proxy::new(
+            &config,
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            detector,
+            redis,
+        )
+        .map_err(RunError::Config)?;
         if let Some(admission) = proxy.admission() {
             admission.spawn_pruner(signal.clone());
         }

@@ -130,6 +130,70 @@ async fn a_status_change_on_one_replica_evicts_the_game_on_its_peers() {
     }
 }
 
+/// A write through r1 that changes nothing watched still drops its URI on
+/// every replica (RFC 9111 §4.4, fleet-wide): r2's copy is gone within the
+/// propagation bound, through the one door, whose log entry says `MANUAL`
+/// and names the method.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsafe_method_through_one_replica_drops_its_uri_on_every_replica() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
+    let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
+    redis.wait_fleet_connected(2).await;
+    let http = Http::new();
+    let id = up.sim.game_ids()[0].clone();
+    assert!(up.sim.set_status(&id, "pre_game"));
+    let odds = odds_path(&id);
+    for s in [&r1, &r2] {
+        assert_eq!(http.get(&s.url(&odds)).await.x_cache, "MISS");
+        assert_eq!(http.get(&s.url(&odds)).await.x_cache, "HIT");
+    }
+
+    // The same status and odds: the watcher sees no change.
+    let w = http.put(&r1.url(&odds), r#"{"status":"pre_game"}"#).await;
+    assert_eq!((w.status.as_u16(), w.x_cache.as_str()), (200, "BYPASS"));
+    assert_eq!(http.get(&r1.url(&odds)).await.x_cache, "MISS", "r1");
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        let r = http.get(&r2.url(&odds)).await;
+        if r.x_cache == "MISS" {
+            break;
+        }
+        assert_eq!(r.x_cache, "HIT");
+        assert!(
+            Instant::now() < deadline,
+            "r2 still serves its copy {PROPAGATION:?} after a PUT through r1"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+
+    let mut c = redis.conn().await;
+    let log: redis::Value = redis::cmd("XRANGE")
+        .arg("oddscache:events")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .expect("XRANGE");
+    let uri: Vec<_> = redis_server::log_messages(log)
+        .into_iter()
+        .filter(|m| m.event.replica == "r1" && m.event.reason == Reason::Manual)
+        .collect();
+    assert_eq!(
+        uri.len(),
+        1,
+        "one logged invalidation for the write: {uri:?}"
+    );
+    assert!(
+        uri[0].event.detail.contains("PUT") && uri[0].keys.contains(&odds),
+        "the event names the method and the URI's key: {:?}",
+        uri[0]
+    );
+    r1.stop().await;
+    r2.stop().await;
+}
+
 /// A replica without HTTP: its door, detector and Redis tier, as `run`
 /// wires them, so the events it records can be counted.
 struct Replica {

@@ -122,6 +122,18 @@ pub fn is_local_tag(tag: &str) -> bool {
     tag.starts_with(URI_TAG_PREFIX)
 }
 
+/// What [`Store::invalidate_uri`] dropped.
+#[derive(Debug)]
+pub struct UriDropped {
+    /// Entries removed.
+    pub removed: usize,
+    /// The keys of the URI's entries (its variants' too), the URI's own
+    /// always among them: peers and the L2 drop the same.
+    pub keys: Vec<Arc<str>>,
+    /// The invalidation's sequence number (see [`FetchTicket::forgive`]).
+    pub seq: u64,
+}
+
 pub struct Store {
     cache: Cache<u64, Slot, PreHashed>,
     hasher: KeyHasher,
@@ -500,13 +512,13 @@ impl Store {
 
     /// Drops what is cached for one URI after an unsafe method (RFC 9111
     /// §4.4): the entry under its own key and its `Vary` variants, and
-    /// supersedes the fetches of it under way. Returns their keys, the URI's
-    /// own always among them.
-    pub fn invalidate_uri(&self, primary: &str) -> Vec<Arc<str>> {
+    /// supersedes the fetches of it under way.
+    pub fn invalidate_uri(&self, primary: &str) -> UriDropped {
         let tag = uri_tag(primary);
+        let seq;
         let mut entries: Vec<Arc<Entry>> = {
             let mut ep = self.shared.ledger.lock();
-            self.shared.ledger.invalidated(&mut ep, &[&*tag]);
+            seq = self.shared.ledger.invalidated(&mut ep, &[&*tag]);
             let mut index = self.shared.lock_tags();
             index
                 .take(&*tag)
@@ -518,8 +530,11 @@ impl Store {
         if let Some(Slot::Entry(e)) = self.get(primary) {
             entries.push(e);
         }
-        self.remove_keys(entries);
-        keys
+        UriDropped {
+            removed: self.remove_keys(entries),
+            keys,
+            seq,
+        }
     }
 
     /// Whether `entry` is still the one stored under its key, and servable.
@@ -1082,7 +1097,8 @@ mod tests {
         assert!(store.keys_for_tag(&uri_tag("/a")).is_empty());
 
         let in_flight = store.begin_fetch();
-        assert_eq!(store.invalidate_uri("/a"), [Arc::from("/a")]);
+        let dropped = store.invalidate_uri("/a");
+        assert_eq!((dropped.removed, dropped.keys), (1, vec![Arc::from("/a")]));
         assert!(!found(&store, "/a"));
         assert!(found(&store, "/b"));
         assert_eq!(store.keys_for_tag("game:1"), [Arc::from("/b")]);
@@ -1092,7 +1108,9 @@ mod tests {
         );
         assert!(store.insert(&in_flight, "/b", &[], entry("/b", &["game:1"])));
 
-        let mut keys = store.invalidate_uri("/v");
+        let dropped = store.invalidate_uri("/v");
+        assert_eq!(dropped.removed, 2, "both variants");
+        let mut keys = dropped.keys;
         keys.sort();
         assert_eq!(
             keys,
@@ -1100,7 +1118,7 @@ mod tests {
         );
         assert!(!found(&store, "/v|fr") && !found(&store, "/v|de"));
         // A URI with nothing cached still names itself, for the L2.
-        assert_eq!(store.invalidate_uri("/none"), [Arc::from("/none")]);
+        assert_eq!(store.invalidate_uri("/none").keys, [Arc::from("/none")]);
     }
 
     #[test]

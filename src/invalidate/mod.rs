@@ -1,7 +1,8 @@
 //! The one invalidation door.
 //!
-//! The watcher (through [`detect::Detector`]), the admin API and the
-//! event log's reader all invalidate through [`Invalidator`]. It drops the
+//! The watcher (through [`detect::Detector`]), the proxy's unsafe methods
+//! ([`Target::Uri`]), the admin API and the event log's reader all
+//! invalidate through [`Invalidator`]. It drops the
 //! L1 entries at once, queues the event for the fleet's log (whose writer
 //! deletes the Redis registry members and `game_key_patterns` keys first,
 //! and retries until the log has it: see `redis::fanout`), and records the
@@ -15,6 +16,7 @@ pub mod wire;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::cache::store::uri_tag;
 use crate::cache::Store;
 use crate::config::{route::Template, Config};
 use crate::metrics::{Metrics, ReasonLabel};
@@ -38,6 +40,11 @@ pub enum Target {
         league_id: Option<String>,
     },
     Tags(Vec<String>),
+    /// One URI after a successful unsafe method (RFC 9111 §4.4): its entry
+    /// and its `Vary` variants, on every replica and in the L2.
+    Uri {
+        primary: String,
+    },
 }
 
 impl Target {
@@ -70,6 +77,7 @@ impl Target {
                 (Some(sport), Some(league)) => vec![format!("sidebar:{sport}:{league}")],
             },
             Target::Tags(tags) => tags.clone(),
+            Target::Uri { primary } => vec![uri_tag(primary).to_string()],
         }
     }
 
@@ -176,7 +184,19 @@ impl Invalidator {
         // Until Redis has deleted them too, copies read back from the L2
         // count as older than this invalidation.
         let _hold = self.redis.as_ref().map(|_| self.store.begin_hold());
-        let (local, seq) = self.store.invalidate_tags_seq(&tags);
+        // A URI's keys go to peers and the L2 by name: its variants are
+        // filed under a tag that only this replica's index holds.
+        let (local, seq, keys) = match &req.target {
+            Target::Uri { primary } => {
+                let dropped = self.store.invalidate_uri(primary);
+                let keys: Vec<String> = dropped.keys.iter().map(|k| k.to_string()).collect();
+                (dropped.removed, dropped.seq, keys)
+            }
+            _ => {
+                let (removed, seq) = self.store.invalidate_tags_seq(&tags);
+                (removed, seq, Vec::new())
+            }
+        };
         let local = local as u64;
         self.store
             .ledger()
@@ -208,9 +228,12 @@ impl Invalidator {
                 // next body seeds the game's state afresh.
                 patterns.push(redis.game_key(g));
             }
+            if redis.stores_responses() {
+                patterns.extend(keys.iter().map(|k| redis.response_key(k)));
+            }
             let (done, delivered) = tokio::sync::oneshot::channel();
             event.keys_deleted = local;
-            let msg = wire::Message::new(event.clone(), &self.instance, Vec::new(), req.state);
+            let msg = wire::Message::new(event.clone(), &self.instance, keys, req.state);
             let mut pending = redis::Pending::new(msg, tags.clone(), patterns);
             pending.hold = _hold;
             pending.done = Some(done);
@@ -478,6 +501,15 @@ mod tests {
             assert!(tags.contains(&format!("odds:{s}:g-1")), "{s}");
         }
         assert!(tags.contains(&"sidebar:soccer:epl".to_string()));
+    }
+
+    #[test]
+    fn a_uri_target_is_its_local_tag() {
+        let t = Target::Uri {
+            primary: "/api/v1/games/g-1/odds".into(),
+        };
+        assert_eq!(t.tags(), ["#uri /api/v1/games/g-1/odds"]);
+        assert!(t.game_id().is_none());
     }
 
     #[test]

@@ -21,9 +21,9 @@ use crate::cache::entry::NewEntry;
 use crate::cache::policy::{self, CacheStatus, FreshnessRules, Fwd};
 use crate::cache::store::{is_local_tag, uri_tag, FetchTicket, FillGuard, FillState};
 use crate::cache::{key, l2, Entry};
-use crate::invalidate::detect::Detector;
 use crate::invalidate::events::unix_ms;
-use crate::watch::GameSnapshot;
+use crate::invalidate::{self, detect::Detector};
+use crate::watch::{GameSnapshot, Reason};
 
 /// What a fetch fills: the URI's primary key (the stored key follows from
 /// it and the response's `Vary`), and the expired entry it may revalidate
@@ -485,17 +485,18 @@ impl Proxy {
     }
 
     /// Drops the cached entries of a URI after a successful unsafe method,
-    /// and their L2 copies (those this replica knows of, and the primary).
-    async fn drop_uri(&self, primary: &str) {
-        let Some(redis) = &self.l2 else {
-            self.store.invalidate_uri(primary);
-            return;
+    /// on every replica and in the L2, through the one door.
+    async fn drop_uri(&self, method: &Method, primary: &str, status: StatusCode) {
+        let req = invalidate::Request {
+            target: invalidate::Target::Uri {
+                primary: primary.to_string(),
+            },
+            reason: Reason::Manual,
+            origin: invalidate::Origin::Local,
+            detail: format!("{method} answered {}", status.as_u16()),
+            state: None,
         };
-        let _hold = self.store.begin_hold();
-        let keys = self.store.invalidate_uri(primary);
-        if let Err(e) = redis.delete_responses(&keys).await {
-            tracing::warn!(error = %e, "cannot delete L2 copies after an unsafe method");
-        }
+        self.detector.invalidator().invalidate(req).await;
     }
 
     /// Decides storability and stores.
@@ -592,6 +593,7 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
         let primary = key::primary(req.uri()).into_owned();
+        let method = req.method().clone();
         let (mut parts, body) = req.into_parts();
         self.upstream.prepare(&mut parts, peer);
         let resp = match self
@@ -613,7 +615,7 @@ impl Proxy {
         self.metrics.bypass.inc();
         let status = resp.status();
         if status.is_success() || status.is_redirection() {
-            self.drop_uri(&primary).await;
+            self.drop_uri(&method, &primary, status).await;
         }
         let (mut rparts, rbody) = resp.into_parts();
         respond::clean_upstream_headers(&mut rparts.headers);

@@ -75,14 +75,11 @@ impl Proxy {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         detector: Arc<Detector>,
+        redis: Option<Arc<RedisTier>>,
     ) -> Result<Proxy, String> {
         let routes = Routes::compile(&config.routes).map_err(|p| format!("{p:?}"))?;
         let c = &config.cache;
-        let l2 = detector
-            .invalidator()
-            .redis()
-            .filter(|r| r.stores_responses())
-            .cloned();
+        let l2 = redis.filter(|r| r.stores_responses());
         Ok(Proxy {
             store,
             upstream: Upstream::new(&config.proxy.upstream, config.proxy.upstream_timeout.get())?,
