@@ -405,6 +405,35 @@ async fn targeted_cache_control_beats_cache_control_and_passes_through() {
     assert_eq!(up.hits(), 6);
 }
 
+/// RFC 9111 §5.1 and RFC 9213 §2.1, as a plain shared cache sees them: a
+/// list-valued `Age` counts by its first member, so a response that came
+/// 7200 s old with `max-age=3600` is stale on arrival; an invalid
+/// `CDN-Cache-Control` is ignored and `Cache-Control` decides.
+#[tokio::test]
+async fn a_list_valued_age_and_an_invalid_targeted_field() {
+    let up = Upstream::start(|parts, _| match parts.uri.path() {
+        "/plain/age" => Reply::json("old")
+            .header("cache-control", "max-age=3600")
+            .header("age", "7200, 0"),
+        "/plain/cdn" => Reply::json("private")
+            .header("cache-control", "no-store")
+            .header("cdn-cache-control", "max-age=10000, &&&&&"),
+        _ => Reply::json("typed")
+            .header("cache-control", "no-store")
+            .header("cdn-cache-control", "max-age=\"10000\""),
+    })
+    .await;
+    let sc = Sidecar::start("[proxy]\nupstream = \"{UPSTREAM}\"\n", &up.url()).await;
+    let c = Client::new();
+    for path in ["/plain/age", "/plain/cdn", "/plain/typed"] {
+        let first = c.get(&sc.url(path)).await;
+        assert_eq!(first.status, StatusCode::OK, "{path}");
+        let second = c.get(&sc.url(path)).await;
+        assert_ne!(second.x_cache(), "HIT", "{path} was served from the cache");
+    }
+    assert_eq!(up.hits(), 6, "every request went upstream");
+}
+
 // --- HEAD, keys and Vary ---------------------------------------------------
 
 #[tokio::test]

@@ -8,7 +8,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use super::syntax::{delta_seconds, trim_end, trim_start};
+use super::structured::{self, Item};
+use super::syntax::{delta_seconds, trim_end, trim_start, DELTA_SECONDS_MAX};
 
 /// The targeted field (RFC 9213) meant for this cache alone.
 pub const ODDSCACHE_CACHE_CONTROL: &str = "oddscache-cache-control";
@@ -17,10 +18,10 @@ pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
 
 /// Parsed Cache-Control (all header lines joined).
 ///
-/// Lenient the way deployed caches are: directive names are
-/// case-insensitive, `;` separates directives like `,` (origins write
-/// `public; max-age=60`, and it also drops Structured Field parameters from
-/// targeted fields), values may be tokens or quoted strings, and unknown
+/// Lenient the way deployed caches are (for `Cache-Control`; the targeted
+/// fields are strict Structured Fields, see [`cache_control_with_source`]):
+/// directive names are case-insensitive, `;` separates directives like `,`
+/// (origins write `public; max-age=60`), values may be tokens or quoted strings, and unknown
 /// directives are ignored. A directive that appears twice keeps its first
 /// occurrence (RFC 9111 §4.2.1). An invalid delta-seconds value makes the
 /// directive absent, except `max-age`, which becomes 0 so the response is
@@ -49,25 +50,16 @@ pub struct CacheControl {
 impl CacheControl {
     /// Parses every line of `name`; `None` when the header is absent.
     pub fn parse(headers: &HeaderMap, name: &HeaderName) -> Option<CacheControl> {
-        Self::parse_lines(headers.get_all(name).iter()).map(|(cc, _)| cc)
-    }
-
-    /// Also counts directives, because RFC 9213 ignores an empty targeted
-    /// field rather than letting it erase `Cache-Control`.
-    fn parse_lines<'a>(
-        mut lines: impl Iterator<Item = &'a HeaderValue>,
-    ) -> Option<(CacheControl, usize)> {
-        let first = lines.next()?;
+        let mut lines = headers.get_all(name).iter().peekable();
+        lines.peek()?;
         let mut cc = CacheControl::default();
         let mut seen = Seen::default();
-        let mut count = 0;
-        for line in std::iter::once(first).chain(lines) {
+        for line in lines {
             for (name, value) in Directives::new(line.as_bytes()) {
-                count += 1;
                 cc.apply(name, value, &mut seen);
             }
         }
-        Some((cc, count))
+        Some(cc)
     }
 
     fn apply(&mut self, name: &[u8], value: Value<'_>, seen: &mut Seen) {
@@ -264,9 +256,10 @@ pub fn effective_cache_control(resp_headers: &HeaderMap) -> CacheControl {
 /// [`effective_cache_control`] plus the field it came from; `None` when the
 /// response has no usable cache-control field at all.
 ///
-/// Targeted fields are parsed with the same lenient parser rather than as
-/// strict Structured Fields: a field with no directive name at all is the
-/// "empty" one RFC 9213 says to skip.
+/// Targeted fields are Structured Field Dictionaries (RFC 9213 §2.1) and
+/// parsed strictly: an empty one, one that does not parse, or one whose
+/// known directive has a value of the wrong type (`max-age="60"`) is
+/// ignored as if absent, and the next field decides.
 pub fn cache_control_with_source(
     resp_headers: &HeaderMap,
 ) -> Option<(CacheControl, ControlSource)> {
@@ -274,14 +267,55 @@ pub fn cache_control_with_source(
         (ODDSCACHE_CACHE_CONTROL, ControlSource::Oddscache),
         (CDN_CACHE_CONTROL, ControlSource::Cdn),
     ] {
-        if let Some((cc, count)) = CacheControl::parse_lines(resp_headers.get_all(name).iter()) {
-            if count > 0 {
-                return Some((cc, source));
-            }
+        if let Some(cc) = targeted(resp_headers.get_all(name).iter()) {
+            return Some((cc, source));
         }
     }
     CacheControl::parse(resp_headers, &header::CACHE_CONTROL)
         .map(|cc| (cc, ControlSource::CacheControl))
+}
+
+/// A targeted field's directives; `None` when it is absent, empty or
+/// invalid. Booleans set to `?0` are absent; parameters are dropped; a
+/// qualified `private="..."` or `no-cache="..."` counts as unqualified.
+fn targeted<'a>(mut lines: impl Iterator<Item = &'a HeaderValue>) -> Option<CacheControl> {
+    let first = lines.next()?;
+    let mut joined = first.as_bytes().to_vec();
+    for line in lines {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(line.as_bytes());
+    }
+    let members = structured::dictionary(&joined).ok()?;
+    if members.is_empty() {
+        return None;
+    }
+    let mut cc = CacheControl::default();
+    for (key, item) in members {
+        let seconds = || match item {
+            Item::Integer(n) => u64::try_from(n).ok().map(|n| n.min(DELTA_SECONDS_MAX)),
+            _ => None,
+        };
+        let flag = |qualified_ok: bool| match item {
+            Item::Boolean(b) => Some(b),
+            Item::String(_) if qualified_ok => Some(true),
+            _ => None,
+        };
+        match key {
+            b"max-age" => cc.max_age = Some(seconds()?),
+            b"s-maxage" => cc.s_maxage = Some(seconds()?),
+            b"stale-if-error" => cc.stale_if_error = Some(seconds()?),
+            b"stale-while-revalidate" => cc.stale_while_revalidate = Some(seconds()?),
+            b"no-store" => cc.no_store = flag(false)?,
+            b"no-cache" => cc.no_cache = flag(true)?,
+            b"private" => cc.private = flag(true)?,
+            b"public" => cc.public = flag(false)?,
+            b"must-revalidate" => cc.must_revalidate = flag(false)?,
+            b"proxy-revalidate" => cc.proxy_revalidate = flag(false)?,
+            b"immutable" => cc.immutable = flag(false)?,
+            _ => {}
+        }
+    }
+    Some(cc)
 }
 
 #[cfg(test)]

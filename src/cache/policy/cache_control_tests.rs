@@ -348,6 +348,76 @@ fn targeted_unknown_directive_still_replaces() {
     );
 }
 
+#[test]
+fn an_invalid_targeted_field_is_ignored_and_cache_control_decides() {
+    // RFC 9213 §2.1: a Dictionary that does not parse, or a known
+    // directive of the wrong type, is ignored whole.
+    for bad in [
+        "max-age=10000, &&&&&",
+        "max-age=\"10000\"",
+        "max-age=-1",
+        "max-age=1.5",
+        "MAX-AGE=10000",
+        "no-store=1",
+        "max-age=10000,",
+    ] {
+        let map = headers(&[("cache-control", "no-store"), ("cdn-cache-control", bad)]);
+        let (c, source) = cache_control_with_source(&map).unwrap();
+        assert_eq!(source, ControlSource::CacheControl, "{bad:?}");
+        assert!(c.no_store, "{bad:?}");
+        let map = headers(&[
+            ("cdn-cache-control", "max-age=5"),
+            ("oddscache-cache-control", bad),
+        ]);
+        assert_eq!(
+            cache_control_with_source(&map).unwrap(),
+            (
+                CacheControl {
+                    max_age: Some(5),
+                    ..CacheControl::default()
+                },
+                ControlSource::Cdn
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn targeted_fields_read_as_structured_fields() {
+    let c = |v: &str| {
+        cache_control_with_source(&headers(&[("cdn-cache-control", v)]))
+            .unwrap()
+            .0
+    };
+    // A parameter belongs to its member: this is `public` alone.
+    let p = c("public;max-age=60");
+    assert!(p.public);
+    assert_eq!(p.max_age, None);
+    // `?0` is false; a later duplicate wins.
+    assert!(!c("no-store=?0, max-age=9").no_store);
+    assert_eq!(c("max-age=1, max-age=2").max_age, Some(2));
+    assert!(c("private=\"set-cookie\"").private);
+    assert_eq!(c("max-age=99999999999999").max_age, Some(DELTA_SECONDS_MAX));
+    // Lines join with commas.
+    let map = headers(&[
+        ("cdn-cache-control", "max-age=7"),
+        ("cdn-cache-control", "must-revalidate"),
+    ]);
+    let (two, _) = cache_control_with_source(&map).unwrap();
+    assert_eq!((two.max_age, two.must_revalidate), (Some(7), true));
+    // An invalid targeted field lets a stored response be refused by
+    // Cache-Control, end to end.
+    assert!(store(
+        &[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=10000, &&&&&")
+        ],
+        &MATCHED
+    )
+    .is_err());
+}
+
 // ---- properties ----
 
 /// Directive-shaped text, which reaches deeper than random bytes.

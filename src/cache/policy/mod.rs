@@ -28,6 +28,7 @@
 //! - `conditional`: `Vary` names and answering conditional requests.
 //! - `status`: `Cache-Status` values.
 //! - `hop_by_hop`: stripping hop-by-hop fields.
+//! - `structured`: Structured Field Dictionaries, for the targeted fields.
 //! - `syntax`: the field-value syntax the others share.
 
 mod cache_control;
@@ -35,6 +36,7 @@ mod conditional;
 mod hop_by_hop;
 mod status;
 mod storability;
+mod structured;
 mod syntax;
 #[cfg(test)]
 mod test_util;

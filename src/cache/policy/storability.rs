@@ -14,7 +14,7 @@ use http::{Method, StatusCode};
 
 use super::cache_control::{cache_control_with_source, CacheControl, ControlSource};
 use super::conditional::has_vary_star;
-use super::syntax::{delta_seconds, http_date, trim, DELTA_SECONDS_MAX};
+use super::syntax::{delta_seconds, http_date, list_members, DELTA_SECONDS_MAX};
 
 /// [`DELTA_SECONDS_MAX`] as a lifetime: the cap on every freshness lifetime
 /// and age computed here.
@@ -271,11 +271,13 @@ fn request_no_store(req_headers: &HeaderMap) -> bool {
 }
 
 /// Age of the response when received (RFC 9111 §4.2.3, simplified without
-/// the request's own delay): max(`Age`, now − `Date`, 0).
+/// the request's own delay): max(`Age`, now − `Date`, 0). A list-valued or
+/// repeated `Age` counts by its first member, and an invalid one is
+/// ignored (RFC 9111 §5.1).
 pub fn initial_age(resp_headers: &HeaderMap, now: SystemTime) -> Duration {
-    let age = resp_headers
-        .get(header::AGE)
-        .and_then(|v| delta_seconds(trim(v.as_bytes())))
+    let age = list_members(resp_headers, header::AGE)
+        .next()
+        .and_then(delta_seconds)
         .map(Duration::from_secs)
         .unwrap_or_default();
     let apparent = resp_headers

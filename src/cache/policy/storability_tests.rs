@@ -758,3 +758,29 @@ fn initial_age_cases() {
         MAX_LIFETIME
     );
 }
+
+#[test]
+fn a_list_valued_age_uses_its_first_member() {
+    // RFC 9111 §5.1: a list, or several lines, count by the first member.
+    assert_eq!(
+        initial_age(&headers(&[("age", "7200, 0")]), now()),
+        secs(7200)
+    );
+    assert_eq!(
+        initial_age(&headers(&[("age", "7200"), ("age", "0")]), now()),
+        secs(7200)
+    );
+    // An invalid first member makes the field ignored.
+    assert_eq!(
+        initial_age(&headers(&[("age", "x, 9")]), now()),
+        Duration::ZERO
+    );
+    // And a response that came 7200 s old with max-age=3600 is stale.
+    let f = store(
+        &[("cache-control", "max-age=3600"), ("age", "7200, 0")],
+        &MATCHED,
+    )
+    .unwrap();
+    let age = initial_age(&headers(&[("age", "7200, 0")]), now());
+    assert_eq!(f.fresh_for(age), Duration::ZERO);
+}
