@@ -405,6 +405,28 @@ async fn targeted_cache_control_beats_cache_control_and_passes_through() {
     assert_eq!(up.hits(), 6);
 }
 
+/// A plain shared cache (no `[[route]]`) gives a response with only
+/// `Last-Modified` a tenth of its age as freshness (RFC 9111 §4.2.2); a
+/// routed config's unmatched path still stores nothing without explicit
+/// freshness.
+#[tokio::test]
+async fn a_plain_cache_uses_heuristic_freshness() {
+    let modified =
+        httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(10 * 24 * 3600));
+    let up =
+        Upstream::start(move |_, _| Reply::json("doc").header("last-modified", &modified)).await;
+    let plain = Sidecar::start("[proxy]\nupstream = \"{UPSTREAM}\"\n", &up.url()).await;
+    let c = Client::new();
+    let url = plain.url("/plain/doc");
+    assert_eq!(c.get(&url).await.x_cache(), "MISS");
+    assert_eq!(c.get(&url).await.x_cache(), "HIT");
+    let routed = sidecar(&up.url()).await;
+    let url = routed.url("/plain/doc");
+    c.get(&url).await;
+    assert_eq!(c.get(&url).await.x_cache(), "MISS");
+    assert_eq!(up.hits(), 3);
+}
+
 /// RFC 9111 §5.1 and RFC 9213 §2.1, as a plain shared cache sees them: a
 /// list-valued `Age` counts by its first member, so a response that came
 /// 7200 s old with `max-age=3600` is stale on arrival; an invalid
@@ -808,6 +830,56 @@ async fn expired_copy_stands_in_for_a_refused_connection() {
         stale.cache_status().contains("fwd-status=502"),
         "{}",
         stale.cache_status()
+    );
+}
+
+/// RFC 9111 §5.2.2.4: a stored `no-cache` response is never used without
+/// a successful validation, so when revalidation cannot reach the upstream
+/// the client gets the error, not the copy (which stale-if-error would
+/// otherwise allow). A plain shared cache stores it, with its validator,
+/// and revalidates it on every use.
+#[tokio::test]
+async fn a_no_cache_copy_is_not_served_when_its_revalidation_fails() {
+    let up = Upstream::start(|parts, _| {
+        if parts
+            .headers
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"v1\"")
+        {
+            return Reply::new(304).header("etag", "\"v1\"");
+        }
+        Reply::json("must validate")
+            .header("cache-control", "no-cache")
+            .header("etag", "\"v1\"")
+    })
+    .await;
+    let sc = Sidecar::start(
+        "[proxy]\nupstream = \"{UPSTREAM}\"\n[cache]\nstale_if_error = \"1h\"\n",
+        &up.url(),
+    )
+    .await;
+    let c = Client::new();
+    let url = sc.url("/plain/no-cache");
+    assert_eq!(c.get(&url).await.x_cache(), "MISS");
+    // Stored, and validated on every use.
+    let again = c.get(&url).await;
+    assert_eq!(again.text(), "must validate");
+    assert_eq!(
+        up.last()
+            .headers
+            .get("if-none-match")
+            .map(|v| v.to_str().unwrap()),
+        Some("\"v1\"")
+    );
+    assert_eq!(up.hits(), 2);
+    up.stop();
+    let r = c.get(&url).await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_GATEWAY,
+        "served {:?} {:?}",
+        r.x_cache(),
+        r.text()
     );
 }
 

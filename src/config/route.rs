@@ -141,6 +141,11 @@ impl RouteMatch<'_> {
 }
 
 impl Routes {
+    /// No `[[route]]` at all: a plain shared cache.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
     pub fn compile(configs: &[RouteConfig]) -> Result<Routes, Vec<Problem>> {
         let mut problems = Vec::new();
         let mut names = HashSet::new();

@@ -525,6 +525,7 @@ impl Proxy {
             route_ttl: route.as_ref().and_then(|r| r.route.ttl),
             status_ttl: self.detector.status_ttl(games),
             default_ttl: route.as_ref().map(|_| self.settings.default_ttl),
+            plain: self.routes.is_empty(),
         };
         let now = SystemTime::now();
         let verdict = policy::storability(method, client_headers, status, &headers, &rules, now)

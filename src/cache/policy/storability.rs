@@ -79,6 +79,10 @@ pub struct FreshnessRules {
     /// `cache.default_ttl`: `Some` only when a route matched, so `None`
     /// together with `route_ttl: None` means an unmatched path.
     pub default_ttl: Option<Duration>,
+    /// A plain shared cache (no `[[route]]` configured): an unmatched path
+    /// may use heuristic freshness (RFC 9111 §4.2.2), and a `no-cache`
+    /// response with a validator is stored to be revalidated on each use.
+    pub plain: bool,
 }
 
 impl FreshnessRules {
@@ -92,6 +96,9 @@ impl FreshnessRules {
 pub enum FreshnessSource {
     /// `s-maxage`, `max-age`, `Expires`, or `no-cache` forcing zero.
     Origin,
+    /// A tenth of the time since `Last-Modified`, capped at
+    /// [`HEURISTIC_MAX`] (RFC 9111 §4.2.2), in a plain shared cache.
+    Heuristic,
     Route,
     Status,
     Default,
@@ -111,9 +118,9 @@ pub struct Freshness {
     /// `no-cache`, `must-revalidate`, `proxy-revalidate` or `s-maxage`:
     /// never serve stale without revalidating (so no stale-while-revalidate).
     pub must_revalidate: bool,
-    /// `must-revalidate`, `proxy-revalidate` or `s-maxage` (RFC 9111
-    /// §4.2.4): not even a failed upstream lets a stale copy stand in. Plain
-    /// `no-cache` still allows stale-if-error.
+    /// `no-cache` (RFC 9111 §5.2.2.4: never used without a successful
+    /// validation), `must-revalidate`, `proxy-revalidate` or `s-maxage`
+    /// (§4.2.4): not even a failed upstream lets a stale copy stand in.
     pub stale_if_error_forbidden: bool,
 }
 
@@ -123,7 +130,9 @@ impl Freshness {
     /// and default TTLs are this cache's own and start when it stores.
     pub fn fresh_for(&self, initial_age: Duration) -> Duration {
         match self.source {
-            FreshnessSource::Origin => self.lifetime.saturating_sub(initial_age),
+            FreshnessSource::Origin | FreshnessSource::Heuristic => {
+                self.lifetime.saturating_sub(initial_age)
+            }
             FreshnessSource::Route | FreshnessSource::Status | FreshnessSource::Default => {
                 self.lifetime
             }
@@ -164,9 +173,11 @@ impl Freshness {
 /// Lifetime (SPEC §4): explicit origin freshness (`s-maxage` > `max-age` >
 /// `Expires` − `Date`, from [`cache_control_with_source`]) when
 /// `honor_origin`; else the route's ttl; else the status ttl; else the
-/// default ttl. Unmatched paths need explicit origin freshness. An invalid
-/// `Expires` means already expired: explicit, zero. `no-cache` stores with
-/// a zero lifetime, so every reuse is revalidated first.
+/// default ttl. Unmatched paths need explicit origin freshness, except in
+/// a plain shared cache ([`FreshnessRules::plain`]), which uses heuristic
+/// freshness from `Last-Modified`. An invalid `Expires` means already
+/// expired: explicit, zero. `no-cache` stores with a zero lifetime, so every
+/// reuse is revalidated first, and never serves stale on error.
 pub fn storability(
     method: &Method,
     req_headers: &HeaderMap,
@@ -209,7 +220,16 @@ pub fn storability(
     let (lifetime, source) = match explicit {
         Some(lifetime) => (lifetime, FreshnessSource::Origin),
         None if !heuristically_cacheable(status) => return Err(NotStorable::Status),
-        None if rules.unmatched() => return Err(NotStorable::NoFreshness),
+        None if rules.unmatched() => {
+            let plain = rules.plain && rules.honor_origin;
+            match heuristic_lifetime(resp_headers, now).filter(|_| plain) {
+                Some(lifetime) => (lifetime, FreshnessSource::Heuristic),
+                None if plain && cc.no_cache && has_validator(resp_headers) => {
+                    (Duration::ZERO, FreshnessSource::Origin)
+                }
+                None => return Err(NotStorable::NoFreshness),
+            }
+        }
         None => match (rules.route_ttl, rules.status_ttl, rules.default_ttl) {
             (Some(ttl), _, _) => (ttl, FreshnessSource::Route),
             (None, Some(ttl), _) => (ttl, FreshnessSource::Status),
@@ -230,8 +250,29 @@ pub fn storability(
         stale_if_error: stale(cc.stale_if_error),
         stale_while_revalidate: stale(cc.stale_while_revalidate),
         must_revalidate: cc.no_cache || forbid_stale,
-        stale_if_error_forbidden: forbid_stale,
+        stale_if_error_forbidden: cc.no_cache || forbid_stale,
     })
+}
+
+/// The longest heuristic freshness lifetime: a day, as a resource that has
+/// not changed in ten days may still change tomorrow.
+pub const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// RFC 9111 §4.2.2: a tenth of the time between `Last-Modified` and `Date`
+/// (or now), capped at [`HEURISTIC_MAX`]; `None` without a usable
+/// `Last-Modified`.
+fn heuristic_lifetime(resp_headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let modified = http_date(resp_headers.get(header::LAST_MODIFIED)?.as_bytes())?;
+    let date = resp_headers
+        .get(header::DATE)
+        .and_then(|d| http_date(d.as_bytes()))
+        .unwrap_or(now);
+    let age = date.duration_since(modified).ok()?;
+    Some((age / 10).min(HEURISTIC_MAX))
+}
+
+fn has_validator(resp_headers: &HeaderMap) -> bool {
+    resp_headers.contains_key(header::ETAG) || resp_headers.contains_key(header::LAST_MODIFIED)
 }
 
 /// Explicit expiration time (RFC 9111 §4.2.1), as a lifetime.

@@ -2,6 +2,7 @@
 //! stale windows and the initial age.
 
 use super::*;
+use crate::cache::policy::storability::HEURISTIC_MAX;
 use crate::cache::policy::test_util::{date, headers, now, secs, store, store_full, MATCHED};
 use http::HeaderValue;
 
@@ -10,6 +11,13 @@ const UNMATCHED: FreshnessRules = FreshnessRules {
     route_ttl: None,
     status_ttl: None,
     default_ttl: None,
+    plain: false,
+};
+
+/// A plain shared cache: no `[[route]]` at all.
+const PLAIN: FreshnessRules = FreshnessRules {
+    plain: true,
+    ..UNMATCHED
 };
 
 fn lifetime(resp: &[(&str, &str)], rules: &FreshnessRules) -> (Duration, FreshnessSource) {
@@ -386,6 +394,7 @@ fn freshness_origin_beats_route_status_default() {
         route_ttl: Some(secs(15)),
         status_ttl: Some(secs(5)),
         default_ttl: Some(secs(30)),
+        plain: false,
     };
     assert_eq!(
         lifetime(&[("cache-control", "max-age=100")], &rules),
@@ -404,6 +413,7 @@ fn freshness_route_then_status_then_default() {
         route_ttl: Some(secs(15)),
         status_ttl: Some(secs(5)),
         default_ttl: Some(secs(30)),
+        plain: false,
     };
     assert_eq!(lifetime(&[], &all), (secs(15), FreshnessSource::Route));
     let no_route = FreshnessRules {
@@ -437,6 +447,7 @@ fn freshness_not_honouring_origin_ignores_max_age_and_expires() {
         route_ttl: Some(secs(15)),
         status_ttl: None,
         default_ttl: Some(secs(30)),
+        plain: false,
     };
     let d = date(0);
     let e = date(900);
@@ -627,9 +638,10 @@ fn no_cache_is_stored_with_zero_lifetime() {
         );
         assert!(f.must_revalidate, "{v}");
         assert!(
-            !f.stale_if_error_forbidden,
-            "{v}: no-cache still allows stale-if-error"
+            f.stale_if_error_forbidden,
+            "{v}: no-cache is never used without a successful validation"
         );
+        assert_eq!(f.stale_if_error_window(secs(3600)), Duration::ZERO, "{v}");
     }
 }
 
@@ -713,7 +725,9 @@ fn revalidation_directives_forbid_stale() {
     )
     .unwrap();
     assert_eq!(f.stale_while_revalidate_window(secs(60)), Duration::ZERO);
-    assert_eq!(f.stale_if_error_window(secs(300)), secs(300));
+    // RFC 9111 §5.2.2.4: not used without a successful validation, so not
+    // on an upstream error either.
+    assert_eq!(f.stale_if_error_window(secs(300)), Duration::ZERO);
 }
 
 #[test]
@@ -723,6 +737,73 @@ fn fresh_for_counts_upstream_age_only_for_origin() {
     assert_eq!(f.fresh_for(secs(90)), Duration::ZERO);
     let f = store(&[], &MATCHED).unwrap();
     assert_eq!(f.fresh_for(secs(50)), secs(30));
+}
+
+// ---- a plain shared cache ----
+
+#[test]
+fn a_plain_cache_uses_heuristic_freshness_from_last_modified() {
+    let modified = date(-100 * 3600);
+    let f = store(&[("last-modified", &modified), ("date", &date(0))], &PLAIN).unwrap();
+    assert_eq!(
+        (f.lifetime, f.source),
+        (secs(10 * 3600), FreshnessSource::Heuristic)
+    );
+    // Its age counts, like an origin lifetime's.
+    assert_eq!(f.fresh_for(secs(3600)), secs(9 * 3600));
+    // Capped at a day.
+    let old = store(&[("last-modified", &date(-1000 * 24 * 3600))], &PLAIN).unwrap();
+    assert_eq!(old.lifetime, HEURISTIC_MAX);
+    // Explicit freshness still wins, and only heuristic statuses qualify.
+    let explicit = store(
+        &[("last-modified", &modified), ("cache-control", "max-age=5")],
+        &PLAIN,
+    );
+    assert_eq!(explicit.unwrap().lifetime, secs(5));
+    assert_eq!(
+        store_full(
+            &Method::GET,
+            &[],
+            500,
+            &[("last-modified", &modified)],
+            &PLAIN
+        ),
+        Err(NotStorable::Status)
+    );
+    // Routes keep their rules: an unmatched path of a routed config, or a
+    // config that ignores the origin, stores nothing without freshness.
+    assert_eq!(
+        store(&[("last-modified", &modified)], &UNMATCHED),
+        Err(NotStorable::NoFreshness)
+    );
+    let ignoring = FreshnessRules {
+        honor_origin: false,
+        ..PLAIN
+    };
+    assert_eq!(
+        store(&[("last-modified", &modified)], &ignoring),
+        Err(NotStorable::NoFreshness)
+    );
+    assert_eq!(store(&[], &PLAIN), Err(NotStorable::NoFreshness));
+}
+
+#[test]
+fn a_plain_cache_stores_no_cache_with_a_validator_to_revalidate_each_use() {
+    let f = store(&[("cache-control", "no-cache"), ("etag", "\"a\"")], &PLAIN).unwrap();
+    assert_eq!(f.lifetime, Duration::ZERO);
+    assert!(f.must_revalidate && f.stale_if_error_forbidden);
+    assert_eq!(
+        store(&[("cache-control", "no-cache")], &PLAIN),
+        Err(NotStorable::NoFreshness),
+        "nothing to revalidate with"
+    );
+    assert_eq!(
+        store(
+            &[("cache-control", "no-cache"), ("etag", "\"a\"")],
+            &UNMATCHED
+        ),
+        Err(NotStorable::NoFreshness)
+    );
 }
 
 // ---- initial age ----

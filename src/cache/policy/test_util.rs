@@ -43,6 +43,7 @@ pub(super) const MATCHED: FreshnessRules = FreshnessRules {
     route_ttl: None,
     status_ttl: None,
     default_ttl: Some(secs(30)),
+    plain: false,
 };
 
 pub(super) fn store(
