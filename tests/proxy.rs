@@ -1322,6 +1322,34 @@ async fn h2c_clients_are_served_from_the_same_cache() {
 
 // --- broken upstreams ------------------------------------------------------
 
+/// An interim `103 Early Hints` before the final response is never cached
+/// nor answered in its place: the client gets the final 200, and the
+/// hints' fields do not leak into the stored response. (Forwarding the 103
+/// itself is not possible: hyper 1.x's server cannot send a 1xx.)
+#[tokio::test]
+async fn an_interim_response_is_neither_cached_nor_answered() {
+    let up = RawUpstream::start(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n\
+          HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+            .to_vec(),
+        RawEnd::Close,
+    )
+    .await;
+    let sc = sidecar(&up.url()).await;
+    let c = Client::new();
+    let url = sc.url("/api/v1/games");
+    for expected in ["MISS", "HIT"] {
+        let r = c.get(&url).await;
+        assert_eq!((r.status, r.text()), (StatusCode::OK, "{}"), "{expected}");
+        assert_eq!(r.x_cache(), expected);
+        assert!(
+            r.headers.get("link").is_none(),
+            "the 103's fields were kept"
+        );
+    }
+    assert_eq!(up.hits(), 1);
+}
+
 #[tokio::test]
 async fn short_upstream_body_is_a_502_and_not_stored() {
     let up = RawUpstream::start(
