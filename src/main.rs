@@ -264,9 +264,17 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Without `RUST_LOG`: the sidecar's own lines from INFO, and the `redis`
+/// crate's only from ERROR. During a node outage that crate warns once a
+/// second per dead node, which floods the log pipeline just when people
+/// read it; the sidecar's own state-change lines say what matters.
+/// `RUST_LOG=info,redis=warn` turns them back on.
+const DEFAULT_LOG_FILTER: &str = "info,redis=error";
+
 fn init_logs(format: Option<LogFormat>) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let json = match format {
         Some(LogFormat::Json) => true,
         Some(LogFormat::Text) => false,
