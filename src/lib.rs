@@ -6,7 +6,8 @@
 //!
 //! Map of the crate:
 //! - [`config`]: the TOML contract, CLI/env overrides and validation.
-//! - [`server`]: the accept loop shared by the proxy and admin listeners.
+//! - [`server`]: the accept loop shared by the proxy and admin listeners,
+//!   with its drain and its request-head deadlines.
 //! - [`shutdown`]: the signal that drains both listeners.
 //! - `proxy/`: the request path and the upstream client.
 //! - `cache/`: keys, HTTP caching rules, the moka L1 and its tag index.
@@ -20,8 +21,6 @@ pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod demo;
-mod drain;
-mod header_timer;
 pub mod invalidate;
 pub mod metrics;
 pub mod proxy;

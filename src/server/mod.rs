@@ -2,7 +2,7 @@
 //!
 //! Shaped after hyper-util's `server_graceful` example: accept until the
 //! shutdown signal fires, then stop accepting and give in-flight connections
-//! up to the grace period to finish (through [`crate::drain`], which does
+//! up to the grace period to finish (through [`drain`], which does
 //! what hyper-util's graceful watch does without polling a channel on every
 //! request). HTTP/1.1 and h2c (prior knowledge)
 //! share one port: the accept task peeks at the first bytes, which it must
@@ -14,6 +14,9 @@
 //! `max_connections` are open at once, and a client must start its request
 //! within `header_read_timeout` and finish the head within it too.
 
+
+mod drain;
+mod header_timer;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,8 +33,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::drain::Drain;
-use crate::header_timer::HeaderDeadlines;
+use drain::Drain;
+use header_timer::HeaderDeadlines;
 use crate::metrics::ConnectionMetrics;
 use crate::shutdown;
 
