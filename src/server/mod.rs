@@ -14,7 +14,6 @@
 //! `max_connections` are open at once, and a client must start its request
 //! within `header_read_timeout` and finish the head within it too.
 
-
 mod drain;
 mod header_timer;
 use std::convert::Infallible;
@@ -33,10 +32,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use drain::Drain;
-use header_timer::HeaderDeadlines;
 use crate::metrics::ConnectionMetrics;
 use crate::shutdown;
+use drain::Drain;
+use header_timer::HeaderDeadlines;
 
 /// Per-listener HTTP limits.
 #[derive(Clone, Copy, Debug)]
