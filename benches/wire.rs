@@ -4,7 +4,7 @@
 //! `cargo bench --bench wire -- --warm-up-time 1 --measurement-time 3`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use oddscache::invalidate::detect::Known;
+use oddscache::invalidate::known::Known;
 use oddscache::invalidate::wire::{self, Message};
 use oddscache::invalidate::{Event, Origin};
 use oddscache::watch::{GameState, Reason, Status};

@@ -93,7 +93,7 @@ impl Core {
             }),
             None => None,
         };
-        let known = invalidate::detect::known_games();
+        let known = invalidate::known::known_games();
         let invalidator = Arc::new(invalidate::Invalidator::new(
             config,
             Arc::clone(&store),

@@ -13,7 +13,8 @@ mod sidecar;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oddscache::invalidate::detect::{Detector, Known};
+use oddscache::invalidate::detect::Detector;
+use oddscache::invalidate::known::Known;
 use oddscache::invalidate::redis::RedisTier;
 use oddscache::invalidate::wire::{self, Message};
 use oddscache::invalidate::{Event, Invalidator, Origin, Request, Target};

@@ -10,6 +10,7 @@
 
 pub mod detect;
 pub mod events;
+pub mod known;
 pub mod redis;
 pub mod wire;
 
@@ -97,7 +98,7 @@ pub struct Request {
     pub origin: Origin,
     pub detail: String,
     /// The game's state after a detected change, shared with peers.
-    pub state: Option<detect::Known>,
+    pub state: Option<known::Known>,
 }
 
 pub struct Invalidator {
@@ -108,11 +109,11 @@ pub struct Invalidator {
     /// `[invalidation] game_key_patterns`, expanded per status for Redis.
     patterns: Vec<Template>,
     /// Game states peers announce land here, so change detection agrees.
-    known: detect::KnownGames,
+    known: known::KnownGames,
     /// What this replica knew of games before its last resync: a body is
     /// judged against it when Redis has no state of the game (see
     /// `Detector::load_unknown`).
-    suspect: detect::KnownGames,
+    suspect: known::KnownGames,
     /// This process's nonce: events it wrote come back in the log and are
     /// not applied twice; another process with the same replica id still
     /// applies them.
@@ -125,7 +126,7 @@ impl Invalidator {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         redis: Option<Arc<redis::RedisTier>>,
-        known: detect::KnownGames,
+        known: known::KnownGames,
         instance: String,
     ) -> Invalidator {
         let patterns = config
@@ -148,12 +149,12 @@ impl Invalidator {
             redis,
             patterns,
             known,
-            suspect: detect::known_games(),
+            suspect: known::known_games(),
             instance,
         }
     }
 
-    pub fn suspect(&self) -> &detect::KnownGames {
+    pub fn suspect(&self) -> &known::KnownGames {
         &self.suspect
     }
 
@@ -311,7 +312,7 @@ impl Invalidator {
         let id = GameId::try_from(id).ok()?;
         let was = match self.known.get(&id) {
             Some(mine) if mine.state == state.state => {
-                detect::adopt(&self.known, id, state);
+                known::adopt(&self.known, id, state);
                 return None;
             }
             Some(mine) => mine.state.status,
@@ -320,7 +321,7 @@ impl Invalidator {
             // already invalidated the fleet if copies existed anywhere
             // (`Detector::may_have_copies`).
             None => {
-                detect::adopt(&self.known, id, state);
+                known::adopt(&self.known, id, state);
                 return None;
             }
         };
@@ -342,7 +343,7 @@ impl Invalidator {
         &self,
         id: &GameId,
         was: Status,
-        now: detect::Known,
+        now: known::Known,
         detail: String,
         record: bool,
     ) -> (Option<Arc<Event>>, u64) {
@@ -364,7 +365,7 @@ impl Invalidator {
         } else {
             Reason::OddsMovement
         };
-        detect::adopt(&self.known, id.clone(), now);
+        known::adopt(&self.known, id.clone(), now);
         if !record {
             tracing::info!(game_id = %id, removed, %detail, "evicted this replica's entries of a game the fleet moved first");
             return (None, seq);
@@ -382,7 +383,7 @@ impl Invalidator {
 
     /// Tells the fleet that this replica wrote a game's state where Redis
     /// had none (see [`wire::Kind::Seed`]).
-    pub fn announce_seed(&self, id: &GameId, state: &detect::Known) {
+    pub fn announce_seed(&self, id: &GameId, state: &known::Known) {
         let Some(redis) = &self.redis else {
             return;
         };
@@ -425,7 +426,7 @@ impl Invalidator {
         {
             match msg.state {
                 // Newest by compare-and-set order, not by arrival.
-                Some(state) => detect::adopt(&self.known, id, state),
+                Some(state) => known::adopt(&self.known, id, state),
                 // A manual invalidation resets the baseline everywhere.
                 None => self.known.invalidate(&id),
             }

@@ -34,8 +34,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use tokio::sync::mpsc;
 
-use super::detect::Known;
 use super::events::unix_ms;
+use super::known::Known;
 use super::wire;
 use crate::cache::store::is_local_tag;
 use crate::cache::{l2, Entry, Store};

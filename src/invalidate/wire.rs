@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::detect::Known;
 use super::events::Event;
+use super::known::Known;
 
 /// 2: the log replaced pub/sub, and entries say which process wrote them.
 pub const VERSION: u32 = 2;
