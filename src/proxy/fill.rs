@@ -197,7 +197,7 @@ impl Proxy {
             Some(s) => self.serve_stale(method, client_headers, &s, err.status().as_u16()),
             None => {
                 self.metrics.misses.inc();
-                self.upstream.error_response(&err, XCache::Miss, fwd)
+                respond::upstream_error(self.upstream.url(), &err, XCache::Miss, fwd)
             }
         }
     }
@@ -608,9 +608,12 @@ impl Proxy {
             Ok(resp) => resp,
             Err(e) => {
                 self.metrics.bypass.inc();
-                return self
-                    .upstream
-                    .error_response(&e, XCache::Bypass, Fwd::Bypass);
+                return respond::upstream_error(
+                    self.upstream.url(),
+                    &e,
+                    XCache::Bypass,
+                    Fwd::Bypass,
+                );
             }
         };
         self.metrics.bypass.inc();
@@ -641,7 +644,8 @@ impl Proxy {
             Ok(Read::Partial(prefix, rest)) => {
                 Response::from_parts(rparts, ProxyBody::stream(Some(prefix), rest))
             }
-            Err(e) => self.upstream.error_response(
+            Err(e) => respond::upstream_error(
+                self.upstream.url(),
                 &UpstreamError::Body(e.to_string()),
                 XCache::Bypass,
                 Fwd::Bypass,

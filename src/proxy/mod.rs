@@ -379,7 +379,7 @@ impl Proxy {
             }
             Err(e) => {
                 self.count(x_cache);
-                self.upstream.error_response(&e, x_cache, fwd)
+                respond::upstream_error(self.upstream.url(), &e, x_cache, fwd)
             }
         }
     }

@@ -1,15 +1,16 @@
 //! Building client responses: hits from prebuilt entries, 304s, STALE
-//! copies, and MISS/BYPASS answers from the upstream's head.
+//! copies, MISS/BYPASS answers from the upstream's head, and the JSON
+//! error answer when the upstream fails.
 
 use std::time::Instant;
 
-use http::header::{HeaderValue, AGE, CONTENT_LENGTH};
+use http::header::{HeaderValue, AGE, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::body::ProxyBody;
-use super::upstream::append_via;
+use super::upstream::{append_via, UpstreamError};
 use crate::cache::entry::{age_value, CACHE_STATUS, X_CACHE};
-use crate::cache::policy::{cache_status_hit, not_modified, strip_hop_by_hop, CacheStatus};
+use crate::cache::policy::{cache_status_hit, not_modified, strip_hop_by_hop, CacheStatus, Fwd};
 use crate::cache::Entry;
 
 /// The `X-Cache` value of an answer.
@@ -133,4 +134,26 @@ pub fn clean_upstream_headers(headers: &mut HeaderMap) {
 pub fn label(headers: &mut HeaderMap, x_cache: XCache, status: CacheStatus) {
     headers.insert(X_CACHE.clone(), x_cache.value());
     headers.insert(CACHE_STATUS.clone(), status.to_header_value());
+}
+
+/// The JSON answer for a failed upstream with no stale copy to serve,
+/// labelled like every other answer.
+pub fn upstream_error(
+    upstream: &str,
+    err: &UpstreamError,
+    x_cache: XCache,
+    fwd: Fwd,
+) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": err.to_string(), "upstream": upstream });
+    let mut resp = Response::new(ProxyBody::full(body.to_string()));
+    *resp.status_mut() = err.status();
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let status = CacheStatus {
+        fwd: Some(fwd),
+        detail: Some(err.label()),
+        ..CacheStatus::default()
+    };
+    label(resp.headers_mut(), x_cache, status);
+    resp
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, VIA};
+use http::header::{HeaderValue, VIA};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderName, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Empty};
@@ -20,9 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::body::ProxyBody;
-use super::respond::{self, XCache};
-use crate::cache::policy::{strip_hop_by_hop, CacheStatus, Fwd};
+use crate::cache::policy::strip_hop_by_hop;
 use crate::metrics::Metrics;
 
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -250,28 +248,6 @@ impl Upstream {
             }
         }
         result
-    }
-
-    /// The JSON answer for a failed upstream with no stale copy to serve,
-    /// labelled like every other answer.
-    pub fn error_response(
-        &self,
-        err: &UpstreamError,
-        x_cache: XCache,
-        fwd: Fwd,
-    ) -> Response<ProxyBody> {
-        let body = serde_json::json!({ "error": err.to_string(), "upstream": self.url });
-        let mut resp = Response::new(ProxyBody::full(body.to_string()));
-        *resp.status_mut() = err.status();
-        resp.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let status = CacheStatus {
-            fwd: Some(fwd),
-            detail: Some(err.label()),
-            ..CacheStatus::default()
-        };
-        respond::label(resp.headers_mut(), x_cache, status);
-        resp
     }
 }
 
