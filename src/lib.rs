@@ -43,11 +43,20 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
 }
 
-/// Errors that stop the sidecar from starting.
+/// Errors that stop the sidecar from starting. A config that passed
+/// `Config::load` meets none of them but the Redis one (a URL the client
+/// library refuses).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("invalid configuration: {key}: {source}")]
+    Redis {
+        key: &'static str,
+        source: invalidate::redis::RedisError,
+    },
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Watch(#[from] watch::WatchConfigError),
+    #[error("invalid configuration: {0}")]
+    Proxy(#[from] proxy::ProxyError),
 }
 
 /// The sidecar's parts behind the listeners, wired as `run` wires them:
@@ -83,12 +92,12 @@ impl Core {
                     Arc::clone(&metrics),
                     signal.clone(),
                 )
-                .map_err(|e| {
-                    let key = match rc.mode {
+                .map_err(|source| RunError::Redis {
+                    key: match rc.mode {
                         config::RedisMode::Standalone => "redis.url",
                         config::RedisMode::Cluster | config::RedisMode::Sentinel => "redis.urls",
-                    };
-                    RunError::Config(format!("{key}: {e}"))
+                    },
+                    source,
                 })?
             }),
             None => None,
@@ -105,8 +114,7 @@ impl Core {
         if let Some(redis) = &redis {
             redis.spawn_subscriber(Arc::clone(&invalidator), signal);
         }
-        let rules =
-            watch::WatchRules::new(&config.watch).map_err(|e| RunError::Config(e.to_string()))?;
+        let rules = watch::WatchRules::new(&config.watch)?;
         let detector = Arc::new(invalidate::detect::Detector::new(
             rules,
             config.cache.ttl_by_status,
@@ -192,8 +200,7 @@ impl Sidecar {
             Arc::clone(&metrics),
             detector,
             redis,
-        )
-        .map_err(RunError::Config)?;
+        )?;
         if let Some(admission) = proxy.admission() {
             admission.spawn_pruner(signal.clone());
         }

@@ -448,8 +448,8 @@ impl Config {
             "invalidation.alert_per_minute",
             "must be greater than 0",
         );
-        if let Err(message) = upstream_authority(&self.proxy.upstream) {
-            problems.push(Problem::new("proxy.upstream", message));
+        if let Err(e) = upstream_authority(&self.proxy.upstream) {
+            problems.push(Problem::new("proxy.upstream", e.to_string()));
         }
         for (i, pattern) in self.invalidation.game_key_patterns.iter().enumerate() {
             if let Err(message) = route::check_key_pattern(pattern) {
@@ -633,26 +633,40 @@ fn redact_url(url: &str) -> String {
 }
 
 /// Validates `http://host:port[/]` and returns the authority.
-pub fn upstream_authority(upstream: &str) -> Result<http::uri::Authority, String> {
-    let uri: http::Uri = upstream
-        .parse()
-        .map_err(|e| format!("invalid URL {upstream:?}: {e}"))?;
+/// Why `proxy.upstream` is not a usable upstream URL.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamUrlError {
+    #[error("invalid URL {url:?}: {reason}")]
+    Invalid { url: String, reason: String },
+    #[error("https is not supported: the upstream runs in the same pod, speak http to it")]
+    Https,
+    #[error("{0:?} must start with http://")]
+    Scheme(String),
+    #[error("{0:?} must not have a path or query")]
+    PathOrQuery(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
+}
+
+pub fn upstream_authority(upstream: &str) -> Result<http::uri::Authority, UpstreamUrlError> {
+    let uri: http::Uri =
+        upstream
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| UpstreamUrlError::Invalid {
+                url: upstream.to_string(),
+                reason: e.to_string(),
+            })?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => {
-            return Err(
-                "https is not supported: the upstream runs in the same pod, speak http to it"
-                    .into(),
-            )
-        }
-        _ => return Err(format!("{upstream:?} must start with http://")),
+        Some("https") => return Err(UpstreamUrlError::Https),
+        _ => return Err(UpstreamUrlError::Scheme(upstream.to_string())),
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!("{upstream:?} must not have a path or query"));
+        return Err(UpstreamUrlError::PathOrQuery(upstream.to_string()));
     }
     uri.authority()
         .cloned()
-        .ok_or_else(|| format!("{upstream:?} has no host"))
+        .ok_or_else(|| UpstreamUrlError::NoHost(upstream.to_string()))
 }
 
 fn section<T: DeserializeOwned + Default>(

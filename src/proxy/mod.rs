@@ -56,6 +56,16 @@ pub struct CacheSettings {
     pub coalesce_timeout: Duration,
 }
 
+/// Why the request path cannot be built from a config (which `check`
+/// would have refused).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Routes(Vec<crate::config::Problem>),
+    #[error("proxy.upstream: {0}")]
+    Upstream(#[from] crate::config::UpstreamUrlError),
+}
+
 pub struct Proxy {
     store: Arc<Store>,
     upstream: Upstream,
@@ -76,8 +86,8 @@ impl Proxy {
         metrics: Arc<Metrics>,
         detector: Arc<Detector>,
         redis: Option<Arc<RedisTier>>,
-    ) -> Result<Proxy, String> {
-        let routes = Routes::compile(&config.routes).map_err(|p| format!("{p:?}"))?;
+    ) -> Result<Proxy, ProxyError> {
+        let routes = Routes::compile(&config.routes).map_err(ProxyError::Routes)?;
         let c = &config.cache;
         let l2 = redis.filter(|r| r.stores_responses());
         Ok(Proxy {

@@ -21,6 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::cache::policy::strip_hop_by_hop;
+use crate::config::UpstreamUrlError;
 use crate::metrics::Metrics;
 
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -146,7 +147,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(url: &str, timeout: Duration) -> Result<Upstream, String> {
+    pub fn new(url: &str, timeout: Duration) -> Result<Upstream, UpstreamUrlError> {
         let authority = crate::config::upstream_authority(url)?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
