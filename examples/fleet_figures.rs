@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use oddscache::cache::{Entry, Lookup, NewEntry};
 use oddscache::config::{Config, Overrides, SHIPPED};
-use oddscache::invalidate::{Origin, Request, Target};
+use oddscache::invalidate::{Invalidation, Origin, Target};
 use oddscache::watch::{GameId, Reason};
 use oddscache::{shutdown, Core};
 
@@ -152,7 +152,7 @@ async fn fanout(redis: &Redis, changes: usize) {
         drop(ticket);
         let started = Instant::now();
         a.invalidator
-            .invalidate(Request {
+            .invalidate(Invalidation {
                 target: Target::Game {
                     game_id: GameId::try_from(id.as_str()).unwrap(),
                     sport_id: None,
@@ -255,8 +255,8 @@ async fn tag_costs(redis: &Redis) {
     }
 }
 
-fn game(id: &str) -> Request {
-    Request {
+fn game(id: &str) -> Invalidation {
+    Invalidation {
         target: Target::Game {
             game_id: GameId::try_from(id).unwrap(),
             sport_id: None,

@@ -17,7 +17,7 @@ use oddscache::invalidate::detect::Detector;
 use oddscache::invalidate::known::Known;
 use oddscache::invalidate::redis::RedisTier;
 use oddscache::invalidate::wire::{self, Message};
-use oddscache::invalidate::{Event, Invalidator, Origin, Request, Target};
+use oddscache::invalidate::{Event, Invalidation, Invalidator, Origin, Target};
 use oddscache::shutdown;
 use oddscache::watch::{self, GameSnapshot, Reason};
 use redis::AsyncCommands;
@@ -455,7 +455,7 @@ async fn a_manual_invalidation_resets_the_fleet_baseline() {
         r.detector.observe(&snapshot(r, game, "in_progress")).await;
     }
     r1.inv
-        .invalidate(Request {
+        .invalidate(Invalidation {
             target: Target::Game {
                 game_id: watch::GameId::try_from(game).unwrap(),
                 sport_id: None,
@@ -802,7 +802,7 @@ async fn figures_propagation_latency_and_bulk_delete() {
         let started = Instant::now();
         let event = origin
             .inv
-            .invalidate(Request {
+            .invalidate(Invalidation {
                 target: Target::Game {
                     game_id: game.as_str().try_into().unwrap(),
                     sport_id: None,

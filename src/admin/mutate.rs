@@ -16,7 +16,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::{error, json, Admin, AdminBody};
-use crate::invalidate::{Origin, Request as Invalidation, Target};
+use crate::invalidate::{Invalidation, Origin, Target};
 use crate::watch::{is_valid_id, GameId, Reason};
 
 /// Largest accepted request body.

@@ -70,7 +70,7 @@ pub struct Entry {
 
 /// How an entry stands at a given instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Freshness {
+pub enum Standing {
     Fresh,
     /// Expired, but within `stale-while-revalidate`.
     StaleRevalidate,
@@ -262,15 +262,15 @@ impl Entry {
         fresh - self.resident(now).as_secs() as i64
     }
 
-    pub fn freshness(&self, now: Instant) -> Freshness {
+    pub fn freshness(&self, now: Instant) -> Standing {
         let resident = self.resident(now);
         let fresh_for = self.fresh_for();
         if resident < fresh_for {
-            Freshness::Fresh
+            Standing::Fresh
         } else if !self.must_revalidate && resident < fresh_for + self.stale_while_revalidate() {
-            Freshness::StaleRevalidate
+            Standing::StaleRevalidate
         } else {
-            Freshness::Stale
+            Standing::Stale
         }
     }
 
@@ -797,14 +797,14 @@ mod tests {
     fn freshness_windows() {
         let e = entry(10, 5, 60);
         let t0 = e.stored_at();
-        assert_eq!(e.freshness(t0), Freshness::Fresh);
+        assert_eq!(e.freshness(t0), Standing::Fresh);
         assert_eq!(e.age(t0 + Duration::from_secs(3)).as_secs(), 5);
         assert_eq!(e.ttl_secs(t0 + Duration::from_secs(3)), 7);
         assert_eq!(
             e.freshness(t0 + Duration::from_secs(11)),
-            Freshness::StaleRevalidate
+            Standing::StaleRevalidate
         );
-        assert_eq!(e.freshness(t0 + Duration::from_secs(15)), Freshness::Stale);
+        assert_eq!(e.freshness(t0 + Duration::from_secs(15)), Standing::Stale);
         assert_eq!(e.ttl_secs(t0 + Duration::from_secs(15)), -5);
         assert!(e.usable_on_error(t0 + Duration::from_secs(69)));
         assert!(!e.usable_on_error(t0 + Duration::from_secs(70)));

@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::entry::{since_epoch, Entry, Freshness};
+use super::entry::{since_epoch, Entry, Standing};
 use super::store::is_local_tag;
 
 /// Whether `entry` may be served at all: no invalidation has found it.
@@ -308,10 +308,10 @@ impl Ledger {
     /// How `entry` stands at `now` for serving: its own freshness, except
     /// that while the replica is cut off from the fleet a tagged entry older
     /// than the outage bound counts as expired (it revalidates).
-    pub fn freshness(&self, entry: &Entry, now: Instant) -> Freshness {
+    pub fn freshness(&self, entry: &Entry, now: Instant) -> Standing {
         let own = entry.freshness(now);
-        if own != Freshness::Stale && self.beyond_outage_bound(entry, now) {
-            Freshness::Stale
+        if own != Standing::Stale && self.beyond_outage_bound(entry, now) {
+            Standing::Stale
         } else {
             own
         }

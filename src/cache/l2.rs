@@ -413,11 +413,11 @@ mod tests {
         assert_eq!(rebuilt.fresh_for(), Duration::from_millis(5000));
         assert_eq!(
             rebuilt.freshness(now + Duration::from_millis(3499)),
-            crate::cache::Freshness::Fresh
+            crate::cache::Standing::Fresh
         );
         assert_ne!(
             rebuilt.freshness(now + Duration::from_millis(3501)),
-            crate::cache::Freshness::Fresh
+            crate::cache::Standing::Fresh
         );
         assert_eq!(rebuilt.stale_if_error(), Duration::from_secs(300));
         assert_eq!(rebuilt.key(), "/k");

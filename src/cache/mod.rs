@@ -11,5 +11,5 @@ pub mod l2;
 pub mod policy;
 pub mod store;
 
-pub use entry::{Entry, Freshness, NewEntry};
+pub use entry::{Entry, NewEntry, Standing};
 pub use store::{Fill, FillState, Lookup, Store};

@@ -388,7 +388,7 @@ impl Store {
     }
 
     /// How `entry` stands for serving at `now` (see [`Ledger::freshness`]).
-    pub fn freshness(&self, entry: &Entry, now: Instant) -> crate::cache::Freshness {
+    pub fn freshness(&self, entry: &Entry, now: Instant) -> crate::cache::Standing {
         self.shared.ledger.freshness(entry, now)
     }
 
@@ -1053,20 +1053,20 @@ mod tests {
         let old = entry_at("/a", &["game:1"], Instant::now() - Duration::from_secs(10));
         let plain = entry_at("/p", &[], Instant::now() - Duration::from_secs(10));
         let now = Instant::now();
-        assert_eq!(store.freshness(&old, now), crate::cache::Freshness::Fresh);
+        assert_eq!(store.freshness(&old, now), crate::cache::Standing::Fresh);
         store.ledger().join_fleet();
-        assert_eq!(store.freshness(&old, now), crate::cache::Freshness::Stale);
+        assert_eq!(store.freshness(&old, now), crate::cache::Standing::Stale);
         assert!(!store.ledger().usable_on_error(&old, now));
         store.ledger().caught_up(now);
-        assert_eq!(store.freshness(&old, now), crate::cache::Freshness::Fresh);
+        assert_eq!(store.freshness(&old, now), crate::cache::Standing::Fresh);
         // Silent for longer than a heartbeat: cut off again.
         let later = now + crate::cache::freshness::LOG_SILENCE + Duration::from_millis(10);
         assert!(store.ledger().is_cut_off(later));
         store.ledger().join_fleet();
         // Untagged entries are not the fleet's to invalidate.
-        assert_eq!(store.freshness(&plain, now), crate::cache::Freshness::Fresh);
+        assert_eq!(store.freshness(&plain, now), crate::cache::Standing::Fresh);
         let young = entry("/y", &["game:1"]);
-        assert_eq!(store.freshness(&young, now), crate::cache::Freshness::Fresh);
+        assert_eq!(store.freshness(&young, now), crate::cache::Standing::Fresh);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::watch::{self, GameId, GameSnapshot, Reason, Status, WatchRules};
 
 use super::known::{adopt, Known, KnownGames};
-use super::{Invalidator, Origin, Request, Target};
+use super::{Invalidation, Invalidator, Origin, Target};
 
 /// Upstream status values logged as unknown, at most.
 const LOGGED_UNKNOWN: usize = 1000;
@@ -228,7 +228,7 @@ impl Detector {
                         // compare it with the seed.
                         if change.is_none() && self.may_have_copies(&g.game_id).await {
                             adopt(&self.known, g.game_id.clone(), next.clone());
-                            let req = Request {
+                            let req = Invalidation {
                                 target: Target::Game {
                                     game_id: g.game_id.clone(),
                                     sport_id: g.sport_id.clone(),
@@ -309,7 +309,7 @@ impl Detector {
                 return caused;
             };
             let status_changed = change.from != change.to;
-            let req = Request {
+            let req = Invalidation {
                 target: Target::Game {
                     game_id: g.game_id.clone(),
                     sport_id: g.sport_id.clone(),

@@ -92,7 +92,7 @@ impl Target {
 
 /// One request at the door.
 #[derive(Clone, Debug)]
-pub struct Request {
+pub struct Invalidation {
     pub target: Target,
     pub reason: Reason,
     pub origin: Origin,
@@ -175,12 +175,12 @@ impl Invalidator {
     }
 
     /// Invalidates `req.target` in L1 at once, then in Redis and the fleet.
-    pub async fn invalidate(&self, req: Request) -> Arc<Event> {
+    pub async fn invalidate(&self, req: Invalidation) -> Arc<Event> {
         self.invalidate_seq(req).await.0
     }
 
     /// [`Self::invalidate`], with the L1 invalidation's sequence number.
-    pub async fn invalidate_seq(&self, req: Request) -> (Arc<Event>, u64) {
+    pub async fn invalidate_seq(&self, req: Invalidation) -> (Arc<Event>, u64) {
         let tags = req.target.tags();
         // Until Redis has deleted them too, copies read back from the L2
         // count as older than this invalidation.

@@ -28,7 +28,7 @@ use crate::watch::{GameSnapshot, Reason};
 /// What a fetch fills: the URI's primary key (the stored key follows from
 /// it and the response's `Vary`), and the expired entry it may revalidate
 /// or fall back on.
-pub struct Target {
+pub struct FillTarget {
     pub primary: Arc<str>,
     pub stale: Option<Arc<Entry>>,
 }
@@ -90,7 +90,7 @@ impl Proxy {
         self: &Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
-        target: Target,
+        target: FillTarget,
         guard: Option<FillGuard>,
     ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
@@ -108,7 +108,7 @@ impl Proxy {
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
         peer: SocketAddr,
-        target: Target,
+        target: FillTarget,
         guard: Option<FillGuard>,
     ) -> Response<ProxyBody> {
         let mut ticket = self.store.begin_fetch();
@@ -297,7 +297,7 @@ impl Proxy {
         resp: Response<Incoming>,
         method: &Method,
         client_headers: &HeaderMap,
-        target: Target,
+        target: FillTarget,
         ticket: &mut FetchTicket,
         guard: Option<FillGuard>,
     ) -> Response<ProxyBody> {
@@ -487,7 +487,7 @@ impl Proxy {
     /// Drops the cached entries of a URI after a successful unsafe method,
     /// on every replica and in the L2, through the one door.
     async fn drop_uri(&self, method: &Method, primary: &str, status: StatusCode) {
-        let req = invalidate::Request {
+        let req = invalidate::Invalidation {
             target: invalidate::Target::Uri {
                 primary: primary.to_string(),
             },

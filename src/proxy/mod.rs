@@ -25,7 +25,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tracing::debug;
 
-use crate::cache::entry::Freshness;
+use crate::cache::entry::Standing;
 use crate::cache::key;
 use crate::cache::policy::{CacheStatus, Fwd};
 use crate::cache::store::{wait_fill, Fill, FillState, Lookup, Store};
@@ -206,7 +206,7 @@ impl Proxy {
             return None;
         };
         let now = Instant::now();
-        if !matches!(self.store.freshness(&e, now), Freshness::Fresh) {
+        if !matches!(self.store.freshness(&e, now), Standing::Fresh) {
             return None;
         }
         self.metrics.hits.inc();
@@ -239,11 +239,11 @@ impl Proxy {
                 let (found, key) = self.store.lookup(&primary, req.headers());
                 let stale = match found {
                     Lookup::Found(e) => match self.store.freshness(&e, now) {
-                        Freshness::Fresh => {
+                        Standing::Fresh => {
                             self.metrics.hits.inc();
                             return respond::hit(req.method(), req.headers(), &e, now);
                         }
-                        Freshness::StaleRevalidate => {
+                        Standing::StaleRevalidate => {
                             self.metrics.stale.inc();
                             self.refresh_in_background(&req, key.as_str(), &primary);
                             let status = CacheStatus {
@@ -261,7 +261,7 @@ impl Proxy {
                                 status,
                             );
                         }
-                        Freshness::Stale => Some(e),
+                        Standing::Stale => Some(e),
                     },
                     Lookup::Miss => None,
                 };
@@ -280,7 +280,7 @@ impl Proxy {
                     // lead has stored a fresh entry: serve it instead of
                     // asking the upstream a second time.
                     if let (Lookup::Found(e), _) = self.store.lookup(&primary, req.headers()) {
-                        if matches!(self.store.freshness(&e, Instant::now()), Freshness::Fresh) {
+                        if matches!(self.store.freshness(&e, Instant::now()), Standing::Fresh) {
                             guard.finish(FillState::Filled(e));
                             continue;
                         }
@@ -293,7 +293,7 @@ impl Proxy {
                         Err(guard) => guard,
                     };
                     return self
-                        .fetch(req, peer, fill::Target { primary, stale }, Some(guard))
+                        .fetch(req, peer, fill::FillTarget { primary, stale }, Some(guard))
                         .await;
                 }
                 Fill::Wait(rx) => match wait_fill(rx, self.settings.coalesce_timeout).await {
@@ -326,12 +326,12 @@ impl Proxy {
                             return self.failed(&method, &headers, stale, None, err.clone());
                         }
                         return self
-                            .fetch(req, peer, fill::Target { primary, stale }, None)
+                            .fetch(req, peer, fill::FillTarget { primary, stale }, None)
                             .await;
                     }
                     Some(FillState::NotStored) | Some(FillState::Pending) | None => {
                         return self
-                            .fetch(req, peer, fill::Target { primary, stale }, None)
+                            .fetch(req, peer, fill::FillTarget { primary, stale }, None)
                             .await
                     }
                 },
@@ -348,7 +348,7 @@ impl Proxy {
         parts.method = Method::GET;
         parts.uri = req.uri().clone();
         parts.headers = req.headers().clone();
-        let target = fill::Target {
+        let target = fill::FillTarget {
             primary: primary.into(),
             stale: None,
         };
