@@ -89,6 +89,7 @@ impl Core {
                 invalidate::redis::RedisTier::start(
                     rc,
                     (&config.replica_id, &instance),
+                    Arc::clone(&store),
                     Arc::clone(&metrics),
                     signal.clone(),
                 )

@@ -135,9 +135,6 @@ impl Invalidator {
             .iter()
             .filter_map(|p| crate::config::route::check_key_pattern(p).ok())
             .collect();
-        if let Some(redis) = &redis {
-            redis.attach_store(Arc::clone(&store));
-        }
         Invalidator {
             store,
             metrics,

@@ -25,7 +25,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use redis::aio::ConnectionManager;
@@ -219,7 +219,7 @@ pub struct RedisTier {
     store_responses: bool,
     /// The L1, so the writer can skip L2 copies of entries that were
     /// invalidated while queued. Set once by the invalidation door.
-    store: OnceLock<Arc<Store>>,
+    store: Arc<Store>,
     queue: mpsc::Sender<Registration>,
     metrics: Arc<Metrics>,
     cas: redis::Script,
@@ -239,6 +239,7 @@ impl RedisTier {
     pub fn start(
         cfg: &RedisConfig,
         identity: (&str, &str),
+        store: Arc<Store>,
         metrics: Arc<Metrics>,
         shutdown: shutdown::Signal,
     ) -> Result<Arc<RedisTier>, RedisError> {
@@ -298,7 +299,7 @@ impl RedisTier {
             drainer: Mutex::new(None),
             timeout: cfg.command_timeout.get(),
             store_responses: cfg.store_responses,
-            store: OnceLock::new(),
+            store,
             queue: tx,
             metrics,
             cas: redis::Script::new(CAS_LUA),
@@ -343,12 +344,6 @@ impl RedisTier {
     /// Whether this tier keeps the shared L2 of response bodies.
     pub fn stores_responses(&self) -> bool {
         self.store_responses
-    }
-
-    /// Lets the writer check that an entry is still in `store` before
-    /// copying it to the L2.
-    pub fn attach_store(&self, store: Arc<Store>) {
-        let _ = self.store.set(store);
     }
 
     pub fn game_key(&self, id: &GameId) -> String {
@@ -698,10 +693,8 @@ impl RedisTier {
     /// when no peer could use it any more: expired, or no longer the
     /// entry in L1 (invalidated or replaced while it waited).
     fn l2_value(&self, entry: &Arc<Entry>, fetch_began: Instant) -> Option<(Vec<u8>, u64)> {
-        if let Some(store) = self.store.get() {
-            if !store.is_current(entry) {
-                return None;
-            }
+        if !self.store.is_current(entry) {
+            return None;
         }
         let resident = Instant::now().saturating_duration_since(entry.stored_at());
         if resident >= entry.fresh_for() {
@@ -823,7 +816,7 @@ impl RedisTier {
             // invalidations they applied: `Marks`.)
             let stale: Vec<&String> = written
                 .iter()
-                .filter(|(e, _)| self.store.get().is_some_and(|s| !s.is_current(e)))
+                .filter(|(e, _)| !self.store.is_current(e))
                 .map(|(_, m)| *m)
                 .collect();
             if !stale.is_empty() {
