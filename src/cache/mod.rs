@@ -8,8 +8,10 @@ pub mod entry;
 pub mod freshness;
 pub mod key;
 pub mod l2;
+pub mod lock;
 pub mod policy;
 pub mod store;
+mod tags;
 
 pub use entry::{Entry, NewEntry, Standing};
 pub use store::{Fill, FillState, Lookup, Store};

@@ -218,7 +218,7 @@ pub struct RedisTier {
     timeout: Duration,
     store_responses: bool,
     /// The L1, so the writer can skip L2 copies of entries that were
-    /// invalidated while queued. Set once by the invalidation door.
+    /// invalidated while queued.
     store: Arc<Store>,
     queue: mpsc::Sender<Registration>,
     metrics: Arc<Metrics>,
