@@ -6,6 +6,7 @@
 
 pub mod entry;
 pub mod freshness;
+mod intern;
 pub mod key;
 pub mod l2;
 pub mod lock;
