@@ -1,20 +1,33 @@
 //! oddscache: a sidecar reverse-proxy cache for live-odds APIs.
 //!
 //! The request path flows one way: admit → key → lookup → hit, or
-//! upstream → watch → store. Changes the watcher notices go through one
-//! invalidation door, which the admin API and the Redis subscriber use too.
+//! upstream → watch → store. Every invalidation, whoever asks for it (the
+//! watcher, an unsafe method, the admin API, a peer's log entry), goes
+//! through one door, [`invalidate::Invalidator`].
 //!
 //! Map of the crate:
-//! - [`config`]: the TOML contract, CLI/env overrides and validation.
 //! - [`server`]: the accept loop shared by the proxy and admin listeners,
-//!   with its drain and its request-head deadlines.
-//! - [`shutdown`]: the signal that drains both listeners.
-//! - `proxy/`: the request path and the upstream client.
-//! - `cache/`: keys, HTTP caching rules, the moka L1 and its tag index.
-//! - `invalidate/`: the one invalidation door, change detection, the Redis tier.
-//! - [`watch`]: pure extraction of games from JSON bodies and change detection.
-//! - `admin/`: the admin port: stats, events, manual invalidation, metrics.
-//! - `demo/`: the built-in reference odds API simulator.
+//!   with its drain (`server/drain.rs`) and its request-head deadlines
+//!   (`server/header_timer.rs`).
+//! - [`proxy`]: the request path. `mod.rs` routes a request; `admit.rs`
+//!   rate-limits; `fill.rs` fetches, revalidates, stores and forwards
+//!   unsafe methods; `respond.rs` builds every answer; `upstream.rs` is the
+//!   client; `body.rs` the response body.
+//! - [`admin`]: the admin port: stats, events and their SSE stream, manual
+//!   invalidation, metrics, probes.
+//! - [`invalidate`]: the door (`mod.rs`), change detection (`detect.rs`),
+//!   known game state (`known.rs`), the event journal (`events.rs`), the
+//!   wire format (`wire.rs`) and the Redis tier (`redis.rs`, with
+//!   `redis/conn.rs`, `registry.rs`, `state.rs`, `fleet.rs` and the event
+//!   log in `redis/fanout.rs`, `fanout/outbox.rs`, `fanout/reader.rs`).
+//! - [`cache`]: the L1 (`store.rs`, its tag index `tags.rs`, its fill lock
+//!   `lock.rs`), entries (`entry.rs`, sharing `intern.rs`), the freshness
+//!   rule every serving path obeys (`freshness.rs`), keys (`key.rs`), the
+//!   L2 encoding (`l2.rs`) and the HTTP caching rules (`policy/`).
+//! - [`watch`]: pure extraction of games from JSON bodies and diffing.
+//! - [`config`]: the TOML contract, CLI/env overrides and validation.
+//! - [`metrics`], [`shutdown`]: shared by all.
+//! - [`demo`]: the built-in reference odds API simulator.
 #![forbid(unsafe_code)]
 
 pub mod admin;
