@@ -1,7 +1,8 @@
 //! Fetching from the upstream and filling the cache: conditional
 //! revalidation of expired entries, stale-if-error, buffering bodies that
 //! fit `max_object_bytes` (larger or unbounded ones stream through), the
-//! storability decision, and the unsafe-method path.
+//! storability decision and storing. Unsafe methods are in `write`, L2
+//! answers in `from_l2`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,11 +20,11 @@ use super::upstream::{UpstreamBody, UpstreamError};
 use super::Proxy;
 use crate::cache::entry::NewEntry;
 use crate::cache::policy::{self, CacheStatus, FreshnessRules, Fwd};
-use crate::cache::store::{is_local_tag, uri_tag, FetchTicket, FillGuard, FillState};
-use crate::cache::{key, l2, Entry};
+use crate::cache::store::{uri_tag, FetchTicket, FillGuard, FillState};
+use crate::cache::{key, Entry};
+use crate::invalidate::detect::Detector;
 use crate::invalidate::events::unix_ms;
-use crate::invalidate::{self, detect::Detector};
-use crate::watch::{GameSnapshot, Reason};
+use crate::watch::GameSnapshot;
 
 /// What a fetch fills: the URI's primary key (the stored key follows from
 /// it and the response's `Vary`), and the expired entry it may revalidate
@@ -41,7 +42,7 @@ enum Stored {
     Refused(HeaderMap, Bytes, policy::NotStorable),
 }
 
-enum Read {
+pub(super) enum Read {
     Whole(Bytes),
     /// Over the limit: what was read so far, and the rest of the stream.
     Partial(Bytes, Incoming),
@@ -49,7 +50,7 @@ enum Read {
 
 /// Reads up to `limit` bytes; past it, hands back the prefix and the
 /// stream so the body can flow through without being held whole.
-async fn read_limited(mut body: Incoming, limit: usize) -> Result<Read, hyper::Error> {
+pub(super) async fn read_limited(mut body: Incoming, limit: usize) -> Result<Read, hyper::Error> {
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len = 0;
     while let Some(frame) = body.frame().await {
@@ -77,11 +78,11 @@ fn concat(mut chunks: Vec<Bytes>, len: usize) -> Bytes {
     buf.freeze()
 }
 
-fn content_encoding(h: &HeaderMap) -> Option<&str> {
+pub(super) fn content_encoding(h: &HeaderMap) -> Option<&str> {
     h.get(CONTENT_ENCODING).and_then(|v| v.to_str().ok())
 }
 
-fn declared_length(h: &HeaderMap) -> Option<u64> {
+pub(super) fn declared_length(h: &HeaderMap) -> Option<u64> {
     h.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
@@ -394,111 +395,6 @@ impl Proxy {
         self.upstream.timeout()
     }
 
-    /// A fill leader's last stop before the upstream: the shared L2. A
-    /// fresh copy found there is stored in L1, unless an invalidation
-    /// overtook the read, and answered as a HIT; otherwise the fill lock
-    /// comes back for the upstream fetch. Redis being down or slow costs
-    /// nothing or at most `command_timeout` (see `RedisTier::load_response`).
-    pub(super) async fn answer_from_l2(
-        &self,
-        method: &Method,
-        client_headers: &HeaderMap,
-        key: &Arc<str>,
-        primary: &str,
-        guard: FillGuard,
-    ) -> Result<Response<ProxyBody>, FillGuard> {
-        let Some(redis) = &self.l2 else {
-            return Err(guard);
-        };
-        let ticket = self.store.begin_shared_fetch();
-        let raw = match redis.load_response(key).await {
-            Ok(Some(raw)) => raw,
-            Ok(None) => return Err(guard),
-            Err(e) => {
-                tracing::debug!(error = %e, "L2 read failed; filling from upstream");
-                return Err(guard);
-            }
-        };
-        let stored = match l2::decode(Bytes::from(raw)) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, key = %key, "ignored a malformed L2 entry");
-                return Err(guard);
-            }
-        };
-        // Another process stored it: refused if it may predate an
-        // invalidation this replica made or applied, or, while this replica
-        // is cut off from the log, if it is older than the outage bound
-        // (see `freshness`).
-        let ledger = self.store.ledger();
-        let now = Instant::now();
-        let now_ms = unix_ms(SystemTime::now());
-        let tagged = stored.tags.iter().any(|t| !is_local_tag(t));
-        if ledger
-            .marks
-            .predates(stored.tags.iter().map(|t| &**t), stored.fetch_began_ms)
-            || (tagged
-                && ledger.is_cut_off(now)
-                && now_ms.saturating_sub(stored.stored_at_ms)
-                    > u64::try_from(ledger.outage_bound().as_millis()).unwrap_or(u64::MAX))
-        {
-            return Err(guard);
-        }
-        let Some(entry) = stored.into_entry(Arc::clone(key), now_ms, now) else {
-            return Err(guard);
-        };
-        // The copy must sit where a fill of this request would put it.
-        let Ok(vary) = policy::vary_names(&entry.origin_headers()) else {
-            return Err(guard);
-        };
-        let expected = if vary.is_empty() {
-            primary.to_owned()
-        } else {
-            key::variant(primary, &vary, client_headers)
-        };
-        if *expected != **key {
-            return Err(guard);
-        }
-        let entry = Arc::new(entry);
-        if !self
-            .store
-            .insert(&ticket, primary, &vary, Arc::clone(&entry))
-        {
-            return Err(guard);
-        }
-        guard.finish(FillState::Filled(Arc::clone(&entry)));
-        self.metrics.hits.inc();
-        self.metrics.l2_hits.inc();
-        let status = CacheStatus {
-            hit: true,
-            detail: Some("l2"),
-            ..CacheStatus::default()
-        };
-        Ok(respond::from_entry(
-            method,
-            client_headers,
-            &entry,
-            now,
-            XCache::Hit,
-            status,
-        ))
-    }
-
-    /// Drops the cached entries of a URI after a successful unsafe method,
-    /// on every replica and in the L2, through the one door.
-    async fn drop_uri(&self, method: &Method, primary: &str, status: StatusCode) {
-        let req = invalidate::Invalidation {
-            target: invalidate::Target::Uri {
-                primary: primary.to_string(),
-            },
-            reason: Reason::Manual,
-            origin: invalidate::Origin::Local,
-            detail: format!("{method} answered {}", status.as_u16()),
-            state: None,
-        };
-        self.detector.invalidator().invalidate(req).await;
-    }
-
     /// Decides storability and stores.
     #[allow(clippy::too_many_arguments)]
     fn store_entry(
@@ -586,77 +482,10 @@ impl Proxy {
         Stored::Cacheable(entry, stored)
     }
 
-    /// PUT, POST, PATCH, DELETE and the rest: forwarded as they are; a
-    /// success drops the cached entries of the URI (RFC 9111 §4.4).
-    pub(super) async fn forward_unsafe(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<ProxyBody> {
-        let primary = key::primary(req.uri()).into_owned();
-        let method = req.method().clone();
-        let (mut parts, body) = req.into_parts();
-        self.upstream.prepare(&mut parts, peer);
-        let resp = match self
-            .upstream
-            .send(
-                Request::from_parts(parts, Either::Left(body)),
-                &self.metrics,
-            )
-            .await
-        {
-            Ok(resp) => resp,
-            Err(e) => {
-                self.metrics.bypass.inc();
-                return respond::upstream_error(
-                    self.upstream.url(),
-                    &e,
-                    XCache::Bypass,
-                    Fwd::Bypass,
-                );
-            }
-        };
-        self.metrics.bypass.inc();
-        let status = resp.status();
-        if status.is_success() || status.is_redirection() {
-            self.drop_uri(&method, &primary, status).await;
-        }
-        let (mut rparts, rbody) = resp.into_parts();
-        respond::clean_upstream_headers(&mut rparts.headers);
-        let cs = CacheStatus {
-            fwd: Some(Fwd::Bypass),
-            fwd_status: Some(status.as_u16()),
-            ..CacheStatus::default()
-        };
-        respond::label(&mut rparts.headers, XCache::Bypass, cs);
-        // A write answered with a game object is watched like any other.
-        let limit = self.settings.max_object_bytes;
-        if declared_length(&rparts.headers).is_some_and(|n| n > limit as u64) {
-            return Response::from_parts(rparts, ProxyBody::stream(None, rbody));
-        }
-        match read_limited(rbody, limit).await {
-            Ok(Read::Whole(body)) => {
-                if status.is_success() {
-                    self.watch(&rparts.headers, &body, None).await;
-                }
-                Response::from_parts(rparts, ProxyBody::full(body))
-            }
-            Ok(Read::Partial(prefix, rest)) => {
-                Response::from_parts(rparts, ProxyBody::stream(Some(prefix), rest))
-            }
-            Err(e) => respond::upstream_error(
-                self.upstream.url(),
-                &UpstreamError::Body(e.to_string()),
-                XCache::Bypass,
-                Fwd::Bypass,
-            ),
-        }
-    }
-
     /// Finds the games in a body and acts on their changes before the body
     /// is stored. A fetch that an invalidation of its games overtook may
     /// predate the change: its games are not compared, or they would flap.
-    async fn watch(
+    pub(super) async fn watch(
         &self,
         headers: &HeaderMap,
         body: &Bytes,

@@ -8,8 +8,10 @@
 pub mod admit;
 pub mod body;
 mod fill;
+mod from_l2;
 pub mod respond;
 pub mod upstream;
+mod write;
 
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
