@@ -936,6 +936,31 @@ async fn slow_upstream_is_a_504_with_json() {
     assert_eq!(r.cache_status(), "oddscache; fwd=uri-miss; detail=timeout");
 }
 
+/// OPTIONS and TRACE are safe methods (RFC 9110 §9.2.1): a CORS preflight
+/// answered 204 drops nothing, so it costs the fleet no invalidation.
+#[tokio::test]
+async fn a_safe_method_other_than_get_drops_nothing() {
+    let up = Upstream::start(|parts, _| match parts.method {
+        Method::OPTIONS => Reply::new(204).header("access-control-allow-methods", "GET"),
+        _ => Reply::json(GAMES),
+    })
+    .await;
+    let sc = sidecar(&up.url()).await;
+    let c = Client::new();
+    let url = sc.url("/api/v1/games/g-8/odds");
+    assert_eq!(c.get(&url).await.x_cache(), "MISS");
+    let pre = c.send(Method::OPTIONS, &url, &[], "").await;
+    assert_eq!(pre.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        c.get(&url).await.x_cache(),
+        "HIT",
+        "a preflight dropped the entry"
+    );
+    let post = c.send(Method::POST, &url, &[], "{}").await;
+    assert_eq!(post.status, StatusCode::OK);
+    assert_eq!(c.get(&url).await.x_cache(), "MISS");
+}
+
 #[tokio::test]
 async fn invalidated_entry_is_never_served_stale() {
     let up = Upstream::fixed(GAMES).await;

@@ -66,7 +66,9 @@ impl Proxy {
         };
         self.metrics.bypass.inc();
         let status = resp.status();
-        if status.is_success() || status.is_redirection() {
+        // OPTIONS and TRACE are safe (RFC 9110 §9.2.1): a CORS preflight
+        // drops nothing.
+        if (status.is_success() || status.is_redirection()) && !method.is_safe() {
             self.drop_uri(&method, &primary, status).await;
         }
         let (mut rparts, rbody) = resp.into_parts();
