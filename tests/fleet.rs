@@ -195,6 +195,53 @@ async fn an_unsafe_method_through_one_replica_drops_its_uri_on_every_replica() {
     r2.stop().await;
 }
 
+/// A peer's URI invalidation drops the URI's own entry by its tag, even
+/// when the keys the event lists were cut (a long list is cut to fit the
+/// log): here they are empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_logged_uri_invalidation_drops_the_uri_without_its_keys() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
+    redis.wait_fleet_connected(1).await;
+    let http = Http::new();
+    let odds = odds_path(&up.sim.game_ids()[0]);
+    assert_eq!(http.get(&r2.url(&odds)).await.x_cache, "MISS");
+    assert_eq!(http.get(&r2.url(&odds)).await.x_cache, "HIT");
+
+    let event = Event {
+        id: "e-1".into(),
+        at: "2026-12-02T00:00:00.000Z".into(),
+        at_ms: 0,
+        reason: Reason::Manual,
+        game_id: None,
+        tags: vec![format!("#uri {odds}")],
+        keys_deleted: 0,
+        origin: Origin::Local,
+        replica: "r9".into(),
+        detail: "PUT answered 200".into(),
+    };
+    let msg = Message::new(event, "elsewhere", Vec::new(), None);
+    let mut c = redis.conn().await;
+    let _: String = redis::cmd("XADD")
+        .arg("oddscache:events")
+        .arg("*")
+        .arg("m")
+        .arg(wire::encode(&msg))
+        .query_async(&mut c)
+        .await
+        .expect("XADD");
+    let deadline = Instant::now() + PROPAGATION;
+    while http.get(&r2.url(&odds)).await.x_cache == "HIT" {
+        assert!(
+            Instant::now() < deadline,
+            "r2 still serves {odds} {PROPAGATION:?} after a logged PUT on it"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    r2.stop().await;
+}
+
 /// A replica without HTTP: its door, detector and Redis tier, as `run`
 /// wires them, so the events it records can be counted.
 struct Replica {

@@ -136,6 +136,54 @@ async fn a_peer_answers_from_the_l2_until_an_invalidation_removes_it() {
     r2.stop().await;
 }
 
+/// A copy of a URI fetched before a PUT on it, written to the L2 after the
+/// PUT's deletion (a registry writer that raced it), is refused by a peer
+/// that applied the PUT: every copy counts as tagged with its URI.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_that_predates_an_unsafe_method_is_refused_from_the_l2() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let r1 = Sidecar::start(l2_config(&up, &redis, "r1")).await;
+    let r2 = Sidecar::start(l2_config(&up, &redis, "r2")).await;
+    redis.wait_fleet_connected(2).await;
+    let mut c = redis.conn().await;
+    let http = Http::new();
+    let odds = odds_path(&up.sim.game_ids()[0]);
+    assert_eq!(http.get(&r1.url(&odds)).await.x_cache, "MISS");
+    wait_stored(&mut c, &resp_key(&odds)).await;
+    let old: Vec<u8> = c.get(resp_key(&odds)).await.expect("GET the copy");
+    assert_eq!(
+        http.get(&r2.url(&odds)).await.cache_status,
+        "oddscache; hit; detail=l2"
+    );
+
+    let w = http.put(&r1.url(&odds), "{}").await;
+    assert_eq!(w.status, 200);
+    let _: () = c
+        .set_ex(resp_key(&odds), old, 60)
+        .await
+        .expect("write the raced copy back");
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        let r = http.get(&r2.url(&odds)).await;
+        if r.cache_status != "oddscache; hit" {
+            assert_eq!(
+                r.x_cache, "MISS",
+                "r2 served a copy from before the PUT ({})",
+                r.cache_status
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "r2 still serves its L1 copy {PROPAGATION:?} after the PUT"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    r1.stop().await;
+    r2.stop().await;
+}
+
 /// A successful unsafe method drops the L2 copy of its URI along with the
 /// L1 entry (RFC 9111 §4.4), and a value that does not decode is ignored.
 #[tokio::test(flavor = "multi_thread")]

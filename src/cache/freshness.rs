@@ -43,7 +43,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::entry::{since_epoch, Entry, Standing};
-use super::store::is_local_tag;
 
 /// Whether `entry` may be served at all: no invalidation has found it.
 pub fn servable(entry: &Entry) -> bool {
@@ -279,14 +278,14 @@ impl Ledger {
     }
 
     /// Whether the outage bound keeps `entry` from being served at `now`:
-    /// cut off, tagged, and stored longer ago than the bound.
+    /// cut off, and stored longer ago than the bound. Untagged entries too:
+    /// an unsafe method's URI reaches them through the log.
     fn beyond_outage_bound(&self, entry: &Entry, now: Instant) -> bool {
         if !self.is_cut_off(now) {
             return false;
         }
         let bound = Duration::from_millis(self.outage_bound_ms.load(Ordering::Relaxed));
         now.saturating_duration_since(entry.stored_at()) > bound
-            && entry.tags().any(|t| !is_local_tag(t))
     }
 
     /// Whether an expired `entry` may stand in for a failed upstream:

@@ -113,8 +113,8 @@ const EXPIRE_PAUSE_FACTOR: u32 = 200;
 pub struct UriDropped {
     /// Entries removed.
     pub removed: usize,
-    /// The keys of the URI's entries (its variants' too), the URI's own
-    /// always among them: peers and the L2 drop the same.
+    /// The URI's own key, then its variants': peers and the L2 drop the
+    /// same.
     pub keys: Vec<Arc<str>>,
     /// The invalidation's sequence number (see [`FetchTicket::forgive`]).
     pub seq: u64,
@@ -364,8 +364,9 @@ impl Store {
                 .map(Filed::into_entries)
                 .unwrap_or_default()
         };
-        let mut keys: Vec<Arc<str>> = entries.iter().map(|e| Arc::from(e.key())).collect();
-        keys.push(primary.into());
+        // The URI's own key first: a long list is cut from its tail.
+        let mut keys: Vec<Arc<str>> = vec![primary.into()];
+        keys.extend(entries.iter().map(|e| Arc::from(e.key())));
         if let Some(Slot::Entry(e)) = self.get(primary) {
             entries.push(e);
         }
@@ -395,21 +396,24 @@ impl Store {
         killed
     }
 
-    /// Drops every entry that carries a tag (after a Redis resubscribe, when
-    /// invalidations may have been missed); returns how many.
-    pub fn flush_tagged(&self) -> usize {
-        let keys: Vec<Arc<Entry>> = {
+    /// Drops every entry (after the fleet's log could not be replayed, when
+    /// invalidations of any kind may have been missed, an unsafe method's
+    /// URI among them) and refuses the fetches begun before; returns how
+    /// many entries went.
+    pub fn flush(&self) -> usize {
+        let mut entries: Vec<Arc<Entry>> = {
             let mut ep = self.shared.ledger.lock();
             self.shared.ledger.flushed(&mut ep);
             let mut index = self.shared.lock_tags();
-            // Local tags stay indexed: their entries may outlive the flush
-            // (untagged responses), and unsafe methods still need to find them.
-            index
-                .extract_if(|f| !is_local_tag(f.tag()))
-                .flat_map(Filed::into_entries)
-                .collect()
+            index.drain().flat_map(Filed::into_entries).collect()
         };
-        self.remove_keys(keys)
+        // Untagged entries are in no index. Read outside the locks: moka
+        // may run its maintenance, whose listener takes the index's lock.
+        entries.extend(self.cache.iter().filter_map(|(_, slot)| match slot {
+            Slot::Entry(e) => Some(e),
+            Slot::Vary(_) => None,
+        }));
+        self.remove_keys(entries)
     }
 
     /// Kills the entries at once, then removes them from moka: inline for a

@@ -17,7 +17,7 @@ pub mod wire;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::cache::store::uri_tag;
+use crate::cache::store::{uri_tag, URI_TAG_PREFIX};
 use crate::cache::Store;
 use crate::config::{route::Template, Config};
 use crate::metrics::{Metrics, ReasonLabel};
@@ -259,11 +259,12 @@ impl Invalidator {
         (self.record(event), seq)
     }
 
-    /// Every replica drops its tagged L1 entries and its known game states:
-    /// the log cannot cover what it may have missed. Returns the entries
+    /// Every replica drops its L1 entries and its known game states: the
+    /// log cannot cover what it may have missed (game changes, and unsafe
+    /// methods' URIs, whose entries may carry no tag). Returns the entries
     /// dropped.
     pub fn resync(&self, why: &str) -> usize {
-        let dropped = self.store.flush_tagged();
+        let dropped = self.store.flush();
         // Known states may have missed events: the fleet's are read again
         // at each game's next sighting, and these kept only for when Redis
         // has none (a lost state key), so a change is never taken for a
@@ -292,7 +293,7 @@ impl Invalidator {
             wire::Kind::Invalidate => self.apply_peer(msg),
             wire::Kind::Resync => {
                 let dropped = self.resync("peer_overflow");
-                tracing::warn!(dropped, replica = %msg.event.replica, "a peer's outbox overflowed; dropped tagged L1 entries and known game states");
+                tracing::warn!(dropped, replica = %msg.event.replica, "a peer's outbox overflowed; dropped its L1 entries and known game states");
                 None
             }
             wire::Kind::Seed => self.apply_seed(msg),
@@ -409,6 +410,15 @@ impl Invalidator {
         removed += msg
             .keys
             .iter()
+            .filter(|k| self.store.invalidate_key(k))
+            .count() as u64;
+        // An unsafe method's URI by its own key too, whatever the keys say
+        // (a long list is cut to fit the log).
+        removed += msg
+            .event
+            .tags
+            .iter()
+            .filter_map(|t| t.strip_prefix(URI_TAG_PREFIX))
             .filter(|k| self.store.invalidate_key(k))
             .count() as u64;
         let now_ms = events::unix_ms(SystemTime::now());

@@ -12,7 +12,7 @@ use super::body::ProxyBody;
 use super::respond::{self, XCache};
 use super::Proxy;
 use crate::cache::policy::{self, CacheStatus};
-use crate::cache::store::{is_local_tag, FillGuard, FillState};
+use crate::cache::store::{uri_tag, FillGuard, FillState};
 use crate::cache::{key, l2};
 use crate::invalidate::events::unix_ms;
 
@@ -56,14 +56,16 @@ impl Proxy {
         let ledger = self.store.ledger();
         let now = Instant::now();
         let now_ms = unix_ms(SystemTime::now());
-        let tagged = stored.tags.iter().any(|t| !is_local_tag(t));
-        if ledger
-            .marks
-            .predates(stored.tags.iter().map(|t| &**t), stored.fetch_began_ms)
-            || (tagged
-                && ledger.is_cut_off(now)
-                && now_ms.saturating_sub(stored.stored_at_ms)
-                    > u64::try_from(ledger.outage_bound().as_millis()).unwrap_or(u64::MAX))
+        // Every copy counts as tagged with its URI, as `Store::insert`
+        // counts every entry: a PUT applied here refuses copies fetched
+        // before it, the URI's own included.
+        let uri = uri_tag(primary);
+        if ledger.marks.predates(
+            stored.tags.iter().map(|t| &**t).chain([&*uri]),
+            stored.fetch_began_ms,
+        ) || (ledger.is_cut_off(now)
+            && now_ms.saturating_sub(stored.stored_at_ms)
+                > u64::try_from(ledger.outage_bound().as_millis()).unwrap_or(u64::MAX))
         {
             return Err(guard);
         }

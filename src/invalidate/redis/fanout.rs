@@ -19,7 +19,7 @@
 //!   connection is made again. After any reconnection the replica goes on
 //!   from its last entry, so it replays in order what it missed; only when
 //!   that entry is gone from the log (trimmed away, or the stream lost in a
-//!   restart or failover) does it resync: it drops its tagged L1 entries
+//!   restart or failover) does it resync: it drops its L1 entries
 //!   and its known game states.
 //! - **Where the log lives.** One key, so one slot in a cluster: the reader
 //!   connects to a seed and follows `ROLE` (a replica names its primary)

@@ -116,7 +116,7 @@ impl RedisTier {
         let why = if last.is_some() { "gap" } else { "start" };
         let dropped = invalidator.resync(why);
         if why == "gap" {
-            tracing::warn!(dropped, last = last.as_deref().unwrap_or(""), head = %head, "the invalidation log no longer holds the last entry this replica applied (trimmed, or lost in a Redis restart or failover); dropped tagged L1 entries and known game states");
+            tracing::warn!(dropped, last = last.as_deref().unwrap_or(""), head = %head, "the invalidation log no longer holds the last entry this replica applied (trimmed, or lost in a Redis restart or failover); dropped its L1 entries and known game states");
         }
         *last = Some(head);
         Ok(())
@@ -153,7 +153,7 @@ impl RedisTier {
                     Ok(false) => {}
                     Ok(true) => {
                         let dropped = invalidator.resync("gap");
-                        tracing::warn!(dropped, last = %from, "the invalidation log was trimmed past this replica's last entry while it caught up; dropped tagged L1 entries and known game states");
+                        tracing::warn!(dropped, last = %from, "the invalidation log was trimmed past this replica's last entry while it caught up; dropped its L1 entries and known game states");
                     }
                     Err(e) => return e,
                 }
