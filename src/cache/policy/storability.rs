@@ -220,16 +220,18 @@ pub fn storability(
     let (lifetime, source) = match explicit {
         Some(lifetime) => (lifetime, FreshnessSource::Origin),
         None if !heuristically_cacheable(status) => return Err(NotStorable::Status),
-        None if rules.unmatched() => {
-            let plain = rules.plain && rules.honor_origin;
-            match heuristic_lifetime(resp_headers, now).filter(|_| plain) {
-                Some(lifetime) => (lifetime, FreshnessSource::Heuristic),
-                None if plain && cc.no_cache && has_validator(resp_headers) => {
-                    (Duration::ZERO, FreshnessSource::Origin)
-                }
-                None => return Err(NotStorable::NoFreshness),
-            }
+        None if rules.unmatched() && !(rules.plain && rules.honor_origin) => {
+            return Err(NotStorable::NoFreshness)
         }
+        // A plain shared cache: heuristic freshness, or a `no-cache`
+        // response kept to be revalidated on each use.
+        None if rules.unmatched() => match heuristic_lifetime(resp_headers, now) {
+            Some(lifetime) => (lifetime, FreshnessSource::Heuristic),
+            None if cc.no_cache && has_validator(resp_headers) => {
+                (Duration::ZERO, FreshnessSource::Origin)
+            }
+            None => return Err(NotStorable::NoFreshness),
+        },
         None => match (rules.route_ttl, rules.status_ttl, rules.default_ttl) {
             (Some(ttl), _, _) => (ttl, FreshnessSource::Route),
             (None, Some(ttl), _) => (ttl, FreshnessSource::Status),
