@@ -148,15 +148,9 @@ async fn queued_invalidations_reach_the_log_before_a_sidecar_exits() {
     assert_eq!(w.game_status(), "in_progress");
     relay.heal();
     b.stop().await;
-    let mut c = redis.conn().await;
-    let log: redis::Value = redis::cmd("XRANGE")
-        .arg("oddscache:events")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut c)
+    let from_b: Vec<_> = redis
+        .log()
         .await
-        .unwrap();
-    let from_b: Vec<_> = redis_server::log_messages(log)
         .into_iter()
         .filter(|m| m.event.replica == "b" && m.event.game_id.as_deref() == Some(id.as_str()))
         .collect();

@@ -169,15 +169,9 @@ async fn an_unsafe_method_through_one_replica_drops_its_uri_on_every_replica() {
         tokio::time::sleep(POLL).await;
     }
 
-    let mut c = redis.conn().await;
-    let log: redis::Value = redis::cmd("XRANGE")
-        .arg("oddscache:events")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut c)
+    let uri: Vec<_> = redis
+        .log()
         .await
-        .expect("XRANGE");
-    let uri: Vec<_> = redis_server::log_messages(log)
         .into_iter()
         .filter(|m| m.event.replica == "r1" && m.event.reason == Reason::Manual)
         .collect();

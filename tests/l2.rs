@@ -32,6 +32,34 @@ fn l2_config(up: &Upstream, redis: &RedisServer, replica: &str) -> Config {
     cfg
 }
 
+/// Two sidecars sharing the L2, both reading the log, with a Redis
+/// connection and a client for the test.
+struct Pair {
+    redis: RedisServer,
+    up: Upstream,
+    r1: Sidecar,
+    r2: Sidecar,
+    c: redis::aio::MultiplexedConnection,
+    http: Http,
+}
+
+async fn pair() -> Pair {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let r1 = Sidecar::start(l2_config(&up, &redis, "r1")).await;
+    let r2 = Sidecar::start(l2_config(&up, &redis, "r2")).await;
+    redis.wait_fleet_connected(2).await;
+    let c = redis.conn().await;
+    Pair {
+        redis,
+        up,
+        r1,
+        r2,
+        c,
+        http: Http::new(),
+    }
+}
+
 fn odds_path(id: &str) -> String {
     format!("/api/v1/games/{id}/odds")
 }
@@ -57,13 +85,14 @@ async fn wait_stored(c: &mut redis::aio::MultiplexedConnection, key: &str) {
 /// old body from the L2 again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_answers_from_the_l2_until_an_invalidation_removes_it() {
-    let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let r1 = Sidecar::start(l2_config(&up, &redis, "r1")).await;
-    let r2 = Sidecar::start(l2_config(&up, &redis, "r2")).await;
-    redis.wait_fleet_connected(2).await;
-    let mut c = redis.conn().await;
-    let http = Http::new();
+    let Pair {
+        redis: _redis,
+        up,
+        r1,
+        r2,
+        mut c,
+        http,
+    } = pair().await;
     let id = up.sim.game_ids()[0].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
     let odds = odds_path(&id);
@@ -141,13 +170,14 @@ async fn a_peer_answers_from_the_l2_until_an_invalidation_removes_it() {
 /// that applied the PUT: every copy counts as tagged with its URI.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_copy_that_predates_an_unsafe_method_is_refused_from_the_l2() {
-    let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let r1 = Sidecar::start(l2_config(&up, &redis, "r1")).await;
-    let r2 = Sidecar::start(l2_config(&up, &redis, "r2")).await;
-    redis.wait_fleet_connected(2).await;
-    let mut c = redis.conn().await;
-    let http = Http::new();
+    let Pair {
+        redis: _redis,
+        up,
+        r1,
+        r2,
+        mut c,
+        http,
+    } = pair().await;
     let odds = odds_path(&up.sim.game_ids()[0]);
     assert_eq!(http.get(&r1.url(&odds)).await.x_cache, "MISS");
     wait_stored(&mut c, &resp_key(&odds)).await;
@@ -188,13 +218,14 @@ async fn a_copy_that_predates_an_unsafe_method_is_refused_from_the_l2() {
 /// L1 entry (RFC 9111 §4.4), and a value that does not decode is ignored.
 #[tokio::test(flavor = "multi_thread")]
 async fn unsafe_methods_and_junk_do_not_serve_from_the_l2() {
-    let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let r1 = Sidecar::start(l2_config(&up, &redis, "r1")).await;
-    let r2 = Sidecar::start(l2_config(&up, &redis, "r2")).await;
-    redis.wait_fleet_connected(2).await;
-    let mut c = redis.conn().await;
-    let http = Http::new();
+    let Pair {
+        redis: _redis,
+        up,
+        r1,
+        r2,
+        mut c,
+        http,
+    } = pair().await;
     let ids = up.sim.game_ids();
     let odds = odds_path(&ids[0]);
 

@@ -67,6 +67,20 @@ impl RedisServer {
             .expect("cannot connect to the test Redis")
     }
 
+    /// Every invalidation message in the event log (`oddscache:events`),
+    /// oldest first.
+    pub async fn log(&self) -> Vec<oddscache::invalidate::wire::Message> {
+        let mut c = self.conn().await;
+        let reply: redis::Value = redis::cmd("XRANGE")
+            .arg("oddscache:events")
+            .arg("-")
+            .arg("+")
+            .query_async(&mut c)
+            .await
+            .expect("XRANGE the event log");
+        log_messages(reply)
+    }
+
     /// Readiness probe: `n` replicas hold their command connection and are
     /// reading the event log (a client blocked in `XREAD`), bounded by
     /// `READY_WITHIN`.
