@@ -37,6 +37,8 @@ pub mod demo;
 pub mod invalidate;
 pub mod metrics;
 pub mod proxy;
+pub mod push;
+pub mod query;
 pub mod server;
 pub mod shutdown;
 pub mod watch;
@@ -208,12 +210,21 @@ impl Sidecar {
             detector,
             ..
         } = Core::start(&config, signal.clone())?;
+        let push = config.push.as_ref().map(|pc| {
+            push::Push::start(
+                pc,
+                Arc::clone(&invalidator),
+                metrics.push.clone(),
+                signal.clone(),
+            )
+        });
         let proxy = proxy::Proxy::new(
             &config,
             Arc::clone(&store),
             Arc::clone(&metrics),
             detector,
             redis,
+            push,
         )?;
         if let Some(admission) = proxy.admission() {
             admission.spawn_pruner(signal.clone());

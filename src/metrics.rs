@@ -98,6 +98,27 @@ pub struct Metrics {
     /// The worst lag behind the log among live replicas, as this replica
     /// last read their confirmations.
     pub fleet_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub push: PushMetrics,
+}
+
+/// Change hints to browsers (SPEC §8).
+#[derive(Clone, Debug, Default)]
+pub struct PushMetrics {
+    /// Streams open now, SSE and WebSocket.
+    pub clients: Gauge,
+    /// Hints written to clients, one per client per hint.
+    pub messages: Counter,
+    /// Clients dropped or refused: `slow` (fell a whole buffer behind),
+    /// `max_clients` (refused at `push.max_clients`).
+    pub dropped: Family<WhyLabel, Counter>,
+}
+
+impl PushMetrics {
+    pub fn dropped(&self, why: &str) {
+        self.dropped
+            .get_or_create(&WhyLabel { why: why.into() })
+            .inc();
+    }
 }
 
 impl Metrics {
@@ -272,6 +293,25 @@ impl Metrics {
             "The worst lag behind the event log among live replicas",
             fleet_lag_seconds.clone(),
         );
+        let push = PushMetrics::default();
+        registry.register(
+            "push_clients",
+            "Open change-hint streams on the proxy port",
+            push.clients.clone(),
+        );
+        registry.register(
+            "push_messages",
+            "Change hints written to clients",
+            push.messages.clone(),
+        );
+        registry.register(
+            "push_dropped",
+            "Change-hint clients dropped for falling behind, or refused at push.max_clients",
+            push.dropped.clone(),
+        );
+        for why in ["slow", "max_clients"] {
+            let _ = push.dropped.get_or_create(&WhyLabel { why: why.into() });
+        }
         Arc::new(Metrics {
             registry,
             hits,
@@ -301,6 +341,7 @@ impl Metrics {
             outbox_events,
             outbox_overflows,
             fleet_lag_seconds,
+            push,
         })
     }
 

@@ -151,10 +151,8 @@ pub fn parse_events_query(query: Option<&str>, capacity: usize) -> Result<Events
         game_id: None,
     };
     let mut seen = [false; 3];
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = percent_decode(name).ok_or("the query is not valid percent-encoding")?;
-        let value = percent_decode(value).ok_or("the query is not valid percent-encoding")?;
+    for pair in crate::query::pairs(query) {
+        let (name, value) = pair?;
         let slot = match name.as_str() {
             "limit" => 0,
             "reason" => 1,
@@ -185,25 +183,6 @@ pub fn parse_events_query(query: Option<&str>, capacity: usize) -> Result<Events
         }
     }
     Ok(q)
-}
-
-/// Decodes `%XX` escapes and `+` (form encoding); `None` on a broken
-/// escape or bytes that are not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hi = (bytes.next()? as char).to_digit(16)?;
-                let lo = (bytes.next()? as char).to_digit(16)?;
-                out.push((hi * 16 + lo) as u8);
-            }
-            _ => out.push(b),
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn events(admin: &Admin, query: Option<&str>) -> Response<AdminBody> {
@@ -379,12 +358,5 @@ mod tests {
             assert!(parse_events_query(Some(bad), 1000).is_err(), "{bad}");
         }
         assert!(parse_events_query(Some("limit=1000"), 1000).is_ok());
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b c"));
-        assert_eq!(percent_decode("%4"), None);
-        assert_eq!(percent_decode("%ff"), None);
     }
 }

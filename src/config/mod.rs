@@ -6,6 +6,7 @@
 //! on its own and every semantic check runs, so `oddscache check` can list
 //! all problems at once, each naming its key (`cache.max_bytes: ...`).
 
+mod push;
 pub mod route;
 mod types;
 mod validate;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use push::PushConfig;
 pub use route::{CompiledRoute, RouteMatch, Routes, Template};
 pub use types::{Dur, Size};
 pub use validate::{upstream_authority, UpstreamUrlError};
@@ -69,6 +71,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushConfig>,
     /// Names this replica in events and logs; from `--replica-id`, else the hostname.
     pub replica_id: String,
 }
@@ -316,6 +320,7 @@ struct RawFile {
     invalidation: Option<toml::Value>,
     redis: Option<toml::Value>,
     rate_limit: Option<toml::Value>,
+    push: Option<toml::Value>,
 }
 
 impl Config {
@@ -365,6 +370,9 @@ impl Config {
             rate_limit: raw
                 .rate_limit
                 .and_then(|v| optional_section("rate_limit", v, &mut problems)),
+            push: raw
+                .push
+                .and_then(|v| optional_section("push", v, &mut problems)),
             replica_id: String::new(),
         };
         cfg.apply(overrides);

@@ -82,6 +82,9 @@ impl Config {
         if let Some(redis) = &self.redis {
             validate_redis(redis, problems);
         }
+        if let Some(push) = &self.push {
+            push.validate(problems);
+        }
         if let Some(rl) = &self.rate_limit {
             if rl.per_second == 0 {
                 problems.push(Problem::new(

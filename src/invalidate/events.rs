@@ -35,6 +35,16 @@ pub struct Event {
     pub at_ms: u64,
     pub reason: Reason,
     pub game_id: Option<String>,
+    /// The game's sport and league, when the change named them: what a
+    /// browser filters change hints on (SPEC §8). A sidebar invalidation
+    /// carries these without a game.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sport_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub league_id: Option<String>,
+    /// The game's canonical status after the change, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
     pub tags: Vec<String>,
     pub keys_deleted: u64,
     pub origin: Origin,
@@ -102,6 +112,9 @@ pub struct Journal {
     next_id: AtomicU64,
     inner: Mutex<Inner>,
     live: broadcast::Sender<std::sync::Arc<Event>>,
+    /// Counts this replica's cache flushes, which no event records: a
+    /// change hint stream tells its clients to refetch everything.
+    resyncs: tokio::sync::watch::Sender<u64>,
 }
 
 struct Inner {
@@ -131,6 +144,7 @@ impl Journal {
             }),
             // Lagging subscribers lose events rather than grow this buffer.
             live: broadcast::channel(256).0,
+            resyncs: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -155,6 +169,9 @@ impl Journal {
             at_ms: unix_ms(now),
             reason,
             game_id,
+            sport_id: None,
+            league_id: None,
+            status: None,
             tags,
             keys_deleted: 0,
             origin,
@@ -206,6 +223,17 @@ impl Journal {
 
     pub fn subscribe(&self) -> broadcast::Receiver<std::sync::Arc<Event>> {
         self.live.subscribe()
+    }
+
+    /// Notes that this replica dropped its whole cache (a resync), so
+    /// events it never heard of may have gone by.
+    pub fn resynced(&self) {
+        self.resyncs.send_modify(|n| *n += 1);
+    }
+
+    /// Changes with every [`Self::resynced`].
+    pub fn watch_resyncs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.resyncs.subscribe()
     }
 
     /// Newest first, filtered, at most `limit`.

@@ -82,6 +82,22 @@ impl Target {
         }
     }
 
+    /// The sport and league the target names, for change hints.
+    fn scope(&self) -> (Option<String>, Option<String>) {
+        match self {
+            Target::Game {
+                sport_id,
+                league_id,
+                ..
+            }
+            | Target::Sidebar {
+                sport_id,
+                league_id,
+            } => (sport_id.clone(), league_id.clone()),
+            Target::Tags(_) | Target::Uri { .. } => (None, None),
+        }
+    }
+
     fn game_id(&self) -> Option<&GameId> {
         match self {
             Target::Game { game_id, .. } => Some(game_id),
@@ -208,6 +224,11 @@ impl Invalidator {
             req.origin,
             req.detail,
         );
+        (event.sport_id, event.league_id) = req.target.scope();
+        event.status = req
+            .state
+            .as_ref()
+            .map(|k| k.state.status.as_str().to_owned());
         if let Some(game_id) = &game_id {
             // SPEC §5: the baseline resets at each invalidation, so the
             // next body sets it afresh for every replica. A detected change
@@ -280,6 +301,7 @@ impl Invalidator {
             .marks
             .mark_all(events::unix_ms(SystemTime::now()));
         self.metrics.resync(why);
+        self.journal.resynced();
         dropped
     }
 
@@ -376,6 +398,7 @@ impl Invalidator {
             detail,
         );
         event.keys_deleted = removed as u64;
+        event.status = Some(to.as_str().to_owned());
         (Some(self.record(event)), seq)
     }
 

@@ -21,6 +21,8 @@ pin_project! {
         /// Streams from the upstream, after an optional prefix that was
         /// read while deciding whether the body fits in the cache.
         Stream { prefix: Option<Bytes>, #[pin] rest: Incoming },
+        /// A change-hint stream or its refusal (SPEC §8).
+        Push { #[pin] body: crate::push::Body },
     }
 }
 
@@ -34,6 +36,10 @@ impl ProxyBody {
 
     pub fn empty() -> ProxyBody {
         ProxyBody::Full { data: None }
+    }
+
+    pub fn push(body: crate::push::Body) -> ProxyBody {
+        ProxyBody::Push { body }
     }
 
     pub fn stream(prefix: Option<Bytes>, rest: Incoming) -> ProxyBody {
@@ -60,6 +66,7 @@ impl Body for ProxyBody {
                 }
                 rest.poll_frame(cx).map_err(Into::into)
             }
+            ProxyBodyProj::Push { body } => body.poll_frame(cx).map_err(|never| match never {}),
         }
     }
 
@@ -67,6 +74,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full { data } => data.is_none(),
             ProxyBody::Stream { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            ProxyBody::Push { body } => body.is_end_stream(),
         }
     }
 
@@ -85,6 +93,7 @@ impl Body for ProxyBody {
                 }
                 hint
             }
+            ProxyBody::Push { body } => body.size_hint(),
         }
     }
 }

@@ -35,6 +35,7 @@ use crate::config::{Config, Routes};
 use crate::invalidate::detect::Detector;
 use crate::invalidate::redis::RedisTier;
 use crate::metrics::Metrics;
+use crate::push::Push;
 use admit::Admission;
 use body::ProxyBody;
 use respond::XCache;
@@ -79,6 +80,8 @@ pub struct Proxy {
     admission: Option<Arc<Admission>>,
     /// The Redis tier when it keeps the shared L2 (`store_responses`).
     l2: Option<Arc<RedisTier>>,
+    /// Change hints on `push.path`, with `[push]`.
+    push: Option<Arc<Push>>,
 }
 
 impl Proxy {
@@ -88,6 +91,7 @@ impl Proxy {
         metrics: Arc<Metrics>,
         detector: Arc<Detector>,
         redis: Option<Arc<RedisTier>>,
+        push: Option<Arc<Push>>,
     ) -> Result<Proxy, ProxyError> {
         let routes = Routes::compile(&config.routes).map_err(ProxyError::Routes)?;
         let c = &config.cache;
@@ -111,6 +115,7 @@ impl Proxy {
                 .as_ref()
                 .map(|rl| Arc::new(Admission::new(rl))),
             l2,
+            push,
         })
     }
 
@@ -150,6 +155,11 @@ impl Proxy {
     fn answer(self: &Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Answer {
         if let Some(resp) = self.refuse(&mut req, peer) {
             return Either::Left(ready(Ok(resp)));
+        }
+        // After the rate limit, which bounds new streams per client too;
+        // never looked up, stored or forwarded.
+        if let Some(push) = self.push.as_ref().filter(|p| req.uri().path() == p.path()) {
+            return Either::Left(ready(Ok(push.serve(req).map(ProxyBody::push))));
         }
         if let Some(resp) = self.fresh_hit(&req) {
             return Either::Left(ready(Ok(resp)));

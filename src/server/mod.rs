@@ -173,7 +173,11 @@ pub async fn serve<M, S, B>(
                     // Only HTTP/1.1 reads a head per request under a deadline.
                     let deadline = deadlines.conn();
                     h1.timer(deadline.timer());
-                    let conn = h1.serve_connection(io, deadline.service(service));
+                    // Upgrades carry the change hints' WebSocket (SPEC §8);
+                    // a service that never answers 101 never upgrades.
+                    let conn = h1
+                        .serve_connection(io, deadline.service(service))
+                        .with_upgrades();
                     deadline.guard(watcher.watch(conn)).await
                 }
                 Version::H2 => Some(watcher.watch(h2.serve_connection(io, service)).await),

@@ -118,7 +118,7 @@ pub struct GameId(#[serde(deserialize_with = "deserialize_id")] String);
 
 /// Why a string is not a [`GameId`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("a game id is 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
+#[error("a game id is 1 to 128 bytes of A-Z, a-z, 0-9 and . _ - : / +")]
 pub struct InvalidGameId;
 
 /// The alphabet of `sport_id`/`league_id`, which land in sidebar tags.

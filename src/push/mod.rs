@@ -1,0 +1,443 @@
+//! Change hints to browsers on the proxy port (SPEC §8).
+//!
+//! `GET {push.path}` is a server-sent event stream; a WebSocket upgrade on
+//! the same path carries the same hints as text messages. One hint per
+//! invalidation this replica applied, its own or a peer's, sent after the
+//! replica dropped its entries, so a refetch through it gets the new body.
+//!
+//! The flow is one way: the journal records an event → [`relay`] encodes
+//! it once ([`hint::Hint`]) → one broadcast → every stream filters
+//! ([`filter`]) and writes the same bytes. Heartbeats go through the same
+//! broadcast, so 10,000 idle streams cost no timers.
+//!
+//! - this file: the door (method, origin, limits), the relay, and the
+//!   replay of `Last-Event-ID` from the journal.
+//! - `filter`: the query and which hints a stream hears.
+//! - `hint`: one hint's SSE frame and WebSocket text.
+//! - `sse`, `ws`: the two transports.
+//!
+//! Limits: `push.max_clients` streams (then 503 with `Retry-After`); new
+//! streams pass the proxy port's per-IP rate limit before they get here; a
+//! stream [`CLIENT_BUFFER`] hints behind is dropped and counted. Nothing of
+//! a stream reaches the upstream or the cache.
+
+pub mod filter;
+pub mod hint;
+mod sse;
+mod ws;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    HeaderMap, HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, VARY,
+};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::config::PushConfig;
+use crate::invalidate::Invalidator;
+use crate::metrics::PushMetrics;
+use crate::shutdown;
+use filter::Filter;
+use hint::Hint;
+
+/// A stream's response body.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Hints a stream may fall behind by before it is dropped: the broadcast
+/// holds them once for all streams, so a slow reader costs no memory of
+/// its own beyond its socket and hyper's write buffer.
+pub const CLIENT_BUFFER: usize = 256;
+
+/// What the relay broadcasts to every stream.
+#[derive(Clone, Debug)]
+enum Msg {
+    Hint(Arc<Hint>),
+    Heartbeat,
+    /// This replica dropped its whole cache: refetch everything.
+    Resync,
+    /// Shutdown: end the stream.
+    Closing,
+}
+
+/// Which origins may connect (`push.allow_origins`).
+#[derive(Debug)]
+enum Origins {
+    Any,
+    List(Vec<String>),
+}
+
+pub struct Push {
+    path: String,
+    origins: Origins,
+    invalidator: Arc<Invalidator>,
+    tx: broadcast::Sender<Msg>,
+    slots: Arc<Semaphore>,
+    metrics: PushMetrics,
+    heartbeat: Duration,
+}
+
+/// One open stream's place under `push.max_clients`, and in the gauge.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: PushMetrics,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.clients.dec();
+    }
+}
+
+impl Push {
+    /// Builds the door and starts the relay, which ends at `shutdown`.
+    pub fn start(
+        config: &PushConfig,
+        invalidator: Arc<Invalidator>,
+        metrics: PushMetrics,
+        shutdown: shutdown::Signal,
+    ) -> Arc<Push> {
+        let origins = if config.allow_origins.iter().any(|o| o == "*") {
+            Origins::Any
+        } else {
+            Origins::List(config.allow_origins.clone())
+        };
+        let push = Arc::new(Push {
+            path: config.path.clone(),
+            origins,
+            invalidator,
+            tx: broadcast::channel(CLIENT_BUFFER).0,
+            slots: Arc::new(Semaphore::new(
+                config.max_clients.clamp(1, Semaphore::MAX_PERMITS),
+            )),
+            metrics,
+            heartbeat: config.heartbeat.get(),
+        });
+        tokio::spawn(relay(Arc::clone(&push), shutdown));
+        push
+    }
+
+    /// `push.path`: the proxy answers it here, and never forwards it.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// One request on `push.path`.
+    pub fn serve(&self, req: Request<Incoming>) -> Response<Body> {
+        let Ok(origin) = self.allowed_origin(req.headers()) else {
+            return error(
+                StatusCode::FORBIDDEN,
+                "this origin may not open change streams (push.allow_origins)",
+            );
+        };
+        let mut resp = match *req.method() {
+            Method::GET => self.open(req),
+            Method::OPTIONS => preflight(),
+            _ => {
+                let mut resp = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "the change stream answers GET (SSE or a WebSocket upgrade) and OPTIONS",
+                );
+                resp.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("GET, OPTIONS"));
+                resp
+            }
+        };
+        let h = resp.headers_mut();
+        h.insert(VARY, HeaderValue::from_static("origin"));
+        if let Some(origin) = origin {
+            h.insert("access-control-allow-origin", origin);
+        }
+        resp
+    }
+
+    /// A stream, SSE or WebSocket, or the reason it cannot be opened.
+    fn open(&self, req: Request<Incoming>) -> Response<Body> {
+        let query = match filter::parse(req.uri().query()) {
+            Ok(q) => q,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
+        let last_event_id = match last_event_id(req.headers()) {
+            Ok(header) => header.or(query.last_event_id),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        let wants_ws = ws::is_upgrade(req.headers());
+        if let Err(e) = wants_ws.then(|| ws::check(req.headers())).transpose() {
+            return error(StatusCode::BAD_REQUEST, e);
+        }
+        let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+            self.metrics.dropped("max_clients");
+            let mut resp = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many change streams on this replica (push.max_clients)",
+            );
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            return resp;
+        };
+        self.metrics.clients.inc();
+        let slot = Slot {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        };
+        // Subscribe before reading the journal: an event recorded in
+        // between is in both, and the stream skips the second copy.
+        let rx = self.tx.subscribe();
+        let backlog = last_event_id.map(|id| self.replay(&id, &query.filter));
+        let stream = Stream {
+            rx,
+            filter: query.filter,
+            replayed: backlog.as_ref().map(Replay::ids).unwrap_or_default(),
+            slot,
+        };
+        if wants_ws {
+            ws::upgrade(req, stream, backlog)
+        } else {
+            sse::respond(stream, backlog)
+        }
+    }
+
+    /// The hints a client that last saw `last` has missed, oldest first,
+    /// from this replica's journal; `None` when `last` is no longer in it.
+    fn replay(&self, last: &str, filter: &Filter) -> Replay {
+        let journal = self.invalidator.journal();
+        let newest_first = journal.recent(journal.capacity(), None, None);
+        match newest_first.iter().position(|e| e.id == last) {
+            Some(n) => Replay::Missed(
+                newest_first[..n]
+                    .iter()
+                    .rev()
+                    .map(|e| Arc::new(Hint::new(e)))
+                    .filter(|h| filter.matches(h))
+                    .collect(),
+            ),
+            None => Replay::Gone,
+        }
+    }
+
+    /// `Ok(Some(origin))` to echo in `Access-Control-Allow-Origin`,
+    /// `Ok(None)` without an `Origin` (not a browser's cross-origin
+    /// request), or `Err` for a 403.
+    fn allowed_origin(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, Forbidden> {
+        let Some(origin) = headers.get(ORIGIN) else {
+            return Ok(None);
+        };
+        let text = origin.to_str().unwrap_or("");
+        let listed = match &self.origins {
+            Origins::Any => true,
+            Origins::List(list) => list.iter().any(|o| o == text),
+        };
+        if listed || same_origin(text, headers) {
+            Ok(Some(origin.clone()))
+        } else {
+            Err(Forbidden)
+        }
+    }
+}
+
+/// An `Origin` that `push.allow_origins` does not list.
+struct Forbidden;
+
+/// What a reconnecting client gets before the live hints.
+enum Replay {
+    Missed(Vec<Arc<Hint>>),
+    /// The event it names is gone from the journal: refetch everything.
+    Gone,
+}
+
+impl Replay {
+    fn ids(&self) -> Vec<Box<str>> {
+        match self {
+            Replay::Missed(hints) => hints.iter().map(|h| h.id.as_str().into()).collect(),
+            Replay::Gone => Vec::new(),
+        }
+    }
+}
+
+/// One client's view of the broadcast, shared by both transports.
+struct Stream {
+    rx: broadcast::Receiver<Msg>,
+    filter: Filter,
+    /// Ids replayed from the journal, which the broadcast may carry again;
+    /// forgotten at the next heartbeat, long after the relay caught up.
+    replayed: Vec<Box<str>>,
+    /// Its place under `push.max_clients`, and the push metrics.
+    slot: Slot,
+}
+
+/// What a transport writes next.
+enum Next {
+    Hint(Arc<Hint>),
+    Heartbeat,
+    Resync,
+    /// Fell [`CLIENT_BUFFER`] hints behind: dropped.
+    Lagged(u64),
+    End,
+}
+
+impl Stream {
+    async fn next(&mut self) -> Next {
+        loop {
+            match self.rx.recv().await {
+                Ok(Msg::Hint(h)) => {
+                    if !self.filter.matches(&h) || self.replayed.iter().any(|r| **r == *h.id) {
+                        continue;
+                    }
+                    self.slot.metrics.messages.inc();
+                    return Next::Hint(h);
+                }
+                Ok(Msg::Heartbeat) => {
+                    self.replayed = Vec::new();
+                    return Next::Heartbeat;
+                }
+                Ok(Msg::Resync) => return Next::Resync,
+                Ok(Msg::Closing) | Err(RecvError::Closed) => return Next::End,
+                Err(RecvError::Lagged(n)) => {
+                    self.slot.metrics.dropped("slow");
+                    // Counted once: the transport ends the stream now.
+                    self.rx = self.rx.resubscribe();
+                    return Next::Lagged(n);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // A reader that stopped reading is not polled again, so it cannot
+        // see its own lag: count it when its connection goes.
+        if self.rx.len() > CLIENT_BUFFER {
+            self.slot.metrics.dropped("slow");
+        }
+    }
+}
+
+/// Encodes each journal event once and broadcasts it, with the
+/// heartbeats and resyncs; at shutdown tells every stream to end.
+async fn relay(push: Arc<Push>, mut shutdown: shutdown::Signal) {
+    let journal = push.invalidator.journal();
+    let mut events = journal.subscribe();
+    let mut resyncs = journal.watch_resyncs();
+    let mut beat = tokio::time::interval_at(Instant::now() + push.heartbeat, push.heartbeat);
+    beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let msg = tokio::select! {
+            got = events.recv() => match got {
+                Ok(event) => Msg::Hint(Arc::new(Hint::new(&event))),
+                // Hints were lost here: every client refetches.
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "change hints fell behind the journal; telling clients to resync");
+                    Msg::Resync
+                }
+                Err(RecvError::Closed) => break,
+            },
+            changed = resyncs.changed() => match changed {
+                Ok(()) => Msg::Resync,
+                Err(_) => break,
+            },
+            _ = beat.tick() => Msg::Heartbeat,
+            _ = shutdown.recv() => break,
+        };
+        // No streams is fine.
+        let _ = push.tx.send(msg);
+    }
+    let _ = push.tx.send(Msg::Closing);
+}
+
+/// `Last-Event-ID`, when given: one line, at most 256 bytes.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<String>, &'static str> {
+    let Some(v) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(s) if s.len() <= 256 => Ok((!s.is_empty()).then(|| s.to_owned())),
+        _ => Err("Last-Event-ID must be an event id"),
+    }
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the host the request
+/// was sent to. The scheme is not compared: TLS may end before the sidecar.
+fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
+    let authority = origin.split_once("://").map_or("", |(_, a)| a);
+    headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| !host.is_empty() && host.eq_ignore_ascii_case(authority))
+}
+
+fn preflight() -> Response<Body> {
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("last-event-id, cache-control"),
+    );
+    h.insert("access-control-max-age", HeaderValue::from_static("600"));
+    resp
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new()).boxed_unsync()
+}
+
+/// `{"error": message}`, never stored.
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn same_origin_compares_the_host_not_the_scheme() {
+        let h = headers(&[("host", "odds.example:8080")]);
+        assert!(same_origin("http://odds.example:8080", &h));
+        assert!(same_origin("https://ODDS.example:8080", &h));
+        assert!(!same_origin("http://odds.example", &h));
+        assert!(!same_origin("http://evil.example:8080", &h));
+        assert!(!same_origin("http://odds.example:8080", &HeaderMap::new()));
+    }
+
+    #[test]
+    fn last_event_id_is_one_short_line() {
+        assert_eq!(last_event_id(&HeaderMap::new()), Ok(None));
+        assert_eq!(
+            last_event_id(&headers(&[("last-event-id", "r1-5-2")])),
+            Ok(Some("r1-5-2".into()))
+        );
+        assert!(last_event_id(&headers(&[("last-event-id", &"x".repeat(300))])).is_err());
+    }
+}
