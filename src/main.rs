@@ -73,6 +73,13 @@ struct DemoArgs {
     /// Where the simulator listens (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     sim_listen: SocketAddr,
+    /// Where the example page that subscribes to change hints is served.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    page_listen: SocketAddr,
+    /// Do not run the built-in browsing load (then nothing passes through
+    /// the sidecar, and it notices no change, until you browse yourself).
+    #[arg(long)]
+    no_browse: bool,
     /// Optional Redis URL, to try the fleet features.
     #[arg(long, env = "ODDSCACHE_REDIS_URL")]
     redis_url: Option<String>,
@@ -200,6 +207,10 @@ async fn bind_admin(config: &Config) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))
 }
 
+/// The demo's built-in browsing load, pages per second: enough that every
+/// game's odds pass through the sidecar every few seconds.
+const BROWSE_PER_SECOND: u32 = 20;
+
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     use oddscache::demo::{SimConfig, Simulator};
     let sim_listener = TcpListener::bind(args.sim_listen)
@@ -214,7 +225,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         admin_token: std::env::var(ADMIN_TOKEN_ENV).ok(),
         ..Overrides::default()
     };
-    let config = Config::from_toml(SHIPPED, &overrides).context("the shipped config is invalid")?;
+    let mut config =
+        Config::from_toml(SHIPPED, &overrides).context("the shipped config is invalid")?;
+    let page_listener = TcpListener::bind(args.page_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--page-listen)", args.page_listen))?;
+    let page_origin = format!("http://{}", page_listener.local_addr()?);
+    // The example page is another origin: let its EventSource in.
+    let push = config.push.get_or_insert_with(Default::default);
+    push.allow_origins.push(page_origin.clone());
+    let push_path = push.path.clone();
     let proxy = TcpListener::bind(args.listen).await.with_context(|| {
         format!(
             "cannot listen on {} (--listen); is another demo running?",
@@ -227,14 +247,24 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let sim_task = tokio::spawn(oddscache::demo::serve(
         sim.clone(),
         sim_listener,
-        sim_signal,
+        sim_signal.clone(),
     ));
     let base = format!("http://{}", proxy.local_addr()?);
-    let game = sim
-        .game_ids()
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| "g-1001".into());
+    let games = sim.game_ids();
+    let game = games.first().cloned().unwrap_or_else(|| "g-1001".into());
+    let page_task = tokio::spawn(oddscache::demo::page::serve(
+        page_listener,
+        oddscache::demo::page::render(&base, &push_path),
+        sim_signal.clone(),
+    ));
+    let browse_task = (!args.no_browse).then(|| {
+        tokio::spawn(oddscache::demo::browse::run(
+            base.clone(),
+            games.clone(),
+            BROWSE_PER_SECOND,
+            sim_signal.clone(),
+        ))
+    });
     println!("oddscache demo: simulator on http://{sim_addr}, sidecar on {base}");
     println!("try:");
     println!("  curl -i {base}/api/v1/games/{game}/odds      # MISS, then HIT");
@@ -257,10 +287,27 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     } else {
         println!("  (set ODDSCACHE_ADMIN_TOKEN to enable POST {admin_base}/api/v1/shared/cache/invalidate)");
     }
+    println!("  curl -N '{base}{push_path}?game_id={game}'   # change hints (SSE)");
+    println!("live pages:");
+    println!("  {admin_base}/          the SREs' page: events, rate, hit ratio, fleet");
+    println!("  {page_origin}/          an odds page that refetches a game when its hint arrives");
+    if args.no_browse {
+        println!(
+            "no browsing load (--no-browse): browse the URLs above to make changes pass through."
+        );
+    } else {
+        println!(
+            "a built-in browsing load asks the sidecar for {BROWSE_PER_SECOND} pages a second (--no-browse turns it off)."
+        );
+    }
     println!("statuses and odds move every few seconds; watch X-Cache and Age. Ctrl-C stops.");
     run_until_signal(config, proxy, admin).await?;
     sim_trigger.fire();
     let _ = sim_task.await;
+    let _ = page_task.await;
+    if let Some(browse) = browse_task {
+        let _ = browse.await;
+    }
     Ok(())
 }
 

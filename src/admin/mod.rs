@@ -13,6 +13,7 @@
 //! | `GET /healthz` | liveness: 200 while the process serves |
 //! | `GET /readyz` | 200 unless the upstream has been unreachable for `admin.readiness_window`, 30s by default (Redis does not count) |
 //! | `GET /openapi.json` | the OpenAPI 3 document of this port |
+//! | `GET /` | the live page for SREs (`page.html`): events as they happen, invalidations per minute against the threshold, hit ratio, upstream, Redis and fleet state |
 //!
 //! Reads are open: the port is meant for in-pod or in-cluster access only.
 //! The one mutation needs `Authorization: Bearer $ODDSCACHE_ADMIN_TOKEN`

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -48,6 +48,7 @@ pub enum Endpoint {
     Healthz,
     Readyz,
     OpenApi,
+    Page,
 }
 
 /// One path of the admin port and the one method it answers.
@@ -71,6 +72,7 @@ pub const ROUTES: &[Route] = &[
     route(HEALTHZ, "GET", Endpoint::Healthz),
     route(READYZ, "GET", Endpoint::Readyz),
     route("/openapi.json", "GET", Endpoint::OpenApi),
+    route("/", "GET", Endpoint::Page),
 ];
 
 const fn route(path: &'static str, method: &'static str, endpoint: Endpoint) -> Route {
@@ -130,6 +132,7 @@ pub async fn dispatch(
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp
         }
+        Endpoint::Page => page(),
         Endpoint::Invalidate => mutate::invalidate(admin, req, peer).await,
     }
 }
@@ -285,6 +288,28 @@ fn metrics(admin: &Admin, headers: &http::HeaderMap) -> Response<AdminBody> {
 
 fn gauge(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The live page for SREs (SPEC §7): one self-contained document whose
+/// script reads the endpoints above. Nothing comes from elsewhere, and the
+/// policy says so to the browser.
+const PAGE: &str = include_str!("page.html");
+
+fn page() -> Response<AdminBody> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())).boxed_unsync());
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+        ),
+    );
+    resp
 }
 
 fn readyz(admin: &Admin) -> Response<AdminBody> {

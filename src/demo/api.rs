@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LAST_MODIFIED};
+use http::header::{
+    ACCESS_CONTROL_ALLOW_ORIGIN, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
+    LAST_MODIFIED,
+};
 use http::request::Parts;
 use http::{response, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -327,7 +330,10 @@ impl Reply {
                 let etag = strong_etag(&body);
                 let builder = Response::builder()
                     .header(ETAG, &etag)
-                    .header(LAST_MODIFIED, httpdate::fmt_http_date(last_modified));
+                    .header(LAST_MODIFIED, httpdate::fmt_http_date(last_modified))
+                    // Public odds, readable by the demo's page on its own
+                    // origin, as browser-facing odds APIs are.
+                    .header(ACCESS_CONTROL_ALLOW_ORIGIN, "*");
                 // RFC 9110 §13.1.2: only GET and HEAD become 304; a write
                 // always answers with the game it produced.
                 if (head || method == Method::GET) && none_match(headers, &etag) {

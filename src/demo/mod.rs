@@ -9,6 +9,8 @@
 //! - `wire`: the game object's JSON view, write bodies and test hooks.
 //! - `odds`: one game's markets and how prices move.
 //! - `catalogue`: the static sports, leagues and rosters.
+//! - `browse`: the demo's built-in browsing load through the sidecar.
+//! - `page`: the demo's example page, which subscribes to change hints.
 //! - `serve_tests`: end-to-end tests through [`serve`] on loopback.
 //!
 //! Statuses and prices are a pure function of the seed and the number of
@@ -31,8 +33,10 @@ use crate::server::{self, HttpLimits};
 use crate::shutdown::Signal;
 
 mod api;
+pub mod browse;
 mod catalogue;
 mod odds;
+pub mod page;
 #[cfg(test)]
 mod serve_tests;
 mod sim;
