@@ -265,6 +265,7 @@ impl Sidecar {
             max_header_bytes: config.proxy.max_header_bytes.as_usize(),
             header_read_timeout: config.proxy.header_read_timeout.get(),
             max_connections: config.proxy.max_connections,
+            send_timeout: Some(config.proxy.send_timeout.get()).filter(|t| !t.is_zero()),
         };
         let proxy_connections = metrics.proxy_connections.clone();
         let grace = config.proxy.shutdown_grace.get();

@@ -109,7 +109,8 @@ pub struct PushMetrics {
     /// Hints written to clients, one per client per hint.
     pub messages: Counter,
     /// Clients dropped or refused: `slow` (fell a whole buffer behind),
-    /// `max_clients` (refused at `push.max_clients`).
+    /// `max_clients` (refused at `push.max_clients`). A reader stalled
+    /// for good is closed by the kernel after `proxy.send_timeout`.
     pub dropped: Family<WhyLabel, Counter>,
 }
 

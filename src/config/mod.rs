@@ -89,6 +89,10 @@ pub struct ProxyConfig {
     pub header_read_timeout: Dur,
     /// Open client connections at most; past it new ones are closed at once.
     pub max_connections: usize,
+    /// A connection whose client takes none of the data sent to it for
+    /// this long is closed (TCP_USER_TIMEOUT): a reader that stopped
+    /// reading gives its change stream's place back. `0s`: never.
+    pub send_timeout: Dur,
     pub shutdown_grace: Dur,
 }
 
@@ -101,6 +105,7 @@ impl Default for ProxyConfig {
             max_header_bytes: Size::kib(16),
             header_read_timeout: Dur::secs(30),
             max_connections: 10_000,
+            send_timeout: Dur::secs(60),
             shutdown_grace: Dur::secs(10),
         }
     }

@@ -115,6 +115,20 @@ pub struct Journal {
     /// Counts this replica's cache flushes, which no event records: a
     /// change hint stream tells its clients to refetch everything.
     resyncs: tokio::sync::watch::Sender<u64>,
+    /// Entries this replica dropped without recording an event, because
+    /// the fleet's event records the change (a compare-and-set loser):
+    /// its browsers still hear of it.
+    evictions: broadcast::Sender<std::sync::Arc<Event>>,
+}
+
+/// What a reconnecting client missed (see [`Journal::since`]).
+#[derive(Debug)]
+pub enum Since {
+    /// Oldest first.
+    Missed(Vec<std::sync::Arc<Event>>),
+    /// The position is gone from the ring, or this replica dropped its
+    /// whole cache after it: refetch everything.
+    Gone,
 }
 
 struct Inner {
@@ -124,6 +138,8 @@ struct Inner {
     by_reason: [u64; 6],
     window: Window,
     alerting: bool,
+    /// `total` at the last resync: positions before it are gone.
+    resynced_at: u64,
 }
 
 impl Journal {
@@ -141,10 +157,12 @@ impl Journal {
                 by_reason: [0; 6],
                 window: Window::new(),
                 alerting: false,
+                resynced_at: 0,
             }),
             // Lagging subscribers lose events rather than grow this buffer.
             live: broadcast::channel(256).0,
             resyncs: tokio::sync::watch::Sender::new(0),
+            evictions: broadcast::channel(256).0,
         }
     }
 
@@ -228,7 +246,71 @@ impl Journal {
     /// Notes that this replica dropped its whole cache (a resync), so
     /// events it never heard of may have gone by.
     pub fn resynced(&self) {
+        {
+            let mut inner = self.lock();
+            inner.resynced_at = inner.total;
+        }
         self.resyncs.send_modify(|n| *n += 1);
+    }
+
+    /// How many events were recorded so far: a position in the ring that
+    /// [`Self::since_position`] replays from.
+    pub fn position(&self) -> u64 {
+        self.lock().total
+    }
+
+    /// Tells change-hint streams that this replica dropped a game's
+    /// entries without recording an event (see `evictions`).
+    pub fn evicted(&self, event: Event) {
+        let _ = self.evictions.send(std::sync::Arc::new(event));
+    }
+
+    pub fn subscribe_evictions(&self) -> broadcast::Receiver<std::sync::Arc<Event>> {
+        self.evictions.subscribe()
+    }
+
+    /// The events recorded after the one with `id`, and those recorded up
+    /// to `margin_ms` (by their own clocks) before it: another replica may
+    /// have applied those after it, and a client moving between replicas
+    /// must not miss them (a duplicate only costs a refetch).
+    pub fn since(&self, id: &str, margin_ms: u64) -> Since {
+        let inner = self.lock();
+        let Some(n) = inner.ring.iter().position(|e| e.id == id) else {
+            return Since::Gone;
+        };
+        // ring[i] is the (total - 1 - i)th event recorded.
+        if inner.total - 1 - (n as u64) < inner.resynced_at {
+            return Since::Gone;
+        }
+        let at = inner.ring[n].at_ms;
+        let mut out: Vec<_> = inner.ring.iter().take(n).cloned().collect();
+        out.extend(
+            inner
+                .ring
+                .iter()
+                .skip(n + 1)
+                .take(MARGIN_SCAN)
+                .filter(|e| e.at_ms.saturating_add(margin_ms) >= at)
+                .cloned(),
+        );
+        // Newest first, in record order: reversed, oldest first.
+        out.reverse();
+        Since::Missed(out)
+    }
+
+    /// The events recorded since position `pos` ([`Self::position`]).
+    pub fn since_position(&self, pos: u64) -> Since {
+        let inner = self.lock();
+        let oldest = inner.total - inner.ring.len() as u64;
+        if pos < inner.resynced_at || pos < oldest || pos > inner.total {
+            return Since::Gone;
+        }
+        let n = (inner.total - pos) as usize;
+        Since::Missed(inner.ring.iter().take(n).rev().cloned().collect())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Changes with every [`Self::resynced`].
@@ -285,6 +367,10 @@ impl Journal {
     }
 }
 
+/// Events before a reconnecting client's last one that [`Journal::since`]
+/// looks at for the margin.
+const MARGIN_SCAN: usize = 1000;
+
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -338,6 +424,44 @@ mod tests {
         assert_eq!(s.by_reason["MANUAL"], 1);
         assert_eq!(s.by_reason["POSTPONED"], 0);
         assert_eq!(s.invalidations_last_minute, 4);
+    }
+
+    #[test]
+    fn since_replays_after_an_id_with_a_margin_and_not_across_a_resync() {
+        let j = Journal::new("r1", 10, 1000);
+        let mut ids = Vec::new();
+        for (i, at) in [1_000u64, 2_000, 9_000, 8_500, 20_000]
+            .into_iter()
+            .enumerate()
+        {
+            let mut e = event(&j, Reason::Manual, &format!("g{i}"));
+            e.at_ms = at;
+            ids.push(e.id.clone());
+            j.record(e);
+        }
+        let got = |s: Since| match s {
+            Since::Missed(v) => v
+                .iter()
+                .map(|e| e.game_id.clone().unwrap())
+                .collect::<Vec<_>>(),
+            Since::Gone => vec!["gone".to_string()],
+        };
+        // After g2 (at 9,000): g3 and g4 were recorded later; with a 1 s
+        // margin, g1 (at 2,000) stays out.
+        assert_eq!(got(j.since(&ids[2], 1_000)), ["g3", "g4"]);
+        // After g3 (at 8,500): g2 was recorded before it here but is
+        // within the margin, so another replica may have applied it later.
+        assert_eq!(got(j.since(&ids[3], 1_000)), ["g2", "g4"]);
+        assert_eq!(got(j.since("r0-1-1", 1_000)), ["gone"]);
+        let pos = j.position();
+        assert_eq!(got(j.since_position(pos)), Vec::<String>::new());
+        assert_eq!(got(j.since_position(pos - 2)), ["g3", "g4"]);
+        j.resynced();
+        assert_eq!(got(j.since(&ids[3], 1_000)), ["gone"]);
+        assert_eq!(got(j.since_position(pos - 2)), ["gone"]);
+        assert_eq!(got(j.since_position(pos)), Vec::<String>::new());
+        j.record(event(&j, Reason::Manual, "g5"));
+        assert_eq!(got(j.since_position(pos)), ["g5"]);
     }
 
     #[test]

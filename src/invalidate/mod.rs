@@ -388,7 +388,6 @@ impl Invalidator {
         known::adopt(&self.known, id.clone(), now);
         if !record {
             tracing::info!(game_id = %id, removed, %detail, "evicted this replica's entries of a game the fleet moved first");
-            return (None, seq);
         }
         let mut event = self.journal.new_event(
             reason,
@@ -399,6 +398,12 @@ impl Invalidator {
         );
         event.keys_deleted = removed as u64;
         event.status = Some(to.as_str().to_owned());
+        if !record {
+            // Not journaled, but this replica's browsers hear of it: the
+            // fleet's event for the change may never come (a seed).
+            self.journal.evicted(event);
+            return (None, seq);
+        }
         (Some(self.record(event)), seq)
     }
 

@@ -39,11 +39,19 @@ impl Filter {
             id.as_deref()
                 .is_some_and(|id| ids.iter().any(|i| &**i == id))
         };
+        let scoped = !(self.sports.is_empty() && self.leagues.is_empty());
+        let unscoped = hint.sport_id.is_none() && hint.league_id.is_none();
         named(&self.games, &hint.game_id)
             || named(&self.sports, &hint.sport_id)
             || named(&self.leagues, &hint.league_id)
             // Every sidebar was invalidated: each sport's and league's too.
-            || (hint.all_sidebars && !(self.sports.is_empty() && self.leagues.is_empty()))
+            || (hint.all_sidebars && scoped)
+            // A game whose sport and league are not known may be in any:
+            // a refetch too many is cheap, a hint too few is stale odds.
+            || (unscoped && hint.game_id.is_some() && scoped)
+            // Neither game nor scope (tags, an unsafe method's URI): it
+            // may concern anything.
+            || (unscoped && hint.game_id.is_none() && !hint.all_sidebars)
     }
 }
 
@@ -123,11 +131,13 @@ mod tests {
         assert!(f.matches(&hint(None, Some("basketball"), Some("nba"))));
         assert!(!f.matches(&hint(Some("g-2"), Some("soccer"), Some("epl"))));
         // A sidebar-only hint carries no game.
-        assert!(!parse(Some("game_id=g-1")).unwrap().filter.matches(&hint(
-            None,
-            Some("soccer"),
-            Some("epl")
-        )));
+        let games_only = parse(Some("game_id=g-1")).unwrap().filter;
+        assert!(!games_only.matches(&hint(None, Some("soccer"), Some("epl"))));
+        // A game of unknown sport and league reaches scoped streams, not
+        // other games' streams; a hint naming nothing reaches all.
+        assert!(f.matches(&hint(Some("g-9"), None, None)));
+        assert!(!games_only.matches(&hint(Some("g-9"), None, None)));
+        assert!(games_only.matches(&hint(None, None, None)));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::invalidate::Event;
 /// What a client hears about one invalidation.
 #[derive(Debug)]
 pub struct Hint {
-    /// The event's id, as `Last-Event-ID` names it.
+    /// The event's id, as `Last-Event-ID` names it; empty when unrecorded.
     pub id: String,
     pub game_id: Option<String>,
     pub sport_id: Option<String>,
@@ -36,27 +36,69 @@ struct Data<'a> {
 
 #[derive(Serialize)]
 struct WsMessage<'a> {
-    id: &'a str,
+    id: Option<&'a str>,
     event: &'a str,
     data: &'a Data<'a>,
 }
 
+/// A game's sport and league, as a hint carries them.
+pub type Scope = (Option<String>, Option<String>);
+
 /// Sent to a client whose missed hints cannot be replayed, and to every
 /// client when this replica dropped its whole cache: refetch everything.
-pub const RESYNC_SSE: &[u8] = b"event: resync\ndata: {}\n\n";
-pub const RESYNC_WS: &str = r#"{"event":"resync","data":{}}"#;
+/// Its id is a position in the journal, `~at-{n}`, that a reconnect
+/// replays from.
+#[derive(Debug)]
+pub struct Resync {
+    pub sse: Bytes,
+    pub ws: Utf8Bytes,
+}
+
+/// The id of journal position `n`; never an event id, which starts with a
+/// replica id.
+pub fn position_id(n: u64) -> String {
+    format!("~at-{n}")
+}
+
+/// The position an id names, if it is one.
+pub fn parse_position(id: &str) -> Option<u64> {
+    id.strip_prefix("~at-")?.parse().ok()
+}
+
+impl Resync {
+    pub fn at(position: u64) -> Resync {
+        let id = position_id(position);
+        Resync {
+            sse: Bytes::from(format!("id: {id}\nevent: resync\ndata: {{}}\n\n")),
+            ws: Utf8Bytes::from(format!(r#"{{"id":"{id}","event":"resync","data":{{}}}}"#)),
+        }
+    }
+}
 
 impl Hint {
-    pub fn new(event: &Event) -> Hint {
+    /// The hint of a journaled event. `scope` fills in the sport and league
+    /// when the event names the game without them.
+    pub fn new(event: &Event, scope: Option<&Scope>) -> Hint {
+        Hint::encode(event, scope, true)
+    }
+
+    /// The hint of a change this replica applied without journaling it:
+    /// no `id:`, so a browser's `Last-Event-ID` stays where it was.
+    pub fn unrecorded(event: &Event, scope: Option<&Scope>) -> Hint {
+        Hint::encode(event, scope, false)
+    }
+
+    fn encode(event: &Event, scope: Option<&Scope>, with_id: bool) -> Hint {
         // A manual invalidation by tags names its game and league only in
         // them.
         let game_id = event
             .game_id
             .clone()
             .or_else(|| tag_value(&event.tags, "game:").map(str::to_owned));
-        let (sport_id, league_id) = match (&event.sport_id, &event.league_id) {
-            (None, None) => sidebar_scope(&event.tags),
-            (s, l) => (s.clone(), l.clone()),
+        let (sport_id, league_id) = match (&event.sport_id, &event.league_id, scope) {
+            (None, None, Some(known)) => known.clone(),
+            (None, None, None) => sidebar_scope(&event.tags),
+            (s, l, _) => (s.clone(), l.clone()),
         };
         let data = Data {
             game_id: game_id.as_deref(),
@@ -69,17 +111,24 @@ impl Hint {
         // serde_json escapes control characters, so the JSON is one line;
         // the id and reason are checked to be so too (SSE splits on CR/LF).
         let json = serde_json::to_string(&data).unwrap_or_else(|_| "{}".into());
-        let id = one_line(&event.id);
-        let sse = format!("id: {id}\nevent: {}\ndata: {json}\n\n", data.reason);
+        let id = with_id.then(|| one_line(&event.id));
+        let sse = match &id {
+            Some(id) => format!("id: {id}\nevent: {}\ndata: {json}\n\n", data.reason),
+            None => format!("event: {}\ndata: {json}\n\n", data.reason),
+        };
         let ws = serde_json::to_string(&WsMessage {
-            id: &id,
+            id: id.as_deref(),
             event: data.reason,
             data: &data,
         })
         .unwrap_or_else(|_| "{}".into());
         let all_sidebars = event.tags.iter().any(|t| t == "sidebar");
         Hint {
-            id: event.id.clone(),
+            id: if with_id {
+                event.id.clone()
+            } else {
+                String::new()
+            },
             game_id,
             sport_id,
             league_id,
@@ -147,7 +196,7 @@ mod tests {
         e.sport_id = Some("soccer".into());
         e.league_id = Some("epl".into());
         e.status = Some("live".into());
-        let h = Hint::new(&e);
+        let h = Hint::new(&e, None);
         let text = std::str::from_utf8(&h.sse).unwrap();
         let lines: Vec<&str> = text.split('\n').collect();
         assert_eq!(lines[0], format!("id: {}", e.id));
@@ -168,23 +217,41 @@ mod tests {
 
     #[test]
     fn scope_comes_from_tags_when_the_event_names_none() {
-        let h = Hint::new(&event(None, &["sidebar:soccer:epl"]));
+        let h = Hint::new(&event(None, &["sidebar:soccer:epl"]), None);
         assert_eq!(
             (h.game_id, h.sport_id.as_deref(), h.league_id.as_deref()),
             (None, Some("soccer"), Some("epl"))
         );
-        let h = Hint::new(&event(None, &["sidebar", "sidebar:tennis"]));
+        let h = Hint::new(&event(None, &["sidebar", "sidebar:tennis"]), None);
         assert_eq!(h.sport_id.as_deref(), Some("tennis"));
         assert!(h.all_sidebars);
-        let h = Hint::new(&event(None, &["game:sr:match:1"]));
+        let h = Hint::new(&event(None, &["game:sr:match:1"]), None);
         assert_eq!(h.game_id.as_deref(), Some("sr:match:1"));
+    }
+
+    #[test]
+    fn a_known_scope_fills_in_and_an_unrecorded_hint_has_no_id() {
+        let e = event(Some("g-1"), &["game:g-1"]);
+        let scope = (Some("soccer".to_string()), Some("epl".to_string()));
+        let h = Hint::unrecorded(&e, Some(&scope));
+        assert_eq!(h.sport_id.as_deref(), Some("soccer"));
+        let text = std::str::from_utf8(&h.sse).unwrap();
+        assert!(text.starts_with("event: STATUS_CHANGE\ndata: {"), "{text}");
+        assert!(h.id.is_empty());
+        let ws: serde_json::Value = serde_json::from_str(h.ws.as_str()).unwrap();
+        assert!(ws["id"].is_null());
+        assert_eq!(parse_position(&position_id(42)), Some(42));
+        assert_eq!(parse_position(&e.id), None);
+        assert!(std::str::from_utf8(&Resync::at(7).sse)
+            .unwrap()
+            .starts_with("id: ~at-7\nevent: resync\n"));
     }
 
     #[test]
     fn a_line_break_cannot_split_a_frame() {
         let mut e = event(Some("g-1"), &[]);
         e.id = "r1\n\ndata: forged".into();
-        let text = String::from_utf8(Hint::new(&e).sse.to_vec()).unwrap();
+        let text = String::from_utf8(Hint::new(&e, None).sse.to_vec()).unwrap();
         assert_eq!(text.matches("\n\n").count(), 1, "{text}");
         assert!(text.starts_with("id: r1  data: forged\n"));
     }

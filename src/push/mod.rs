@@ -26,8 +26,10 @@ pub mod hint;
 mod sse;
 mod ws;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -43,11 +45,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::PushConfig;
-use crate::invalidate::Invalidator;
+use crate::invalidate::events::Since;
+use crate::invalidate::{Event, Invalidator};
 use crate::metrics::PushMetrics;
 use crate::shutdown;
 use filter::Filter;
-use hint::Hint;
+use hint::{Hint, Resync, Scope};
 
 /// A stream's response body.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -63,10 +66,21 @@ enum Msg {
     Hint(Arc<Hint>),
     Heartbeat,
     /// This replica dropped its whole cache: refetch everything.
-    Resync,
+    Resync(Arc<Resync>),
     /// Shutdown: end the stream.
     Closing,
 }
+
+/// How far before a reconnecting client's last event, by the events' own
+/// clocks, a replay reaches back: another replica may have applied those
+/// events after it (they propagate in milliseconds; this covers clock
+/// skew and a slow peer).
+const REPLAY_MARGIN_MS: u64 = 10_000;
+
+/// Games' sports and leagues as hints named them, for hints that name
+/// only the game (a manual invalidation, a local eviction). Forgotten
+/// whole past this many games.
+const SCOPES: usize = 100_000;
 
 /// Which origins may connect (`push.allow_origins`).
 #[derive(Debug)]
@@ -83,6 +97,9 @@ pub struct Push {
     slots: Arc<Semaphore>,
     metrics: PushMetrics,
     heartbeat: Duration,
+    scopes: Mutex<HashMap<String, Scope>>,
+    /// Set when the relay has ended (shutdown): no stream opens after.
+    closed: AtomicBool,
 }
 
 /// One open stream's place under `push.max_clients`, and in the gauge.
@@ -120,6 +137,8 @@ impl Push {
             )),
             metrics,
             heartbeat: config.heartbeat.get(),
+            scopes: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
         });
         tokio::spawn(relay(Arc::clone(&push), shutdown));
         push
@@ -173,6 +192,12 @@ impl Push {
         if let Err(e) = wants_ws.then(|| ws::check(req.headers())).transpose() {
             return error(StatusCode::BAD_REQUEST, e);
         }
+        if self.closed.load(Ordering::Acquire) {
+            let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
+        }
         let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
             self.metrics.dropped("max_clients");
             let mut resp = error(
@@ -206,20 +231,51 @@ impl Push {
     }
 
     /// The hints a client that last saw `last` has missed, oldest first,
-    /// from this replica's journal; `None` when `last` is no longer in it.
+    /// from this replica's journal; a resync when they are gone from it,
+    /// or when this replica dropped its cache since.
     fn replay(&self, last: &str, filter: &Filter) -> Replay {
         let journal = self.invalidator.journal();
-        let newest_first = journal.recent(journal.capacity(), None, None);
-        match newest_first.iter().position(|e| e.id == last) {
-            Some(n) => Replay::Missed(
-                newest_first[..n]
-                    .iter()
-                    .rev()
-                    .map(|e| Arc::new(Hint::new(e)))
-                    .filter(|h| filter.matches(h))
-                    .collect(),
-            ),
-            None => Replay::Gone,
+        let since = match hint::parse_position(last) {
+            Some(pos) => journal.since_position(pos),
+            None => journal.since(last, REPLAY_MARGIN_MS),
+        };
+        match since {
+            Since::Missed(events) => {
+                let scopes = self.scopes();
+                Replay::Missed(
+                    events
+                        .iter()
+                        .map(|e| Arc::new(Hint::new(e, scope_of(&scopes, e))))
+                        .filter(|h| filter.matches(h))
+                        .collect(),
+                )
+            }
+            Since::Gone => Replay::Gone(Arc::new(Resync::at(journal.position()))),
+        }
+    }
+
+    fn scopes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Scope>> {
+        self.scopes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Encodes a journaled or unrecorded event, learning or filling in its
+    /// game's sport and league.
+    fn hint(&self, event: &Event, recorded: bool) -> Hint {
+        let mut scopes = self.scopes();
+        if let (Some(game), Some(_)) = (&event.game_id, &event.sport_id) {
+            if scopes.len() >= SCOPES && !scopes.contains_key(game) {
+                scopes.clear();
+            }
+            scopes.insert(
+                game.clone(),
+                (event.sport_id.clone(), event.league_id.clone()),
+            );
+        }
+        let scope = scope_of(&scopes, event);
+        if recorded {
+            Hint::new(event, scope)
+        } else {
+            Hint::unrecorded(event, scope)
         }
     }
 
@@ -233,7 +289,8 @@ impl Push {
         let text = origin.to_str().unwrap_or("");
         let listed = match &self.origins {
             Origins::Any => true,
-            Origins::List(list) => list.iter().any(|o| o == text),
+            // Browsers serialize origins in lowercase; a config may not.
+            Origins::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(text)),
         };
         if listed || same_origin(text, headers) {
             Ok(Some(origin.clone()))
@@ -250,16 +307,20 @@ struct Forbidden;
 enum Replay {
     Missed(Vec<Arc<Hint>>),
     /// The event it names is gone from the journal: refetch everything.
-    Gone,
+    Gone(Arc<Resync>),
 }
 
 impl Replay {
     fn ids(&self) -> Vec<Box<str>> {
         match self {
             Replay::Missed(hints) => hints.iter().map(|h| h.id.as_str().into()).collect(),
-            Replay::Gone => Vec::new(),
+            Replay::Gone(_) => Vec::new(),
         }
     }
+}
+
+fn scope_of<'a>(scopes: &'a HashMap<String, Scope>, event: &Event) -> Option<&'a Scope> {
+    event.game_id.as_ref().and_then(|g| scopes.get(g))
 }
 
 /// One client's view of the broadcast, shared by both transports.
@@ -277,7 +338,7 @@ struct Stream {
 enum Next {
     Hint(Arc<Hint>),
     Heartbeat,
-    Resync,
+    Resync(Arc<Resync>),
     /// Fell [`CLIENT_BUFFER`] hints behind: dropped.
     Lagged(u64),
     End,
@@ -288,7 +349,8 @@ impl Stream {
         loop {
             match self.rx.recv().await {
                 Ok(Msg::Hint(h)) => {
-                    if !self.filter.matches(&h) || self.replayed.iter().any(|r| **r == *h.id) {
+                    let replayed = !h.id.is_empty() && self.replayed.iter().any(|r| **r == *h.id);
+                    if replayed || !self.filter.matches(&h) {
                         continue;
                     }
                     self.slot.metrics.messages.inc();
@@ -298,7 +360,7 @@ impl Stream {
                     self.replayed = Vec::new();
                     return Next::Heartbeat;
                 }
-                Ok(Msg::Resync) => return Next::Resync,
+                Ok(Msg::Resync(r)) => return Next::Resync(r),
                 Ok(Msg::Closing) | Err(RecvError::Closed) => return Next::End,
                 Err(RecvError::Lagged(n)) => {
                     self.slot.metrics.dropped("slow");
@@ -314,34 +376,49 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         // A reader that stopped reading is not polled again, so it cannot
-        // see its own lag: count it when its connection goes.
+        // see its own lag: count it when its connection goes (a stalled
+        // one is closed by `proxy.send_timeout`).
         if self.rx.len() > CLIENT_BUFFER {
             self.slot.metrics.dropped("slow");
         }
     }
 }
 
-/// Encodes each journal event once and broadcasts it, with the
-/// heartbeats and resyncs; at shutdown tells every stream to end.
+/// Encodes each journal event once and broadcasts it, with this
+/// replica's unrecorded evictions, the heartbeats and resyncs; at
+/// shutdown tells every stream to end.
 async fn relay(push: Arc<Push>, mut shutdown: shutdown::Signal) {
     let journal = push.invalidator.journal();
     let mut events = journal.subscribe();
+    let mut evictions = journal.subscribe_evictions();
     let mut resyncs = journal.watch_resyncs();
     let mut beat = tokio::time::interval_at(Instant::now() + push.heartbeat, push.heartbeat);
     beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let lagged = |missed: u64| {
+        tracing::warn!(
+            missed,
+            "change hints fell behind the journal; telling clients to resync"
+        );
+        Msg::Resync(Arc::new(Resync::at(journal.position())))
+    };
     loop {
+        // Hints first: a heartbeat ahead of a backlog would let streams
+        // forget replayed ids too early.
         let msg = tokio::select! {
+            biased;
             got = events.recv() => match got {
-                Ok(event) => Msg::Hint(Arc::new(Hint::new(&event))),
+                Ok(event) => Msg::Hint(Arc::new(push.hint(&event, true))),
                 // Hints were lost here: every client refetches.
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "change hints fell behind the journal; telling clients to resync");
-                    Msg::Resync
-                }
+                Err(RecvError::Lagged(missed)) => lagged(missed),
+                Err(RecvError::Closed) => break,
+            },
+            got = evictions.recv() => match got {
+                Ok(event) => Msg::Hint(Arc::new(push.hint(&event, false))),
+                Err(RecvError::Lagged(missed)) => lagged(missed),
                 Err(RecvError::Closed) => break,
             },
             changed = resyncs.changed() => match changed {
-                Ok(()) => Msg::Resync,
+                Ok(()) => Msg::Resync(Arc::new(Resync::at(journal.position()))),
                 Err(_) => break,
             },
             _ = beat.tick() => Msg::Heartbeat,
@@ -350,6 +427,7 @@ async fn relay(push: Arc<Push>, mut shutdown: shutdown::Signal) {
         // No streams is fine.
         let _ = push.tx.send(msg);
     }
+    push.closed.store(true, Ordering::Release);
     let _ = push.tx.send(Msg::Closing);
 }
 

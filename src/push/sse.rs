@@ -12,7 +12,6 @@ use http::Response;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 
-use super::hint::RESYNC_SSE;
 use super::{Body, Next, Replay, Stream};
 
 /// How long a browser waits before it reconnects.
@@ -33,7 +32,7 @@ pub(super) fn respond(stream: Stream, backlog: Option<Replay>) -> Response<Body>
             stream.slot.metrics.messages.inc_by(hints.len() as u64);
             queued.extend(hints.iter().map(|h| h.sse.clone()));
         }
-        Some(Replay::Gone) => queued.push(Bytes::from_static(RESYNC_SSE)),
+        Some(Replay::Gone(resync)) => queued.push(resync.sse.clone()),
         None => {}
     }
     let state = State {
@@ -62,7 +61,7 @@ async fn next_frame(mut st: State) -> Option<(Bytes, State)> {
     let frame = match st.stream.next().await {
         Next::Hint(h) => h.sse.clone(),
         Next::Heartbeat => Bytes::from_static(HEARTBEAT),
-        Next::Resync => Bytes::from_static(RESYNC_SSE),
+        Next::Resync(resync) => resync.sse.clone(),
         Next::Lagged(missed) => {
             st.done = true;
             Bytes::from(format!(

@@ -20,7 +20,6 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::hint::RESYNC_WS;
 use super::{empty, Body, Next, Replay, Stream};
 
 /// A client whose socket takes no message for this long is dropped.
@@ -111,7 +110,7 @@ where
             stream.slot.metrics.messages.inc_by(hints.len() as u64);
             hints.iter().map(|h| Message::Text(h.ws.clone())).collect()
         }
-        Some(Replay::Gone) => vec![Message::Text(Utf8Bytes::from_static(RESYNC_WS))],
+        Some(Replay::Gone(resync)) => vec![Message::Text(resync.ws.clone())],
         None => Vec::new(),
     };
     for msg in first {
@@ -124,7 +123,7 @@ where
             next = stream.next() => match next {
                 Next::Hint(h) => Message::Text(h.ws.clone()),
                 Next::Heartbeat => Message::Ping(bytes::Bytes::new()),
-                Next::Resync => Message::Text(Utf8Bytes::from_static(RESYNC_WS)),
+                Next::Resync(resync) => Message::Text(resync.ws.clone()),
                 Next::Lagged(_) => {
                     close(&mut ws, CloseCode::Policy, "fell behind; reconnect with last_event_id").await;
                     return;

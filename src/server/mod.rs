@@ -46,6 +46,10 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// Open connections at most; each holds a permit until it ends.
     pub max_connections: usize,
+    /// Data the client leaves unacknowledged (or its window shut) this
+    /// long closes the connection, in the kernel (TCP_USER_TIMEOUT); a
+    /// stalled reader is not polled, so nothing above TCP could see it.
+    pub send_timeout: Option<Duration>,
 }
 
 impl Default for HttpLimits {
@@ -54,6 +58,7 @@ impl Default for HttpLimits {
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            send_timeout: None,
         }
     }
 }
@@ -146,6 +151,9 @@ pub async fn serve<M, S, B>(
         };
         let open = Open::new(conns.as_ref().map(|c| &c.open));
         let _ = stream.set_nodelay(true);
+        if let Some(timeout) = limits.send_timeout {
+            let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(timeout));
+        }
         let (mut h1, h2) = (h1.clone(), h2.clone());
         let deadlines = Arc::clone(&deadlines);
         let service = make_service(peer);
