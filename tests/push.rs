@@ -324,7 +324,8 @@ async fn a_status_change_reaches_the_stream_and_the_refetch_is_fresh() {
 }
 
 /// Filters are a union of game, sport and league ids; a stream hears only
-/// what names one of them.
+/// what names one of them. A game whose sport and league no hint has named
+/// yet reaches every scoped stream; once a change named them, only its own.
 #[tokio::test]
 async fn filters_pick_the_hints_a_stream_hears() {
     let up = sim().await;
@@ -334,28 +335,60 @@ async fn filters_pick_the_hints_a_stream_hears() {
     let mut by_league = Sse::open(r.addr(), &format!("{PATH}?league_id=nba"), &[]).await;
     let mut all = Sse::open(r.addr(), PATH, &[]).await;
 
-    let game = r.invalidate(r#"{"game_id": "g-1001"}"#).await;
+    let unknown_scope = r.invalidate(r#"{"game_id": "g-1001"}"#).await;
     let sidebar = r
         .invalidate(r#"{"sidebar": {"sport_id": "soccer", "league_id": "epl"}}"#)
         .await;
     let tags = r
         .invalidate(r#"{"tags": ["sidebar:basketball:nba"]}"#)
         .await;
+    // A status change of g-1001 (soccer, epl) seen in a body.
+    let before = r.http.get(&r.sidecar.url(&odds("g-1001"))).await.json();
+    assert_eq!(before["league_id"], "epl");
+    assert!(up
+        .sim
+        .set_status("g-1001", changed(before["status"].as_str().unwrap())));
+    r.http.get(&r.sidecar.url("/api/v1/games")).await;
+    let known_scope = r.invalidate(r#"{"game_id": "g-1001"}"#).await;
 
-    let ids =
-        |blocks: Vec<Block>| -> Vec<String> { blocks.into_iter().map(|b| b.id.unwrap()).collect() };
+    let ids = |blocks: &[Block]| -> Vec<String> {
+        blocks.iter().map(|b| b.id.clone().unwrap()).collect()
+    };
     let settle = Duration::from_millis(500);
-    assert_eq!(ids(by_game.events_within(settle).await), vec![game.clone()]);
-    assert_eq!(ids(by_sport.events_within(settle).await), vec![sidebar.clone()]);
-    assert_eq!(ids(by_league.events_within(settle).await), vec![tags.clone()]);
     let everything = all.events_within(settle).await;
-    let sidebar_hint = &everything[1];
+    assert_eq!(everything.len(), 5, "{everything:?}");
+    let status = &everything[3];
+    assert_eq!(status.event.as_deref(), Some("STATUS_CHANGE"));
+    assert_eq!(status.data()["sport_id"], "soccer");
+    let status = status.id.clone().unwrap();
     assert_eq!(
-        sidebar_hint.data(),
-        serde_json::json!({"game_id": null, "sport_id": "soccer", "league_id": "epl",
-            "status": null, "reason": "MANUAL", "at": sidebar_hint.data()["at"]})
+        ids(&everything),
+        [
+            unknown_scope.clone(),
+            sidebar.clone(),
+            tags.clone(),
+            status.clone(),
+            known_scope.clone()
+        ]
     );
-    assert_eq!(ids(everything), [game, sidebar, tags]);
+    assert_eq!(
+        everything[1].data(),
+        serde_json::json!({"game_id": null, "sport_id": "soccer", "league_id": "epl",
+            "status": null, "reason": "MANUAL", "at": everything[1].data()["at"]})
+    );
+    assert_eq!(
+        ids(&by_game.events_within(settle).await),
+        [unknown_scope.clone(), status.clone(), known_scope.clone()]
+    );
+    assert_eq!(
+        ids(&by_sport.events_within(settle).await),
+        [unknown_scope.clone(), sidebar, status, known_scope]
+    );
+    // The first, before its league was known; not the last.
+    assert_eq!(
+        ids(&by_league.events_within(settle).await),
+        [unknown_scope, tags]
+    );
 }
 
 /// A client that reconnects with `Last-Event-ID` gets what it missed, in
@@ -389,10 +422,16 @@ async fn last_event_id_replays_what_was_missed() {
     .await;
     assert_eq!(filtered.next_event(PATIENCE).await.unwrap().id, Some(e3));
 
+    // An id the journal no longer holds: resync, with a position to
+    // reconnect from.
     let mut gone = Sse::open(r.addr(), PATH, &[("last-event-id", "r0-1-1")]).await;
     let resync = gone.next_event(PATIENCE).await.unwrap();
     assert_eq!(resync.event.as_deref(), Some("resync"));
-    assert_eq!(resync.id, None);
+    let position = resync.id.expect("a position");
+    drop(gone);
+    let e5 = r.invalidate(r#"{"game_id": "g-1004"}"#).await;
+    let mut back = Sse::open(r.addr(), PATH, &[("last-event-id", &position)]).await;
+    assert_eq!(back.next_event(PATIENCE).await.unwrap().id, Some(e5));
 }
 
 /// `push.max_clients` streams, then 503 with `Retry-After`, counted; a
@@ -527,6 +566,140 @@ async fn a_slow_reader_is_dropped_and_counted() {
     // The healthy stream still hears.
     let more = r.invalidate(r#"{"game_id": "g-1001"}"#).await;
     assert_eq!(healthy.next_event(PATIENCE).await.unwrap().id, Some(more));
+}
+
+/// A reader that stops reading for good is not polled again, so only the
+/// kernel sees it: after `proxy.send_timeout` of a shut window its
+/// connection is closed, and its place under `push.max_clients` is free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_reader_is_closed_after_the_send_timeout() {
+    let up = sim().await;
+    let mut c = config(&up.url, None, "r1");
+    c.proxy.send_timeout = oddscache::config::Dur::secs(2);
+    let push = c.push.as_mut().unwrap();
+    push.max_clients = 2;
+    // Heartbeats queue up behind a stalled reader: it goes with them unsent.
+    push.heartbeat = oddscache::config::Dur::millis(200);
+    let r = Arc::new(Replica::start(c).await);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(r.addr()).await.unwrap();
+    stalled
+        .write_all(format!("GET {PATH} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut healthy = Sse::open(r.addr(), PATH, &[]).await;
+    let deadline = Instant::now() + PATIENCE;
+    while r.metric("oddscache_push_clients ").await < 2.0 {
+        assert!(Instant::now() < deadline, "the stalled stream never opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        Sse::open(r.addr(), PATH, &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "both places are taken"
+    );
+    // Enough hints to shut its window and fill what sits in between.
+    let n = 6 * oddscache::push::CLIENT_BUFFER;
+    let reader = tokio::spawn(async move {
+        for _ in 0..n {
+            healthy
+                .next_event(PATIENCE)
+                .await
+                .expect("the healthy reader keeps up");
+        }
+        healthy
+    });
+    for i in 0..n {
+        r.invalidate(&format!(r#"{{"tags": ["sidebar:s{i}"]}}"#))
+            .await;
+    }
+    let _healthy = reader.await.unwrap();
+    let began = Instant::now();
+    while r.metric("oddscache_push_clients ").await > 1.0 {
+        assert!(
+            began.elapsed() < PATIENCE,
+            "the stalled stream kept its place"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(Sse::open(r.addr(), PATH, &[]).await.status, StatusCode::OK);
+    // Its connection was reset: reading now ends in an error or EOF
+    // after what the kernel had delivered.
+    let mut buf = vec![0u8; 1 << 16];
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stalled connection is still open");
+}
+
+/// A replica that loses a compare-and-set drops its entries of the game
+/// without recording an event (the fleet's records the change, or only a
+/// seed does): its browsers still get a hint, without an `id:`, so their
+/// `Last-Event-ID` stays where it was.
+#[tokio::test]
+async fn an_eviction_that_no_event_records_still_reaches_the_stream() {
+    use oddscache::invalidate::known::Known;
+    use oddscache::watch::{GameId, GameState, Status};
+    let up = sim().await;
+    let config = config(&up.url, None, "r1");
+    let (_trigger, signal) = shutdown::channel();
+    let core = oddscache::Core::start(&config, signal.clone()).unwrap();
+    let push = oddscache::push::Push::start(
+        config.push.as_ref().unwrap(),
+        Arc::clone(&core.invalidator),
+        core.metrics.push.clone(),
+        signal.clone(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(oddscache::server::serve(
+        "push",
+        listener,
+        move |_peer| {
+            let push = Arc::clone(&push);
+            hyper::service::service_fn(move |req| {
+                let resp = push.serve(req);
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            })
+        },
+        oddscache::server::HttpLimits::default(),
+        None,
+        signal,
+        Duration::from_secs(1),
+    ));
+    let mut sse = Sse::open(addr, &format!("{PATH}?game_id=g-1001"), &[]).await;
+    sse.next_block(PATIENCE).await.expect("the opening block");
+    let now = Known {
+        state: GameState {
+            status: Status::Live,
+            baseline: Default::default(),
+            baseline_known: false,
+        },
+        seq: 1,
+    };
+    let (recorded, _) = core.invalidator.evict_locally(
+        &GameId::try_from("g-1001").unwrap(),
+        Status::Scheduled,
+        now,
+        "the fleet moved it first".into(),
+        false,
+    );
+    assert!(recorded.is_none(), "nothing is journaled");
+    let hint = sse
+        .next_event(PATIENCE)
+        .await
+        .expect("a hint of the eviction");
+    assert_eq!(hint.id, None);
+    assert_eq!(hint.event.as_deref(), Some("STATUS_CHANGE"));
+    assert_eq!(hint.data()["game_id"], "g-1001");
+    assert_eq!(hint.data()["status"], "live");
 }
 
 /// CORS: listed origins and the same origin may connect, others get 403;
