@@ -4,11 +4,9 @@
 //!
 //! Run with `cargo test --test chaos_redis -- --nocapture` for the table rows.
 
-#[path = "common/chaos.rs"]
-mod chaos;
 mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
+
+use common::{chaos, redis_server};
 
 use std::time::{Duration, Instant};
 

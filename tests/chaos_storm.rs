@@ -7,11 +7,9 @@
 //! capacity. This binary installs a global log subscriber and reads the
 //! process's RSS, so it holds this one scenario only.
 
-#[path = "common/chaos.rs"]
-mod chaos;
 mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
+
+use common::{chaos, redis_server};
 
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -4,11 +4,9 @@
 //!
 //! Run with `cargo test --test chaos_upstream -- --nocapture` for the rows.
 
-#[path = "common/chaos.rs"]
-mod chaos;
 mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
+
+use common::{chaos, redis_server};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

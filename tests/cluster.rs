@@ -8,12 +8,9 @@
 //! Run with `cargo test --test cluster`; needs `redis-server` and
 //! `redis-cli` on PATH (Debian's redis packages).
 
-#[path = "common/redis_cluster.rs"]
-mod redis_cluster;
-#[path = "common/redis.rs"]
-mod redis_server;
-#[path = "common/sidecar.rs"]
-mod sidecar;
+mod common;
+
+use common::{redis_cluster, redis_server, sidecar, Sidecar};
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -27,7 +24,7 @@ use redis::AsyncCommands;
 
 use redis_cluster::Cluster;
 use redis_server::readers_in;
-use sidecar::{config, Http, Sidecar, Upstream};
+use sidecar::{config, Http, Upstream};
 
 const PREFIX: &str = "oddscache:";
 /// The event log's key (`{key_prefix}events`).

@@ -6,19 +6,16 @@
 //! a TCP relay in the test that can blackhole a replica's flows (keep the
 //! sockets, drop the bytes), as a rescheduled Redis pod's old address does.
 
-#[path = "common/redis.rs"]
-mod redis_server;
-#[path = "common/relay.rs"]
-mod relay;
-#[path = "common/sidecar.rs"]
-mod sidecar;
+mod common;
+
+use common::{redis_server, relay, sidecar, Sidecar};
 
 use std::time::{Duration, Instant};
 
 use oddscache::config::Dur;
 use redis_server::RedisServer;
 use relay::Relay;
-use sidecar::{config, until_status, Http, Sidecar, Upstream};
+use sidecar::{config, until_status, Http, Upstream};
 
 const POLL: Duration = Duration::from_millis(20);
 

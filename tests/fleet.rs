@@ -5,10 +5,9 @@
 //! Run with `cargo test --test fleet`; the figures test prints with
 //! `-- --nocapture`.
 
-#[path = "common/redis.rs"]
-mod redis_server;
-#[path = "common/sidecar.rs"]
-mod sidecar;
+mod common;
+
+use common::{redis_server, sidecar, Sidecar};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +22,7 @@ use oddscache::watch::{self, GameSnapshot, Reason};
 use redis::AsyncCommands;
 
 use redis_server::RedisServer;
-use sidecar::{config, Http, Sidecar, Upstream};
+use sidecar::{config, Http, Upstream};
 
 const PREFIX: &str = "oddscache:";
 /// How long a peer may take to see an invalidation on loopback.

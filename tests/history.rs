@@ -12,12 +12,9 @@
 //!
 //! Run with `cargo test --test history -- --nocapture` for its figures.
 
-#[path = "common/redis.rs"]
-mod redis_server;
-#[path = "common/relay.rs"]
-mod relay;
-#[path = "common/sidecar.rs"]
-mod sidecar;
+mod common;
+
+use common::{redis_server, relay, sidecar, Sidecar};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,7 +22,7 @@ use std::time::{Duration, Instant};
 use oddscache::config::Dur;
 use redis_server::RedisServer;
 use relay::Relay;
-use sidecar::{config, Http, Sidecar, Upstream};
+use sidecar::{config, Http, Upstream};
 
 /// Healthy: a change seen anywhere is everywhere within this.
 const HEALTHY: Duration = Duration::from_millis(50);

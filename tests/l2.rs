@@ -4,10 +4,9 @@
 //!
 //! Run with `cargo test --test l2`.
 
-#[path = "common/redis.rs"]
-mod redis_server;
-#[path = "common/sidecar.rs"]
-mod sidecar;
+mod common;
+
+use common::{redis_server, sidecar, Sidecar};
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use oddscache::Config;
 use redis::AsyncCommands;
 
 use redis_server::RedisServer;
-use sidecar::{config, Http, Sidecar, Upstream};
+use sidecar::{config, Http, Upstream};
 
 /// How long a peer may take to see an invalidation on loopback.
 const PROPAGATION: Duration = Duration::from_secs(2);

@@ -6,12 +6,9 @@
 //!
 //! Run with `cargo test --test sentinel`; needs `redis-server` on PATH.
 
-#[path = "common/redis_cluster.rs"]
-mod redis_cluster;
-#[path = "common/redis.rs"]
-mod redis_server;
-#[path = "common/sidecar.rs"]
-mod sidecar;
+mod common;
+
+use common::{redis_cluster, redis_server, sidecar, Sidecar};
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,7 +20,7 @@ use oddscache::invalidate::wire;
 
 use redis_cluster::{Node, Sentinels, MASTER_NAME};
 use redis_server::readers_in;
-use sidecar::{config, Http, Sidecar, Upstream};
+use sidecar::{config, Http, Upstream};
 
 /// The event log's key (`{key_prefix}events`).
 const EVENTS: &str = "oddscache:events";

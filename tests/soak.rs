@@ -19,11 +19,9 @@
 //! Asserts: no failed or non-200 response, nothing stale, and (for runs of
 //! 10 minutes or more) RSS at the end within 15% + 16 MiB of RSS at 5 min.
 
-#[path = "common/chaos.rs"]
-mod chaos;
 mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
+
+use common::{chaos, redis_server};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -5,8 +5,6 @@
 //! A scenario breaks something under load, then judges what the clients
 //! saw: failures, 5xx, stale statuses (shown after the change plus
 //! [`BOUND`]), and leaks (open connections, live tasks).
-#![allow(dead_code)] // each chaos binary uses a different part
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -5,9 +5,18 @@
 //! Nothing here uses a fixed port, a sleep as synchronisation, or kills a
 //! process by name: waits are on conditions (`Upstream::wait_hits`), and
 //! every server stops when its handle is dropped.
-#![allow(dead_code)] // each test binary uses a different part of the harness
+//!
+//! Every test binary declares `mod common;` and so compiles this whole
+//! tree, but no binary uses all of it: the one `allow(dead_code)` for the
+//! tree is this one.
+#![allow(dead_code)]
 
+pub mod chaos;
+pub mod redis_cluster;
+pub mod redis_server;
+pub mod relay;
 mod running;
+pub mod sidecar;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -356,11 +365,11 @@ pub use running::Sidecar;
 
 impl Sidecar {
     /// Starts with a config text whose `{UPSTREAM}` is replaced by `upstream`.
-    pub async fn start(template: &str, upstream: &str) -> Sidecar {
+    pub async fn from_template(template: &str, upstream: &str) -> Sidecar {
         let text = template.replace("{UPSTREAM}", upstream);
         let config = Config::from_toml(&text, &Overrides::default())
             .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n---\n{text}"));
-        Sidecar::with_config(config).await
+        Sidecar::start(config).await
     }
 
     /// Starts with the shipped `config.toml`, pointed at `upstream`.
@@ -371,7 +380,7 @@ impl Sidecar {
         };
         let config = Config::from_toml(oddscache::config::SHIPPED, &overrides)
             .expect("the shipped config is valid");
-        Sidecar::with_config(config).await
+        Sidecar::start(config).await
     }
 }
 

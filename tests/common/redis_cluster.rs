@@ -2,8 +2,6 @@
 //! (primary, replica, 3 sentinels), killed on drop.
 //!
 //! A missing `redis-server` or `redis-cli` is a loud failure, never a skip.
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,5 @@
-//! The sidecar started in process on loopback ports, shared by both
-//! harnesses (`mod.rs` and `sidecar.rs`), which add their own constructors.
-#![allow(dead_code)] // each test binary uses a different part of the harness
-
+//! The sidecar started in process on loopback ports; the harnesses add
+//! their own constructors.
 use std::net::SocketAddr;
 
 use oddscache::{Config, Listeners, RunError};
@@ -17,7 +15,7 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    pub async fn with_config(config: Config) -> Sidecar {
+    pub async fn start(config: Config) -> Sidecar {
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = proxy.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();

@@ -14,10 +14,6 @@ use oddscache::demo::{SimConfig, Simulator};
 use oddscache::shutdown;
 use tokio::net::TcpListener;
 
-#[path = "running.rs"]
-mod running;
-pub use running::Sidecar;
-
 async fn bind() -> TcpListener {
     TcpListener::bind("127.0.0.1:0")
         .await
@@ -67,19 +63,11 @@ pub fn config(upstream: &str, redis_url: Option<&str>, replica: &str) -> Config 
     .expect("the shipped config is valid")
 }
 
-impl Sidecar {
-    pub async fn start(config: Config) -> Sidecar {
-        Sidecar::with_config(config).await
-    }
-}
-
 /// What a test looks at in a response.
 #[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
     pub x_cache: String,
-    /// Not every test file reads it.
-    #[allow(dead_code)]
     pub cache_status: String,
     pub body: Bytes,
 }
@@ -166,7 +154,6 @@ impl Http {
 
 /// Polls `url` until it shows upstream status `want`; panics with what it
 /// saw after `within`. Returns how long that took.
-#[allow(dead_code)] // not every test binary waits for a status
 pub async fn until_status(
     http: &Http,
     url: &str,

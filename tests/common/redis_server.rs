@@ -2,8 +2,6 @@
 //!
 //! A missing `redis-server` is a loud failure, never a skip: these tests
 //! are the only proof that the fleet works.
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
