@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use oddscache::config::{Config, RedisConfig, RedisMode};
 use oddscache::invalidate::wire;
 
-use redis_cluster::{Node, Sentinels, MASTER_NAME};
-use redis_server::readers_in;
+use redis_cluster::{Sentinels, MASTER_NAME};
+use redis_server::{readers_in, RedisServer};
 use sidecar::{config, Http, Upstream};
 
 /// The event log's key (`{key_prefix}events`).
@@ -44,7 +44,7 @@ fn sentinel_config(upstream: &str, sentinels: Vec<String>, replica: &str) -> Con
 
 /// Waits until `n` sidecars read the log (a client blocked in `XREAD`)
 /// and hold their command connection on `node`.
-async fn wait_on(node: &Node, n: usize, deadline: Duration) {
+async fn wait_on(node: &RedisServer, n: usize, deadline: Duration) {
     let until = Instant::now() + deadline;
     loop {
         let list = node
@@ -61,7 +61,7 @@ async fn wait_on(node: &Node, n: usize, deadline: Duration) {
         assert!(
             Instant::now() < until,
             "the sidecars did not connect to port {}: {readers} log readers, {clients} clients",
-            node.port
+            node.port()
         );
         tokio::time::sleep(POLL).await;
     }
@@ -77,10 +77,10 @@ fn game_path(id: &str) -> String {
 
 /// The games of the invalidations `replica` appended to the log as `node`
 /// holds it (markers, which carry no message, left out).
-fn logged_games(node: &Node, replica: &str) -> HashSet<String> {
+fn logged_games(node: &RedisServer, replica: &str) -> HashSet<String> {
     let reply: redis::Value = node
         .cmd(redis::cmd("XRANGE").arg(EVENTS).arg("-").arg("+"))
-        .unwrap_or_else(|e| panic!("XRANGE {EVENTS} on port {}: {e}", node.port));
+        .unwrap_or_else(|e| panic!("XRANGE {EVENTS} on port {}: {e}", node.port()));
     redis_server::log_messages(reply)
         .into_iter()
         .filter(|m| m.kind == wire::Kind::Invalidate && m.event.replica == replica)
@@ -152,14 +152,14 @@ async fn the_sidecars_follow_a_sentinel_failover_without_errors_or_stale_odds() 
         })
     };
 
-    let old = set.primary.port;
+    let old = set.primary.port();
     set.primary.kill();
     let w = http
         .put(&r1.url(&game_path(&during)), r#"{"status":"in_progress"}"#)
         .await;
     assert_eq!(w.status, 200, "a write while the primary is down");
     let deadline = Instant::now() + FAILOVER;
-    while set.primary_port() != Some(set.replica.port) {
+    while set.primary_port() != Some(set.replica.port()) {
         assert!(
             Instant::now() < deadline,
             "the sentinels never promoted the replica (still {:?}, was {old})",
