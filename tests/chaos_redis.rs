@@ -6,12 +6,13 @@
 
 mod common;
 
+use common::client::Client;
 use common::{chaos, redis_server};
 
 use std::time::{Duration, Instant};
 
 use chaos::{
-    alive_tasks, assert_no_leaks, config, hit_latencies, percentile, report, Http, Load, Replica,
+    alive_tasks, assert_no_leaks, config, hit_latencies, percentile, report, Load, Replica,
     SimUpstream, Truth, BOUND, SERIAL,
 };
 use redis_server::RedisServer;
@@ -23,7 +24,7 @@ struct Setup {
     r1: Replica,
     r2: Replica,
     truth: Truth,
-    http: Http,
+    http: Client,
     games: Vec<String>,
     /// `/api/v1/sidebar/{sport}/{league}` of the first game.
     sidebar: String,
@@ -41,7 +42,7 @@ async fn setup(redis: &RedisServer) -> Setup {
     for g in &games {
         truth.init(&up.sim, g, "pre_game");
     }
-    let http = Http::new();
+    let http = Client::new();
     let odds: serde_json::Value = {
         let (_, body) =
             chaos::admin_get(up.addr, &format!("/api/v1/games/{}/odds", games[0])).await;
@@ -74,7 +75,7 @@ fn odds(game: &str) -> String {
 }
 
 /// Waits until `replica` serves `game` with `status`; answers how long it took.
-async fn until_shows(http: &Http, replica: &Replica, game: &str, status: &str) -> Duration {
+async fn until_shows(http: &Client, replica: &Replica, game: &str, status: &str) -> Duration {
     let started = Instant::now();
     loop {
         let s = http.sample(0, &replica.url(""), &odds(game)).await;

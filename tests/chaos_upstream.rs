@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::client::Client;
 use common::{chaos, redis_server};
 
 use std::collections::HashMap;
@@ -14,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chaos::{
-    admin_get, alive_tasks, assert_no_leaks, config, report, Http, Load, Replica, SimUpstream,
-    Truth, SERIAL, WAIT,
+    admin_get, alive_tasks, assert_no_leaks, config, report, Load, Replica, SimUpstream, Truth,
+    SERIAL, WAIT,
 };
 use redis_server::RedisServer;
 
@@ -71,7 +72,7 @@ async fn upstream_killed_then_restarted() {
     }
     let cached = [odds(&games[0]), odds(&games[1])];
     let never = format!("{}?n={{n}}", odds(&games[2]));
-    let http = Http::new();
+    let http = Client::new();
     for r in [&r1, &r2] {
         for p in &cached {
             assert_eq!(http.sample(0, &r.url(""), p).await.status, 200);
@@ -279,7 +280,7 @@ async fn shutdown_under_load_cuts_nothing() {
         .into_iter()
         .map(|p| {
             let base = base.clone();
-            tokio::spawn(async move { Http::new().sample(0, &base, &p).await })
+            tokio::spawn(async move { Client::new().sample(0, &base, &p).await })
         })
         .collect();
     // All 41 distinct fetches have reached the upstream: every request is
@@ -316,6 +317,6 @@ async fn shutdown_under_load_cuts_nothing() {
     );
     assert!(started.elapsed() >= Duration::from_millis(1000));
     // The other replica carries on.
-    let other = Http::new().sample(1, &r2.url(""), "/fast").await;
+    let other = Client::new().sample(1, &r2.url(""), "/fast").await;
     assert_eq!(other.status, 200);
 }

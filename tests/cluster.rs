@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::client::Client;
 use common::{redis_cluster, redis_server, sidecar, Sidecar};
 
 use std::collections::HashSet;
@@ -24,7 +25,7 @@ use redis::AsyncCommands;
 
 use redis_cluster::Cluster;
 use redis_server::readers_in;
-use sidecar::{config, Http, Upstream};
+use sidecar::{config, Upstream};
 
 const PREFIX: &str = "oddscache:";
 /// The event log's key (`{key_prefix}events`).
@@ -150,7 +151,7 @@ async fn wait_logged(cluster: &Cluster, i: usize, replica: &str, game: &str, wit
 
 /// Metric `series` (name and labels, e.g. `oddscache_resyncs_total{why="gap"}`)
 /// from the admin port's `/metrics`.
-async fn metric(http: &Http, admin: SocketAddr, series: &str) -> f64 {
+async fn metric(http: &Client, admin: SocketAddr, series: &str) -> f64 {
     let r = http.get(&format!("http://{admin}/metrics")).await;
     assert_eq!(r.status, 200, "/metrics");
     String::from_utf8_lossy(&r.body)
@@ -163,7 +164,7 @@ async fn metric(http: &Http, admin: SocketAddr, series: &str) -> f64 {
 }
 
 /// Waits until metric `series` on the admin port reads `want`.
-async fn wait_metric(http: &Http, admin: SocketAddr, series: &str, want: f64, within: Duration) {
+async fn wait_metric(http: &Client, admin: SocketAddr, series: &str, want: f64, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let got = metric(http, admin, series).await;
@@ -193,7 +194,7 @@ fn calls(cluster: &Cluster, i: usize, command: &str) -> u64 {
 /// Waits until `sidecar` serves `id` with upstream status `status`; it may
 /// serve the old one for at most `within`.
 async fn wait_serves(
-    http: &Http,
+    http: &Client,
     sidecar: &Sidecar,
     name: &str,
     id: &str,
@@ -233,7 +234,7 @@ async fn registration_invalidation_and_the_log_fan_out_across_slots_and_nodes() 
     ))
     .await;
     assert_eq!(wait_readers_on_owner(&cluster, 2, SETUP).await, owner);
-    let http = Http::new();
+    let http = Client::new();
     let c = &mut cluster.connection().await;
 
     let ids: Vec<String> = up.sim.game_ids().into_iter().take(6).collect();
@@ -244,10 +245,10 @@ async fn registration_invalidation_and_the_log_fan_out_across_slots_and_nodes() 
             assert_eq!(first.status, 200);
             // r2 may already find r1's copy in the shared L2.
             if name == "r1" {
-                assert_eq!(first.x_cache, "MISS", "{name} {id}");
+                assert_eq!(first.x_cache(), "MISS", "{name} {id}");
             }
             let second = http.get(&s.url(&odds_path(id))).await;
-            assert_eq!(second.x_cache, "HIT", "{name} {id}");
+            assert_eq!(second.x_cache(), "HIT", "{name} {id}");
         }
     }
 
@@ -320,10 +321,19 @@ async fn registration_invalidation_and_the_log_fan_out_across_slots_and_nodes() 
             let r = http.get(&r2.url(&odds_path(id))).await;
             assert_eq!(r.status, 200);
             if r.game_status() == "in_progress" {
-                assert_eq!(r.x_cache, "MISS", "r2 {id}: the new status is a fresh fill");
+                assert_eq!(
+                    r.x_cache(),
+                    "MISS",
+                    "r2 {id}: the new status is a fresh fill"
+                );
                 break;
             }
-            assert_eq!(r.x_cache, "HIT", "r2 {id}: old status from {}", r.x_cache);
+            assert_eq!(
+                r.x_cache(),
+                "HIT",
+                "r2 {id}: old status from {}",
+                r.x_cache()
+            );
             assert!(
                 Instant::now() < deadline,
                 "r2 still serves the old status of {id} {PROPAGATION:?} after the change"
@@ -387,7 +397,7 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
     let (r2, _, admin2) =
         Sidecar::with_handle(cluster_config(&up.url(), seeds_from(&cluster, other), "r2")).await;
     assert_eq!(wait_readers_on_owner(&cluster, 2, SETUP).await, victim);
-    let http = Http::new();
+    let http = Client::new();
 
     let ids: Vec<String> = up.sim.game_ids().into_iter().take(7).collect();
     // Read throughout; `during` changes while the log has no owner.
@@ -399,7 +409,7 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
         }
     }
     assert_eq!(
-        http.get(&r2.url(&odds_path(&during))).await.x_cache,
+        http.get(&r2.url(&odds_path(&during))).await.x_cache(),
         "HIT",
         "r2 holds {during} before the kill"
     );
@@ -414,7 +424,7 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
             .flat_map(|id| [r1.url(&odds_path(id)), r2.url(&odds_path(id))])
             .collect();
         tokio::spawn(async move {
-            let http = Http::new();
+            let http = Client::new();
             while !stop.load(Ordering::Relaxed) {
                 for u in &urls {
                     let r = http.get(u).await;
@@ -516,7 +526,7 @@ async fn log_readers_follow_the_slot_to_a_promoted_replica_and_resume_without_a_
     ))
     .await;
     assert_eq!(wait_readers_on_owner(&cluster, 2, SETUP).await, owner);
-    let http = Http::new();
+    let http = Client::new();
     let ids: Vec<String> = up.sim.game_ids().into_iter().take(2).collect();
     for id in &ids {
         assert!(up.sim.set_status(id, "pre_game"));

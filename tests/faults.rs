@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::client::Client;
 use common::{redis_server, relay, sidecar, Sidecar};
 
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use oddscache::config::Dur;
 use redis_server::RedisServer;
 use relay::Relay;
-use sidecar::{config, until_status, Http, Upstream};
+use sidecar::{config, until_status, Upstream};
 
 const POLL: Duration = Duration::from_millis(20);
 
@@ -29,13 +30,13 @@ fn game_path(id: &str) -> String {
 
 /// Makes game number `n` `pre_game` at the upstream and has every sidecar
 /// of `fleet` cache its odds (its second GET a HIT); returns the game's id.
-async fn cache_pre_game(http: &Http, up: &Upstream, fleet: &[&Sidecar], n: usize) -> String {
+async fn cache_pre_game(http: &Client, up: &Upstream, fleet: &[&Sidecar], n: usize) -> String {
     let id = up.sim.game_ids()[n].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
     for s in fleet {
         let url = s.url(&odds_path(&id));
         assert_eq!(http.get(&url).await.game_status(), "pre_game");
-        assert_eq!(http.get(&url).await.x_cache, "HIT");
+        assert_eq!(http.get(&url).await.x_cache(), "HIT");
     }
     id
 }
@@ -51,7 +52,7 @@ async fn an_event_seen_while_redis_stalls_reaches_the_fleet_after() {
     let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "a")).await;
     let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
-    let http = Http::new();
+    let http = Client::new();
     let id = cache_pre_game(&http, &up, &[&a, &b], 0).await;
     let odds = odds_path(&id);
 
@@ -101,7 +102,7 @@ async fn an_event_its_writer_could_not_send_reaches_the_fleet_later() {
     let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "a")).await;
     let b = Sidecar::start(config(&up.url(), Some(&relay.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
-    let http = Http::new();
+    let http = Client::new();
     let id = cache_pre_game(&http, &up, &[&a, &b], 6).await;
     let odds = odds_path(&id);
     relay.blackhole_everything();
@@ -135,7 +136,7 @@ async fn queued_invalidations_reach_the_log_before_a_sidecar_exits() {
     let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "a")).await;
     let b = Sidecar::start(config(&up.url(), Some(&relay.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
-    let http = Http::new();
+    let http = Client::new();
     let id = cache_pre_game(&http, &up, &[&a, &b], 7).await;
     let odds = odds_path(&id);
     relay.blackhole_everything();
@@ -178,7 +179,7 @@ async fn a_blackholed_replica_reconnects_and_replays_what_it_missed() {
     let a = Sidecar::start(cfg_a).await;
     let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
-    let http = Http::new();
+    let http = Client::new();
     let id = cache_pre_game(&http, &up, &[&a, &b], 1).await;
     let odds = odds_path(&id);
 
@@ -220,7 +221,7 @@ async fn a_lost_state_key_never_hides_a_transition() {
         v
     };
     redis.wait_fleet_connected(3).await;
-    let http = Http::new();
+    let http = Client::new();
     let ids = up.sim.game_ids();
     let (kept, lost) = (ids[2].clone(), ids[3].clone());
     let mut c = redis.conn().await;
@@ -231,7 +232,7 @@ async fn a_lost_state_key_never_hides_a_transition() {
                 http.get(&s.url(&odds_path(id))).await.game_status(),
                 "pre_game"
             );
-            assert_eq!(http.get(&s.url(&odds_path(id))).await.x_cache, "HIT");
+            assert_eq!(http.get(&s.url(&odds_path(id))).await.x_cache(), "HIT");
         }
     }
     // Registrations are written off the request path.
@@ -287,7 +288,7 @@ async fn two_processes_with_one_replica_id_hear_each_other() {
     let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "same")).await;
     let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "same")).await;
     redis.wait_fleet_connected(2).await;
-    let http = Http::new();
+    let http = Client::new();
     let id = cache_pre_game(&http, &up, &[&a, &b], 4).await;
     let odds = odds_path(&id);
     let w = http
@@ -315,7 +316,7 @@ async fn the_fleet_view_shows_a_replica_that_is_behind() {
     let (b, _handle, b_admin) =
         Sidecar::with_handle(config(&up.url(), Some(&redis.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
-    let http = Http::new();
+    let http = Client::new();
     let fleet_url = format!("http://{b_admin}/api/v1/shared/cache/fleet");
     let view = |v: &serde_json::Value, who: &str| {
         v["replicas"]

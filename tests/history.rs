@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::client::Client;
 use common::{redis_server, relay, sidecar, Sidecar};
 
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use oddscache::config::Dur;
 use redis_server::RedisServer;
 use relay::Relay;
-use sidecar::{config, Http, Upstream};
+use sidecar::{config, Upstream};
 
 /// Healthy: a change seen anywhere is everywhere within this.
 const HEALTHY: Duration = Duration::from_millis(50);
@@ -95,7 +96,7 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
     redis.wait_fleet_connected(2).await;
     let games: Vec<String> = up.sim.game_ids().into_iter().take(GAMES + QUIET).collect();
     assert_eq!(games.len(), GAMES + QUIET, "the simulator has enough games");
-    let http = Http::new();
+    let http = Client::new();
     for id in &games {
         assert!(up.sim.set_status(id, STATUSES[0]));
         for s in fleet.iter() {
@@ -134,7 +135,7 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
                 games.clone(),
             );
             tokio::spawn(async move {
-                let http = Http::new();
+                let http = Client::new();
                 let mut n = i;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let (replica, game) = (n % 2, (n / 2) % (GAMES + QUIET));
@@ -148,7 +149,7 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
                             replica,
                             game,
                             status: r.game_status(),
-                            x_cache: r.x_cache.clone(),
+                            x_cache: r.x_cache().to_string(),
                             began,
                             ended,
                         });
@@ -236,7 +237,7 @@ async fn write(
     offset: usize,
     pause: Duration,
 ) {
-    let http = Http::new();
+    let http = Client::new();
     let mut at = vec![0usize; games.len()];
     let len = slots.len();
     let mut n = 0usize;

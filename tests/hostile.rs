@@ -17,7 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-use common::{raw_exchange, raw_status, Client, Reply, Resp, Upstream, PATIENCE};
+use common::client::{raw_exchange, raw_status, Client, Resp};
+use common::{Reply, Upstream, PATIENCE};
 use oddscache::config::Overrides;
 use oddscache::{Config, Listeners};
 

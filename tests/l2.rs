@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::client::Client;
 use common::{redis_server, sidecar, Sidecar};
 
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use oddscache::Config;
 use redis::AsyncCommands;
 
 use redis_server::RedisServer;
-use sidecar::{config, Http, Upstream};
+use sidecar::{config, Upstream};
 
 /// How long a peer may take to see an invalidation on loopback.
 const PROPAGATION: Duration = Duration::from_secs(2);
@@ -39,7 +40,7 @@ struct Pair {
     r1: Sidecar,
     r2: Sidecar,
     c: redis::aio::MultiplexedConnection,
-    http: Http,
+    http: Client,
 }
 
 async fn pair() -> Pair {
@@ -55,7 +56,7 @@ async fn pair() -> Pair {
         r1,
         r2,
         c,
-        http: Http::new(),
+        http: Client::new(),
     }
 }
 
@@ -98,21 +99,21 @@ async fn a_peer_answers_from_the_l2_until_an_invalidation_removes_it() {
 
     let filled = http.get(&r1.url(&odds)).await;
     assert_eq!(filled.status, 200);
-    assert_eq!(filled.x_cache, "MISS");
+    assert_eq!(filled.x_cache(), "MISS");
     assert_eq!(filled.game_status(), "pre_game");
     assert_eq!(up.sim.requests_served(), 1);
     wait_stored(&mut c, &resp_key(&odds)).await;
 
     let from_l2 = http.get(&r2.url(&odds)).await;
     assert_eq!(from_l2.status, 200);
-    assert_eq!(from_l2.x_cache, "HIT");
-    assert_eq!(from_l2.cache_status, "oddscache; hit; detail=l2");
+    assert_eq!(from_l2.x_cache(), "HIT");
+    assert_eq!(from_l2.cache_status(), "oddscache; hit; detail=l2");
     assert_eq!(from_l2.body, filled.body);
     assert_eq!(up.sim.requests_served(), 1, "no upstream request for r2");
     // Now in r2's L1.
     let again = http.get(&r2.url(&odds)).await;
     assert_eq!(
-        (again.x_cache.as_str(), again.cache_status.as_str()),
+        (again.x_cache(), again.cache_status()),
         ("HIT", "oddscache; hit")
     );
     assert_eq!(up.sim.requests_served(), 1);
@@ -138,11 +139,11 @@ async fn a_peer_answers_from_the_l2_until_an_invalidation_removes_it() {
         let r = http.get(&r2.url(&odds)).await;
         assert_eq!(r.status, 200);
         if r.game_status() == "in_progress" {
-            assert_eq!(r.x_cache, "MISS", "the new status is a fresh fill");
+            assert_eq!(r.x_cache(), "MISS", "the new status is a fresh fill");
             break;
         }
         assert_eq!(
-            (r.x_cache.as_str(), r.cache_status.as_str()),
+            (r.x_cache(), r.cache_status()),
             ("HIT", "oddscache; hit"),
             "the old status came from somewhere other than r2's L1"
         );
@@ -158,7 +159,7 @@ async fn a_peer_answers_from_the_l2_until_an_invalidation_removes_it() {
     wait_stored(&mut c, &resp_key(&odds)).await;
     let r = http.get(&r1.url(&odds)).await;
     assert_eq!(r.game_status(), "in_progress");
-    assert_eq!(r.cache_status, "oddscache; hit; detail=l2");
+    assert_eq!(r.cache_status(), "oddscache; hit; detail=l2");
     assert_eq!(up.sim.requests_served(), served);
     r1.stop().await;
     r2.stop().await;
@@ -178,11 +179,11 @@ async fn a_copy_that_predates_an_unsafe_method_is_refused_from_the_l2() {
         http,
     } = pair().await;
     let odds = odds_path(&up.sim.game_ids()[0]);
-    assert_eq!(http.get(&r1.url(&odds)).await.x_cache, "MISS");
+    assert_eq!(http.get(&r1.url(&odds)).await.x_cache(), "MISS");
     wait_stored(&mut c, &resp_key(&odds)).await;
     let old: Vec<u8> = c.get(resp_key(&odds)).await.expect("GET the copy");
     assert_eq!(
-        http.get(&r2.url(&odds)).await.cache_status,
+        http.get(&r2.url(&odds)).await.cache_status(),
         "oddscache; hit; detail=l2"
     );
 
@@ -195,11 +196,12 @@ async fn a_copy_that_predates_an_unsafe_method_is_refused_from_the_l2() {
     let deadline = Instant::now() + PROPAGATION;
     loop {
         let r = http.get(&r2.url(&odds)).await;
-        if r.cache_status != "oddscache; hit" {
+        if r.cache_status() != "oddscache; hit" {
             assert_eq!(
-                r.x_cache, "MISS",
+                r.x_cache(),
+                "MISS",
                 "r2 served a copy from before the PUT ({})",
-                r.cache_status
+                r.cache_status()
             );
             break;
         }
@@ -228,7 +230,7 @@ async fn unsafe_methods_and_junk_do_not_serve_from_the_l2() {
     let ids = up.sim.game_ids();
     let odds = odds_path(&ids[0]);
 
-    assert_eq!(http.get(&r1.url(&odds)).await.x_cache, "MISS");
+    assert_eq!(http.get(&r1.url(&odds)).await.x_cache(), "MISS");
     wait_stored(&mut c, &resp_key(&odds)).await;
     // A write to the URI itself that changes nothing the watcher acts on.
     let w = http.put(&r1.url(&odds), "{}").await;
@@ -239,7 +241,7 @@ async fn unsafe_methods_and_junk_do_not_serve_from_the_l2() {
     );
     let served = up.sim.requests_served();
     let r = http.get(&r2.url(&odds)).await;
-    assert_eq!(r.x_cache, "MISS");
+    assert_eq!(r.x_cache(), "MISS");
     assert_eq!(up.sim.requests_served(), served + 1);
 
     // Junk under a key: refused, and the fill goes upstream.
@@ -250,7 +252,7 @@ async fn unsafe_methods_and_junk_do_not_serve_from_the_l2() {
         .unwrap();
     let r = http.get(&r2.url(&junk_path)).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.x_cache, "MISS");
+    assert_eq!(r.x_cache(), "MISS");
     assert!(!r.game_status().is_empty());
     assert_eq!(up.sim.requests_served(), served + 2);
     r1.stop().await;

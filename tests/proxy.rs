@@ -15,9 +15,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 
-use common::{
-    dead_port_url, raw_exchange, raw_status, Client, RawEnd, RawUpstream, Reply, Sidecar, Upstream,
-};
+use common::client::{raw_exchange, raw_status, Client, Resp};
+use common::{dead_port_url, RawEnd, RawUpstream, Reply, Sidecar, Upstream};
 
 const GAMES: &str = r#"{"games":[]}"#;
 
@@ -74,7 +73,7 @@ async fn outlive_short_ttl() {
     tokio::time::sleep(Duration::from_millis(1300)).await;
 }
 
-fn age(r: &common::Resp) -> u64 {
+fn age(r: &Resp) -> u64 {
     r.header("age").parse().expect("Age is delta-seconds")
 }
 

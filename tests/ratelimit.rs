@@ -7,7 +7,8 @@ mod common;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use common::{Client, Sidecar, Upstream, PATIENCE};
+use common::client::Client;
+use common::{Sidecar, Upstream, PATIENCE};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;

@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::client::Client;
 use common::{redis_cluster, redis_server, sidecar, Sidecar};
 
 use std::collections::HashSet;
@@ -20,7 +21,7 @@ use oddscache::invalidate::wire;
 
 use redis_cluster::{Sentinels, MASTER_NAME};
 use redis_server::{readers_in, RedisServer};
-use sidecar::{config, Http, Upstream};
+use sidecar::{config, Upstream};
 
 /// The event log's key (`{key_prefix}events`).
 const EVENTS: &str = "oddscache:events";
@@ -91,7 +92,7 @@ fn logged_games(node: &RedisServer, replica: &str) -> HashSet<String> {
 /// Waits until `sidecar` serves `id` with upstream status `status`; it may
 /// serve the old one for at most `within`.
 async fn wait_serves(
-    http: &Http,
+    http: &Client,
     sidecar: &Sidecar,
     name: &str,
     id: &str,
@@ -115,7 +116,7 @@ async fn the_sidecars_follow_a_sentinel_failover_without_errors_or_stale_odds() 
     let r1 = Sidecar::start(sentinel_config(&up.url(), set.urls(), "r1")).await;
     let r2 = Sidecar::start(sentinel_config(&up.url(), set.urls(), "r2")).await;
     wait_on(&set.primary, 2, SETUP).await;
-    let http = Http::new();
+    let http = Client::new();
     // Read throughout; `during` changes while there is no primary.
     let (id, during) = {
         let ids = up.sim.game_ids();
@@ -124,8 +125,8 @@ async fn the_sidecars_follow_a_sentinel_failover_without_errors_or_stale_odds() 
     for g in [&id, &during] {
         assert!(up.sim.set_status(g, "pre_game"));
         for s in [&r1, &r2] {
-            assert_eq!(http.get(&s.url(&odds_path(g))).await.x_cache, "MISS");
-            assert_eq!(http.get(&s.url(&odds_path(g))).await.x_cache, "HIT");
+            assert_eq!(http.get(&s.url(&odds_path(g))).await.x_cache(), "MISS");
+            assert_eq!(http.get(&s.url(&odds_path(g))).await.x_cache(), "HIT");
         }
     }
 
@@ -137,7 +138,7 @@ async fn the_sidecars_follow_a_sentinel_failover_without_errors_or_stale_odds() 
         let (stop, errors, reads) = (stop.clone(), errors.clone(), reads.clone());
         let urls = [r1.url(&odds_path(&id)), r2.url(&odds_path(&id))];
         tokio::spawn(async move {
-            let http = Http::new();
+            let http = Client::new();
             while !stop.load(Ordering::Relaxed) {
                 for u in &urls {
                     let r = http.get(u).await;

@@ -21,6 +21,7 @@
 
 mod common;
 
+use common::client::Client;
 use common::{chaos, redis_server};
 
 use std::collections::VecDeque;
@@ -28,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chaos::{admin_get, config, rss_kib, Http, Replica, Sample, SimUpstream, Truth, Verdict};
+use chaos::{admin_get, config, rss_kib, Replica, Sample, SimUpstream, Truth, Verdict};
 use redis_server::RedisServer;
 use tokio::time::MissedTickBehavior;
 
@@ -212,7 +213,7 @@ async fn soak() {
                 Arc::clone(&replicas),
             );
             tokio::spawn(async move {
-                let http = Http::new();
+                let http = Client::new();
                 let mut tick = tokio::time::interval(period);
                 tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 while !stop.load(Ordering::Relaxed) {
@@ -243,7 +244,7 @@ async fn soak() {
             Arc::clone(&writes),
         );
         tokio::spawn(async move {
-            let http = Http::new();
+            let http = Client::new();
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / changes as f64));
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             let mut step = vec![0usize; games.len()];
@@ -261,7 +262,7 @@ async fn soak() {
                     let factor = if up_moves[g] { 1.15 } else { 1.0 / 1.15 };
                     up_moves[g] = !up_moves[g];
                     if sim.scale_line(&games[g], "/moneyline/home", factor) {
-                        http.put(&via.url(&format!("/api/v1/games/{}", games[g])), "{}")
+                        http.put_ok(&via.url(&format!("/api/v1/games/{}", games[g])), "{}")
                             .await;
                     }
                 }

@@ -7,7 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Client, Sidecar};
+use common::client::Client;
+use common::Sidecar;
 use http::Method;
 use oddscache::demo::{self, SimConfig, Simulator};
 use oddscache::shutdown;

@@ -12,10 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use http::Method;
 use oddscache::config::{Config, Overrides, SHIPPED};
 use oddscache::demo::{SimConfig, Simulator};
 use oddscache::shutdown;
@@ -23,7 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::common::Sidecar;
+use super::client::Client;
+use super::Sidecar;
 
 /// The propagation bound: a change must be visible on every replica this
 /// long after the write that made it returned. A correctness bound, not a
@@ -310,50 +308,20 @@ fn games_in(body: &[u8]) -> Vec<Shown> {
     }
 }
 
-/// A pooled HTTP/1.1 client that reports failures instead of panicking.
-#[derive(Clone)]
-pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Default for Http {
-    fn default() -> Self {
-        Http::new()
-    }
-}
-
-impl Http {
-    pub fn new() -> Http {
-        Http {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
-    }
-
+/// The chaos scenarios' use of the harness's client: a sample reports a
+/// failure instead of panicking, and every exchange has [`REQUEST_TIMEOUT`].
+impl Client {
     pub async fn sample(&self, replica: usize, base: &str, path: &str) -> Sample {
         let start = Instant::now();
-        let req = Request::get(format!("{base}{path}"))
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-        let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status().as_u16();
-            let x_cache = resp
-                .headers()
-                .get("x-cache")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok::<_, String>((status, x_cache, body))
-        };
-        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_TIMEOUT:?}")));
+        let outcome = self
+            .try_send(
+                Method::GET,
+                &format!("{base}{path}"),
+                &[],
+                Bytes::new(),
+                REQUEST_TIMEOUT,
+            )
+            .await;
         let took = start.elapsed();
         let mut s = Sample {
             replica,
@@ -366,11 +334,11 @@ impl Http {
             error: None,
         };
         match outcome {
-            Ok((status, x_cache, body)) => {
-                s.status = status;
-                s.x_cache = x_cache;
-                if status == 200 {
-                    s.games = games_in(&body);
+            Ok(r) => {
+                s.status = r.status.as_u16();
+                s.x_cache = r.maybe("x-cache").unwrap_or("").to_string();
+                if s.status == 200 {
+                    s.games = games_in(&r.body);
                 }
             }
             Err(e) => s.error = Some(e),
@@ -379,20 +347,18 @@ impl Http {
     }
 
     /// A write through a replica; panics unless it answers 200.
-    pub async fn put(&self, url: &str, body: &str) {
-        let req = Request::builder()
-            .method(Method::PUT)
-            .uri(url)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("request");
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req))
+    pub async fn put_ok(&self, url: &str, body: &str) {
+        let resp = self
+            .try_send(
+                Method::PUT,
+                url,
+                &[("content-type", "application/json")],
+                body.to_string(),
+                REQUEST_TIMEOUT,
+            )
             .await
-            .unwrap_or_else(|_| panic!("PUT {url} hung"))
             .unwrap_or_else(|e| panic!("PUT {url} failed: {e}"));
-        let status = resp.status();
-        let _ = resp.into_body().collect().await;
-        assert_eq!(status, 200, "PUT {url}");
+        assert_eq!(resp.status, 200, "PUT {url}");
     }
 }
 
@@ -423,7 +389,7 @@ impl Load {
                     Arc::clone(&targets),
                 );
                 tokio::spawn(async move {
-                    let http = Http::new();
+                    let http = Client::new();
                     let mut samples = Vec::new();
                     let mut i = w;
                     while !stop.load(Ordering::Relaxed) {
@@ -505,9 +471,9 @@ impl Truth {
     }
 
     /// Changes a game's status with a watched write through `replica`.
-    pub async fn change(&self, http: &Http, replica: &Replica, game: &str, status: &str) {
+    pub async fn change(&self, http: &Client, replica: &Replica, game: &str, status: &str) {
         let begin = Instant::now();
-        http.put(
+        http.put_ok(
             &replica.url(&format!("/api/v1/games/{game}")),
             &format!(r#"{{"status":"{status}"}}"#),
         )

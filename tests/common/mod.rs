@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod client;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod relay;
@@ -30,8 +31,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -382,139 +382,4 @@ impl Sidecar {
             .expect("the shipped config is valid");
         Sidecar::start(config).await
     }
-}
-
-/// A whole response as the client got it.
-#[derive(Debug)]
-pub struct Resp {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Resp {
-    /// The value of a header that must be there.
-    pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} in {:?}", self.headers))
-            .to_str()
-            .expect("ascii header")
-    }
-
-    pub fn maybe(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().expect("ascii"))
-    }
-
-    pub fn x_cache(&self) -> &str {
-        self.header("x-cache")
-    }
-
-    pub fn cache_status(&self) -> &str {
-        self.header("cache-status")
-    }
-
-    pub fn text(&self) -> &str {
-        std::str::from_utf8(&self.body).expect("utf-8 body")
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-}
-
-/// An HTTP/1.1 client with a connection pool, like a browser's.
-#[derive(Clone)]
-pub struct Client {
-    inner: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Default for Client {
-    fn default() -> Self {
-        Client::new()
-    }
-}
-
-impl Client {
-    pub fn new() -> Client {
-        Client {
-            inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                .build(HttpConnector::new()),
-        }
-    }
-
-    pub async fn get(&self, url: &str) -> Resp {
-        self.send(Method::GET, url, &[], Bytes::new()).await
-    }
-
-    pub async fn get_with(&self, url: &str, headers: &[(&str, &str)]) -> Resp {
-        self.send(Method::GET, url, headers, Bytes::new()).await
-    }
-
-    pub async fn send(
-        &self,
-        method: Method,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Bytes>,
-    ) -> Resp {
-        let resp = self.head_only(method, url, headers, body).await;
-        let (parts, body) = resp.into_parts();
-        let body = tokio::time::timeout(PATIENCE, body.collect())
-            .await
-            .expect("body within patience")
-            .expect("whole body")
-            .to_bytes();
-        Resp {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    }
-
-    /// The response with its body still streaming, for bodies that may break.
-    pub async fn head_only(
-        &self,
-        method: Method,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Bytes>,
-    ) -> Response<Incoming> {
-        let mut req = Request::builder().method(method).uri(url);
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
-        let req = req.body(Full::new(body.into())).expect("request");
-        tokio::time::timeout(PATIENCE, self.inner.request(req))
-            .await
-            .expect("response within patience")
-            .expect("response head")
-    }
-}
-
-/// Sends raw bytes on a fresh connection and reads until the server closes.
-pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut out = Vec::new();
-    // A reset after the answer is fine: what arrived is what counts.
-    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out))
-        .await
-        .expect("server closed the connection within patience");
-    out
-}
-
-/// The status code of a raw HTTP/1.1 response.
-pub fn raw_status(response: &[u8]) -> u16 {
-    let text = String::from_utf8_lossy(response);
-    let line = text.lines().next().unwrap_or_default();
-    line.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"))
 }

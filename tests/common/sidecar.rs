@@ -1,18 +1,15 @@
-//! A small harness: the demo simulator as upstream, sidecars in front of
-//! it on loopback ports, and a plain HTTP client.
+//! A small harness: the demo simulator as upstream, and the shipped config
+//! for sidecars in front of it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use oddscache::config::{Config, Overrides, SHIPPED};
 use oddscache::demo::{SimConfig, Simulator};
 use oddscache::shutdown;
 use tokio::net::TcpListener;
+
+use super::client::Client;
 
 async fn bind() -> TcpListener {
     TcpListener::bind("127.0.0.1:0")
@@ -63,99 +60,10 @@ pub fn config(upstream: &str, redis_url: Option<&str>, replica: &str) -> Config 
     .expect("the shipped config is valid")
 }
 
-/// What a test looks at in a response.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub x_cache: String,
-    pub cache_status: String,
-    pub body: Bytes,
-}
-
-impl Reply {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body[..self.body.len().min(200)])
-            )
-        })
-    }
-
-    /// The `status` field of a game object.
-    pub fn game_status(&self) -> String {
-        self.json()["status"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no status in {}", String::from_utf8_lossy(&self.body)))
-            .to_string()
-    }
-}
-
-#[derive(Clone)]
-pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Http {
-    pub fn new() -> Http {
-        Http {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
-    }
-
-    pub async fn send(&self, method: Method, url: &str, body: &str) -> Reply {
-        let mut req = Request::builder().method(method).uri(url);
-        if !body.is_empty() {
-            req = req.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("valid request");
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
-        let status = resp.status();
-        let x_cache = resp
-            .headers()
-            .get("x-cache")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let cache_status = resp
-            .headers()
-            .get("cache-status")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .unwrap_or_else(|e| panic!("body from {url} failed: {e}"))
-            .to_bytes();
-        Reply {
-            status,
-            x_cache,
-            cache_status,
-            body,
-        }
-    }
-
-    pub async fn get(&self, url: &str) -> Reply {
-        self.send(Method::GET, url, "").await
-    }
-
-    pub async fn put(&self, url: &str, body: &str) -> Reply {
-        self.send(Method::PUT, url, body).await
-    }
-}
-
 /// Polls `url` until it shows upstream status `want`; panics with what it
 /// saw after `within`. Returns how long that took.
 pub async fn until_status(
-    http: &Http,
+    http: &Client,
     url: &str,
     want: &str,
     within: std::time::Duration,
@@ -170,7 +78,7 @@ pub async fn until_status(
             began.elapsed() < within,
             "{url} still shows {:?} ({}) {within:?} after it became {want}",
             r.game_status(),
-            r.x_cache
+            r.x_cache()
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
