@@ -14,7 +14,6 @@ use common::client::Client;
 use common::{redis_cluster, redis_server, sidecar, Sidecar};
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,36 +143,6 @@ async fn wait_logged(cluster: &Cluster, i: usize, replica: &str, game: &str, wit
         assert!(
             Instant::now() < deadline,
             "{replica}'s invalidation of {game} is not in the log on node {i} after {within:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Metric `series` (name and labels, e.g. `oddscache_resyncs_total{why="gap"}`)
-/// from the admin port's `/metrics`.
-async fn metric(http: &Client, admin: SocketAddr, series: &str) -> f64 {
-    let r = http.get(&format!("http://{admin}/metrics")).await;
-    assert_eq!(r.status, 200, "/metrics");
-    String::from_utf8_lossy(&r.body)
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
-}
-
-/// Waits until metric `series` on the admin port reads `want`.
-async fn wait_metric(http: &Client, admin: SocketAddr, series: &str, want: f64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let got = metric(http, admin, series).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} on {admin} stayed {got}, never {want}, for {within:?}"
         );
         tokio::time::sleep(POLL).await;
     }
@@ -388,14 +357,13 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
     let victim = cluster.owner(EVENTS);
     let other = *primaries.iter().find(|&&p| p != victim).unwrap();
     let up = Upstream::start().await;
-    let (r1, _, admin1) = Sidecar::with_handle(cluster_config(
+    let r1 = Sidecar::start(cluster_config(
         &up.url(),
         seeds_from(&cluster, victim),
         "r1",
     ))
     .await;
-    let (r2, _, admin2) =
-        Sidecar::with_handle(cluster_config(&up.url(), seeds_from(&cluster, other), "r2")).await;
+    let r2 = Sidecar::start(cluster_config(&up.url(), seeds_from(&cluster, other), "r2")).await;
     assert_eq!(wait_readers_on_owner(&cluster, 2, SETUP).await, victim);
     let http = Client::new();
 
@@ -475,8 +443,9 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
     );
 
     // The readers are back; so must the command connections be.
-    for admin in [admin1, admin2] {
-        wait_metric(&http, admin, "oddscache_redis_up", 1.0, SETUP).await;
+    for r in [&r1, &r2] {
+        r.wait_metric("oddscache_redis_up", |v| v == 1.0, SETUP)
+            .await;
     }
     let c = &mut cluster.connection().await;
     for id in &ids {
@@ -517,9 +486,8 @@ async fn log_readers_follow_the_slot_to_a_promoted_replica_and_resume_without_a_
         .replica_of(owner)
         .expect("the log's owner has a replica");
     let up = Upstream::start().await;
-    let (r1, _, admin1) =
-        Sidecar::with_handle(cluster_config(&up.url(), seeds_from(&cluster, owner), "r1")).await;
-    let (r2, _, admin2) = Sidecar::with_handle(cluster_config(
+    let r1 = Sidecar::start(cluster_config(&up.url(), seeds_from(&cluster, owner), "r1")).await;
+    let r2 = Sidecar::start(cluster_config(
         &up.url(),
         seeds_from(&cluster, replica),
         "r2",
@@ -575,9 +543,9 @@ async fn log_readers_follow_the_slot_to_a_promoted_replica_and_resume_without_a_
         "the games of r1's entries in the promoted replica's log"
     );
     // Both moved to the new owner, yet neither found a gap there.
-    for (name, admin) in [("r1", admin1), ("r2", admin2)] {
-        let start = metric(&http, admin, r#"oddscache_resyncs_total{why="start"}"#).await;
-        let gap = metric(&http, admin, r#"oddscache_resyncs_total{why="gap"}"#).await;
+    for (name, r) in [("r1", &r1), ("r2", &r2)] {
+        let start = r.metric(r#"oddscache_resyncs_total{why="start"}"#).await;
+        let gap = r.metric(r#"oddscache_resyncs_total{why="gap"}"#).await;
         assert_eq!(
             (start, gap),
             (1.0, 0.0),

@@ -313,11 +313,10 @@ async fn the_fleet_view_shows_a_replica_that_is_behind() {
     let mut cfg_a = config(&up.url(), Some(&relay.url()), "a");
     cfg_a.redis.as_mut().expect("redis").liveness_timeout = Dur(Duration::from_secs(1));
     let a = Sidecar::start(cfg_a).await;
-    let (b, _handle, b_admin) =
-        Sidecar::with_handle(config(&up.url(), Some(&redis.url()), "b")).await;
+    let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
     let http = Client::new();
-    let fleet_url = format!("http://{b_admin}/api/v1/shared/cache/fleet");
+    let fleet_url = b.admin_url("/api/v1/shared/cache/fleet");
     let view = |v: &serde_json::Value, who: &str| {
         v["replicas"]
             .as_array()
@@ -365,7 +364,7 @@ async fn the_fleet_view_shows_a_replica_that_is_behind() {
     let lag = view(&behind, "a").unwrap();
     assert!(lag["behind_ms"].as_u64().unwrap() > 0, "{lag}");
     assert_eq!(view(&behind, "b").unwrap()["behind_events"], 0, "{behind}");
-    let metrics = http.get(&format!("http://{b_admin}/metrics")).await;
+    let metrics = http.get(&b.admin_url("/metrics")).await;
     let text = String::from_utf8_lossy(&metrics.body).to_string();
     let gauge: f64 = text
         .lines()

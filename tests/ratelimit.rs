@@ -35,7 +35,9 @@ ttl = "10m"
         upstream.url()
     );
     let config = Config::from_toml(&text, &Overrides::default()).expect("valid test config");
-    Sidecar::with_handle(config).await
+    let sidecar = Sidecar::start(config).await;
+    let (handle, admin) = (sidecar.handle().clone(), sidecar.admin);
+    (sidecar, handle, admin)
 }
 
 #[tokio::test]

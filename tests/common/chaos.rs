@@ -16,11 +16,10 @@ use http::Method;
 use oddscache::config::{Config, Overrides, SHIPPED};
 use oddscache::demo::{SimConfig, Simulator};
 use oddscache::shutdown;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::client::Client;
+use super::client::{one_shot, Client};
 use super::Sidecar;
 
 /// The propagation bound: a change must be visible on every replica this
@@ -72,11 +71,11 @@ pub struct Replica {
 
 impl Replica {
     pub async fn start(name: &str, config: Config) -> Replica {
-        let (sidecar, _handle, admin) = Sidecar::with_handle(config).await;
+        let sidecar = Sidecar::start(config).await;
         Replica {
             name: name.to_string(),
+            admin: sidecar.admin,
             sidecar,
-            admin,
         }
     }
 
@@ -84,21 +83,8 @@ impl Replica {
         self.sidecar.url(path)
     }
 
-    /// One sample of a metric (the first series whose name and labels
-    /// start with `series`), from `/metrics`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let (status, body) = admin_get(self.admin, "/metrics").await;
-        assert_eq!(status, 200, "/metrics");
-        let text = String::from_utf8_lossy(&body);
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                (name == series || name.starts_with(&format!("{series}{{")))
-                    .then(|| value.parse().ok())
-                    .flatten()
-            })
-            .unwrap_or_else(|| panic!("no {series} in /metrics"))
+        self.sidecar.metric(series).await
     }
 
     pub async fn admin_json(&self, path: &str) -> (u16, serde_json::Value) {
@@ -111,31 +97,22 @@ impl Replica {
 
     /// Waits until `metric` reads `want`; answers when it did.
     pub async fn wait_metric(&self, series: &str, want: f64) -> Instant {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let got = self.metric(series).await;
-            if got == want {
-                return Instant::now();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: {series} stayed {got}, never {want}",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.sidecar
+            .wait_metric(series, |got| got == want, WAIT)
+            .await;
+        Instant::now()
     }
 }
 
 /// A GET on a fresh connection closed after the answer, so probes hold no
 /// pooled connection or task that a leak check would count.
 pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
-    raw_request(addr, "GET", path, &[], "").await
+    one_shot(addr, "GET", path, &[], "").await
 }
 
 pub async fn admin_post(addr: SocketAddr, path: &str, body: &str) -> (u16, Vec<u8>) {
     let auth = format!("Bearer {TOKEN}");
-    raw_request(
+    one_shot(
         addr,
         "POST",
         path,
@@ -146,68 +123,6 @@ pub async fn admin_post(addr: SocketAddr, path: &str, body: &str) -> (u16, Vec<u
         body,
     )
     .await
-}
-
-async fn raw_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, Vec<u8>) {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await.expect("connect to admin");
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: chaos\r\nconnection: close\r\ncontent-length: {}\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes()).await.expect("write");
-        s.write_all(body.as_bytes()).await.expect("write");
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out).await;
-        out
-    };
-    let out = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .unwrap_or_else(|_| panic!("{method} {path} on {addr} hung"));
-    let text = String::from_utf8_lossy(&out);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not HTTP: {text:?}"));
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(out.len(), |i| i + 4);
-    let mut body = out[split..].to_vec();
-    if text
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    (status, body)
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&raw[..eol])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
-            .unwrap_or(0);
-        if size == 0 || raw.len() < eol + 2 + size {
-            break;
-        }
-        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
-        raw = &raw[(eol + 4 + size).min(raw.len())..];
-    }
-    out
 }
 
 /// The demo API without its ticker, killable and restartable on its port.

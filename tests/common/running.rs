@@ -1,43 +1,30 @@
-//! The sidecar started in process on loopback ports; the harnesses add
-//! their own constructors.
-use std::net::SocketAddr;
+//! The one starter: the sidecar built from a config and served in process
+//! on two loopback ports, proxy and admin, as `oddscache::run` serves it.
 
-use oddscache::{Config, Listeners, RunError};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use oddscache::{Config, Handle, Listeners};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::client::one_shot;
+
 /// The sidecar, running in process until shut down or dropped.
 pub struct Sidecar {
     pub addr: SocketAddr,
+    /// The admin port.
+    pub admin: SocketAddr,
+    handle: Handle,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), RunError>>>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl Sidecar {
+    /// Builds the sidecar from `config` (what `oddscache::run` does first,
+    /// and its only way to fail) and serves its proxy and admin ports.
     pub async fn start(config: Config) -> Sidecar {
-        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = proxy.local_addr().expect("local addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(oddscache::run(
-            config,
-            Listeners { proxy, admin: None },
-            async move {
-                // A dropped sender is a shutdown too.
-                let _ = stopped.await;
-            },
-        ));
-        Sidecar {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    /// Starts with an admin port too, and keeps a [`oddscache::Handle`] on
-    /// the sidecar's internals. Answers the sidecar, its handle and the
-    /// admin port's address.
-    pub async fn with_handle(config: Config) -> (Sidecar, oddscache::Handle, SocketAddr) {
         let built = oddscache::Sidecar::new(config).expect("the sidecar builds");
         let handle = built.handle();
         let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -45,32 +32,79 @@ impl Sidecar {
         let addr = proxy.local_addr().expect("local addr");
         let admin_addr = admin.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let listeners = Listeners {
-                proxy,
-                admin: Some(admin),
-            };
-            built
-                .serve(listeners, async move {
-                    let _ = stopped.await;
-                })
-                .await;
-            Ok(())
-        });
-        let sidecar = Sidecar {
+        let listeners = Listeners {
+            proxy,
+            admin: Some(admin),
+        };
+        let task = tokio::spawn(built.serve(listeners, async move {
+            // A dropped sender is a shutdown too.
+            let _ = stopped.await;
+        }));
+        Sidecar {
             addr,
+            admin: admin_addr,
+            handle,
             stop: Some(stop),
             task: Some(task),
-        };
-        (sidecar, handle, admin_addr)
+        }
+    }
+
+    /// Read-only views into the running sidecar's internals.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Fires the shutdown signal (as SIGTERM would) and hands back `run`.
-    pub fn shutdown(mut self) -> JoinHandle<Result<(), RunError>> {
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// One sample of a metric (the first series whose name and labels
+    /// are `series`, or start with `series{`), from the admin port's
+    /// `/metrics` on a fresh connection, so no pooled connection outlives it.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (status, body) = one_shot(self.admin, "GET", "/metrics", &[], "").await;
+        assert_eq!(status, 200, "/metrics");
+        let text = String::from_utf8_lossy(&body);
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series || name.starts_with(&format!("{series}{{")))
+                    .then(|| value.parse().ok())
+                    .flatten()
+            })
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+    }
+
+    /// Polls a metric until `want` holds; panics after `within`.
+    pub async fn wait_metric(
+        &self,
+        series: &str,
+        want: impl Fn(f64) -> bool,
+        within: Duration,
+    ) -> f64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.metric(series).await;
+            if want(got) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} on {} stuck at {got} for {within:?}",
+                self.admin
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Fires the shutdown signal (as SIGTERM would) and hands back the
+    /// serving task, which ends once the drain is over.
+    pub fn shutdown(mut self) -> JoinHandle<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
