@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::client::{Client, Resp};
-use common::sidecar::Upstream;
+use common::sim::SimUpstream;
 use common::Sidecar;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
@@ -28,13 +28,13 @@ const PATIENCE: Duration = Duration::from_secs(20);
 struct Setup {
     sidecar: Sidecar,
     client: Client,
-    _up: Upstream,
+    _up: SimUpstream,
 }
 
 impl Setup {
     /// Starts the simulator and the sidecar; `edit` adjusts the shipped TOML.
     async fn start(token: Option<&str>, edit: impl Fn(String) -> String) -> Setup {
-        let up = Upstream::start().await;
+        let up = SimUpstream::start().await;
         let overrides = Overrides {
             upstream: Some(up.url()),
             admin_token: token.map(Into::into),

@@ -7,13 +7,14 @@
 mod common;
 
 use common::client::Client;
+use common::sim::SimUpstream;
 use common::{chaos, redis_server};
 
 use std::time::{Duration, Instant};
 
 use chaos::{
-    alive_tasks, assert_no_leaks, config, hit_latencies, percentile, report, Load, Replica,
-    SimUpstream, Truth, BOUND, SERIAL,
+    alive_tasks, assert_no_leaks, config, hit_latencies, percentile, report, Load, Replica, Truth,
+    BOUND, SERIAL,
 };
 use redis_server::RedisServer;
 

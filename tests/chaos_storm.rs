@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::sim::SimUpstream;
 use common::{chaos, redis_server};
 
 use std::fmt::Debug;
@@ -17,8 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chaos::{
-    admin_post, alive_tasks, assert_no_leaks, config, report, rss_kib, Load, Replica, SimUpstream,
-    Truth,
+    admin_post, alive_tasks, assert_no_leaks, config, report, rss_kib, Load, Replica, Truth,
 };
 use redis_server::RedisServer;
 use tracing::field::{Field, Visit};

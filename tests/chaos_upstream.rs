@@ -7,6 +7,7 @@
 mod common;
 
 use common::client::Client;
+use common::sim::SimUpstream;
 use common::{chaos, redis_server};
 
 use std::collections::HashMap;
@@ -15,8 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chaos::{
-    admin_get, alive_tasks, assert_no_leaks, config, report, Load, Replica, SimUpstream, Truth,
-    SERIAL, WAIT,
+    admin_get, alive_tasks, assert_no_leaks, config, report, Load, Replica, Truth, SERIAL, WAIT,
 };
 use redis_server::RedisServer;
 

@@ -11,6 +11,7 @@
 mod common;
 
 use common::client::Client;
+use common::sim::SimUpstream;
 use common::{redis_cluster, redis_server, sidecar, Sidecar};
 
 use std::collections::HashSet;
@@ -24,7 +25,7 @@ use redis::AsyncCommands;
 
 use redis_cluster::Cluster;
 use redis_server::readers_in;
-use sidecar::{config, Upstream};
+use sidecar::config;
 
 const PREFIX: &str = "oddscache:";
 /// The event log's key (`{key_prefix}events`).
@@ -194,7 +195,7 @@ async fn registration_invalidation_and_the_log_fan_out_across_slots_and_nodes() 
     let cluster = Cluster::start();
     let owner = cluster.owner(EVENTS);
     let elsewhere = (owner + 1) % cluster.nodes.len();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let r1 = Sidecar::start(cluster_config(&up.url(), seeds_from(&cluster, owner), "r1")).await;
     let r2 = Sidecar::start(cluster_config(
         &up.url(),
@@ -356,7 +357,7 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
     assert_eq!(primaries.len(), 3, "three primaries, three replicas");
     let victim = cluster.owner(EVENTS);
     let other = *primaries.iter().find(|&&p| p != victim).unwrap();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let r1 = Sidecar::start(cluster_config(
         &up.url(),
         seeds_from(&cluster, victim),
@@ -485,7 +486,7 @@ async fn log_readers_follow_the_slot_to_a_promoted_replica_and_resume_without_a_
     let replica = cluster
         .replica_of(owner)
         .expect("the log's owner has a replica");
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let r1 = Sidecar::start(cluster_config(&up.url(), seeds_from(&cluster, owner), "r1")).await;
     let r2 = Sidecar::start(cluster_config(
         &up.url(),

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::client::one_shot;
-use common::sidecar::Upstream;
+use common::sim::SimUpstream;
 use oddscache::admin::routes::{HEALTHZ, METRICS, READYZ};
 use oddscache::config::{Config, Overrides, ADMIN_TOKEN_ENV, SHIPPED};
 
@@ -377,7 +377,7 @@ fn exposed_names(text: &str) -> BTreeSet<String> {
 /// one, so the names of families still empty come from the same registry
 /// code with one child each.
 async fn live_metric_names() -> BTreeSet<String> {
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let config = Config::from_toml(
         SHIPPED,
         &Overrides {

@@ -9,6 +9,7 @@
 mod common;
 
 use common::client::Client;
+use common::sim::SimUpstream;
 use common::{redis_server, relay, sidecar, Sidecar};
 
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use oddscache::config::Dur;
 use redis_server::RedisServer;
 use relay::Relay;
-use sidecar::{config, until_status, Upstream};
+use sidecar::{config, until_status};
 
 const POLL: Duration = Duration::from_millis(20);
 
@@ -30,7 +31,7 @@ fn game_path(id: &str) -> String {
 
 /// Makes game number `n` `pre_game` at the upstream and has every sidecar
 /// of `fleet` cache its odds (its second GET a HIT); returns the game's id.
-async fn cache_pre_game(http: &Client, up: &Upstream, fleet: &[&Sidecar], n: usize) -> String {
+async fn cache_pre_game(http: &Client, up: &SimUpstream, fleet: &[&Sidecar], n: usize) -> String {
     let id = up.sim.game_ids()[n].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
     for s in fleet {
@@ -48,7 +49,7 @@ async fn cache_pre_game(http: &Client, up: &Upstream, fleet: &[&Sidecar], n: usi
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_seen_while_redis_stalls_reaches_the_fleet_after() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "a")).await;
     let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
@@ -98,7 +99,7 @@ async fn an_event_seen_while_redis_stalls_reaches_the_fleet_after() {
 async fn an_event_its_writer_could_not_send_reaches_the_fleet_later() {
     let redis = RedisServer::start();
     let relay = Relay::start(redis.port()).await;
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "a")).await;
     let b = Sidecar::start(config(&up.url(), Some(&relay.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
@@ -132,7 +133,7 @@ async fn an_event_its_writer_could_not_send_reaches_the_fleet_later() {
 async fn queued_invalidations_reach_the_log_before_a_sidecar_exits() {
     let redis = RedisServer::start();
     let relay = Relay::start(redis.port()).await;
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "a")).await;
     let b = Sidecar::start(config(&up.url(), Some(&relay.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
@@ -169,7 +170,7 @@ async fn queued_invalidations_reach_the_log_before_a_sidecar_exits() {
 async fn a_blackholed_replica_reconnects_and_replays_what_it_missed() {
     let redis = RedisServer::start();
     let relay = Relay::start(redis.port()).await;
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let liveness = Duration::from_secs(1);
     let mut cfg_a = config(&up.url(), Some(&relay.url()), "a");
     let ra = cfg_a.redis.as_mut().expect("redis configured");
@@ -212,7 +213,7 @@ async fn a_blackholed_replica_reconnects_and_replays_what_it_missed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_state_key_never_hides_a_transition() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let fleet: Vec<Sidecar> = {
         let mut v = Vec::new();
         for r in ["r1", "r2", "r3"] {
@@ -284,7 +285,7 @@ async fn a_lost_state_key_never_hides_a_transition() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_processes_with_one_replica_id_hear_each_other() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "same")).await;
     let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "same")).await;
     redis.wait_fleet_connected(2).await;
@@ -309,7 +310,7 @@ async fn two_processes_with_one_replica_id_hear_each_other() {
 async fn the_fleet_view_shows_a_replica_that_is_behind() {
     let redis = RedisServer::start();
     let relay = Relay::start(redis.port()).await;
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let mut cfg_a = config(&up.url(), Some(&relay.url()), "a");
     cfg_a.redis.as_mut().expect("redis").liveness_timeout = Dur(Duration::from_secs(1));
     let a = Sidecar::start(cfg_a).await;

@@ -8,6 +8,7 @@
 mod common;
 
 use common::client::{Client, Resp};
+use common::sim::SimUpstream;
 use common::{redis_server, sidecar, Sidecar};
 
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use oddscache::watch::{self, GameSnapshot, Reason};
 use redis::AsyncCommands;
 
 use redis_server::RedisServer;
-use sidecar::{config, Upstream};
+use sidecar::config;
 
 const PREFIX: &str = "oddscache:";
 /// How long a peer may take to see an invalidation on loopback.
@@ -45,7 +46,7 @@ fn game_path(id: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_status_change_on_one_replica_evicts_the_game_on_its_peers() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let mut fleet = Vec::new();
     for r in ["r1", "r2", "r3"] {
         fleet.push(Sidecar::start(config(&up.url(), Some(&redis.url()), r)).await);
@@ -138,7 +139,7 @@ async fn a_status_change_on_one_replica_evicts_the_game_on_its_peers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unsafe_method_through_one_replica_drops_its_uri_on_every_replica() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
     let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
     redis.wait_fleet_connected(2).await;
@@ -195,7 +196,7 @@ async fn an_unsafe_method_through_one_replica_drops_its_uri_on_every_replica() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_logged_uri_invalidation_drops_the_uri_without_its_keys() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
     redis.wait_fleet_connected(1).await;
     let http = Client::new();
@@ -614,7 +615,7 @@ async fn a_peer_keeps_the_newest_state_whatever_order_the_events_arrive_in() {
 #[tokio::test(flavor = "multi_thread")]
 async fn nine_percent_odds_movement_invalidates_nothing_eleven_does() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
     let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
     redis.wait_fleet_connected(2).await;
@@ -681,7 +682,7 @@ async fn nine_percent_odds_movement_invalidates_nothing_eleven_does() {
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_sets_expire_in_a_day_and_go_with_the_game() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
     redis.wait_fleet_connected(1).await;
     let http = Client::new();
@@ -758,7 +759,7 @@ async fn registry_sets_expire_in_a_day_and_go_with_the_game() {
 async fn the_fleet_rides_out_a_redis_outage_and_converges_after() {
     let redis = RedisServer::start();
     let port = redis.port();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
     let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
     redis.wait_fleet_connected(2).await;

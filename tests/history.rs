@@ -15,6 +15,7 @@
 mod common;
 
 use common::client::Client;
+use common::sim::SimUpstream;
 use common::{redis_server, relay, sidecar, Sidecar};
 
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use oddscache::config::Dur;
 use redis_server::RedisServer;
 use relay::Relay;
-use sidecar::{config, Upstream};
+use sidecar::config;
 
 /// Healthy: a change seen anywhere is everywhere within this.
 const HEALTHY: Duration = Duration::from_millis(50);
@@ -81,7 +82,7 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
     let mut redis = RedisServer::start();
     let port = redis.port();
     let relay = Relay::start(port).await;
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let tuned = |url: &str, name: &str| {
         let mut cfg = config(&up.url(), Some(url), name);
         let r = cfg.redis.as_mut().expect("redis");

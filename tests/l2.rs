@@ -7,6 +7,7 @@
 mod common;
 
 use common::client::Client;
+use common::sim::SimUpstream;
 use common::{redis_server, sidecar, Sidecar};
 
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use oddscache::Config;
 use redis::AsyncCommands;
 
 use redis_server::RedisServer;
-use sidecar::{config, Upstream};
+use sidecar::config;
 
 /// How long a peer may take to see an invalidation on loopback.
 const PROPAGATION: Duration = Duration::from_secs(2);
@@ -23,7 +24,7 @@ const PROPAGATION: Duration = Duration::from_secs(2);
 const SETUP: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
 
-fn l2_config(up: &Upstream, redis: &RedisServer, replica: &str) -> Config {
+fn l2_config(up: &SimUpstream, redis: &RedisServer, replica: &str) -> Config {
     let mut cfg = config(&up.url(), Some(&redis.url()), replica);
     cfg.redis
         .as_mut()
@@ -36,7 +37,7 @@ fn l2_config(up: &Upstream, redis: &RedisServer, replica: &str) -> Config {
 /// connection and a client for the test.
 struct Pair {
     redis: RedisServer,
-    up: Upstream,
+    up: SimUpstream,
     r1: Sidecar,
     r2: Sidecar,
     c: redis::aio::MultiplexedConnection,
@@ -45,7 +46,7 @@ struct Pair {
 
 async fn pair() -> Pair {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let r1 = Sidecar::start(l2_config(&up, &redis, "r1")).await;
     let r2 = Sidecar::start(l2_config(&up, &redis, "r2")).await;
     redis.wait_fleet_connected(2).await;

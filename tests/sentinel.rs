@@ -9,6 +9,7 @@
 mod common;
 
 use common::client::Client;
+use common::sim::SimUpstream;
 use common::{redis_cluster, redis_server, sidecar, Sidecar};
 
 use std::collections::HashSet;
@@ -21,7 +22,7 @@ use oddscache::invalidate::wire;
 
 use redis_cluster::{Sentinels, MASTER_NAME};
 use redis_server::{readers_in, RedisServer};
-use sidecar::{config, Upstream};
+use sidecar::config;
 
 /// The event log's key (`{key_prefix}events`).
 const EVENTS: &str = "oddscache:events";
@@ -112,7 +113,7 @@ async fn wait_serves(
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sidecars_follow_a_sentinel_failover_without_errors_or_stale_odds() {
     let mut set = Sentinels::start();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let r1 = Sidecar::start(sentinel_config(&up.url(), set.urls(), "r1")).await;
     let r2 = Sidecar::start(sentinel_config(&up.url(), set.urls(), "r2")).await;
     wait_on(&set.primary, 2, SETUP).await;

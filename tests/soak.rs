@@ -22,6 +22,7 @@
 mod common;
 
 use common::client::Client;
+use common::sim::SimUpstream;
 use common::{chaos, redis_server};
 
 use std::collections::VecDeque;
@@ -29,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chaos::{admin_get, config, rss_kib, Replica, Sample, SimUpstream, Truth, Verdict};
+use chaos::{admin_get, config, rss_kib, Replica, Sample, Truth, Verdict};
 use redis_server::RedisServer;
 use tokio::time::MissedTickBehavior;
 

@@ -4,28 +4,11 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use common::client::Client;
+use common::sim::SimUpstream;
 use common::Sidecar;
 use http::Method;
-use oddscache::demo::{self, SimConfig, Simulator};
-use oddscache::shutdown;
-use tokio::net::TcpListener;
-
-/// The simulator on a free port, with its ticker off so the test drives it.
-async fn simulator() -> (Arc<Simulator>, String, shutdown::Trigger) {
-    let sim = Simulator::new(SimConfig {
-        tick: Duration::ZERO,
-        ..SimConfig::default()
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (trigger, signal) = shutdown::channel();
-    tokio::spawn(demo::serve(Arc::clone(&sim), listener, signal));
-    (sim, url, trigger)
-}
+use oddscache::demo::Simulator;
 
 fn odds(id: &str) -> String {
     format!("/api/v1/games/{id}/odds")
@@ -40,10 +23,11 @@ fn scheduled_game(sim: &Simulator) -> String {
 
 #[tokio::test]
 async fn a_status_change_seen_in_a_list_evicts_the_game_and_the_list_is_stored() {
-    let (sim, upstream, _stop) = simulator().await;
-    let sidecar = Sidecar::shipped(&upstream).await;
+    let up = SimUpstream::start().await;
+    let sim = &up.sim;
+    let sidecar = Sidecar::shipped(&up.url()).await;
     let client = Client::new();
-    let id = scheduled_game(&sim);
+    let id = scheduled_game(sim);
 
     assert_eq!(client.get(&sidecar.url(&odds(&id))).await.x_cache(), "MISS");
     assert_eq!(client.get(&sidecar.url(&odds(&id))).await.x_cache(), "HIT");
@@ -63,10 +47,11 @@ async fn a_status_change_seen_in_a_list_evicts_the_game_and_the_list_is_stored()
 
 #[tokio::test]
 async fn a_write_answered_with_a_game_is_watched() {
-    let (sim, upstream, _stop) = simulator().await;
-    let sidecar = Sidecar::shipped(&upstream).await;
+    let up = SimUpstream::start().await;
+    let sim = &up.sim;
+    let sidecar = Sidecar::shipped(&up.url()).await;
     let client = Client::new();
-    let id = scheduled_game(&sim);
+    let id = scheduled_game(sim);
     client.get(&sidecar.url(&odds(&id))).await;
     assert_eq!(client.get(&sidecar.url(&odds(&id))).await.x_cache(), "HIT");
 
@@ -86,10 +71,11 @@ async fn a_write_answered_with_a_game_is_watched() {
 
 #[tokio::test]
 async fn small_odds_moves_keep_the_entry_and_large_ones_evict_it() {
-    let (sim, upstream, _stop) = simulator().await;
-    let sidecar = Sidecar::shipped(&upstream).await;
+    let up = SimUpstream::start().await;
+    let sim = &up.sim;
+    let sidecar = Sidecar::shipped(&up.url()).await;
     let client = Client::new();
-    let id = scheduled_game(&sim);
+    let id = scheduled_game(sim);
     let list = format!("/api/v1/games?league_id={}", {
         let game = client.get(&sidecar.url(&odds(&id))).await.json();
         game["league_id"].as_str().unwrap().to_string()
@@ -109,10 +95,11 @@ async fn small_odds_moves_keep_the_entry_and_large_ones_evict_it() {
 
 #[tokio::test]
 async fn a_sidebar_status_change_evicts_that_leagues_sidebar_only() {
-    let (sim, upstream, _stop) = simulator().await;
-    let sidecar = Sidecar::shipped(&upstream).await;
+    let up = SimUpstream::start().await;
+    let sim = &up.sim;
+    let sidecar = Sidecar::shipped(&up.url()).await;
     let client = Client::new();
-    let id = scheduled_game(&sim);
+    let id = scheduled_game(sim);
     let game = client.get(&sidecar.url(&odds(&id))).await.json();
     let (sport, league) = (
         game["sport_id"].as_str().unwrap(),

@@ -18,6 +18,7 @@ pub mod redis_server;
 pub mod relay;
 mod running;
 pub mod sidecar;
+pub mod sim;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

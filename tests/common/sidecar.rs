@@ -1,50 +1,9 @@
-//! A small harness: the demo simulator as upstream, and the shipped config
-//! for sidecars in front of it.
-
-use std::net::SocketAddr;
-use std::sync::Arc;
+//! The shipped config for sidecars in front of the demo simulator, and a
+//! wait on what they serve.
 
 use oddscache::config::{Config, Overrides, SHIPPED};
-use oddscache::demo::{SimConfig, Simulator};
-use oddscache::shutdown;
-use tokio::net::TcpListener;
 
 use super::client::Client;
-
-async fn bind() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("cannot bind a loopback port")
-}
-
-/// The demo API without its ticker: games change only when a test says so.
-pub struct Upstream {
-    pub sim: Arc<Simulator>,
-    pub addr: SocketAddr,
-    _stop: shutdown::Trigger,
-}
-
-impl Upstream {
-    pub async fn start() -> Upstream {
-        let sim = Simulator::new(SimConfig {
-            tick: std::time::Duration::ZERO,
-            ..SimConfig::default()
-        });
-        let listener = bind().await;
-        let addr = listener.local_addr().unwrap();
-        let (trigger, signal) = shutdown::channel();
-        tokio::spawn(oddscache::demo::serve(Arc::clone(&sim), listener, signal));
-        Upstream {
-            sim,
-            addr,
-            _stop: trigger,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
 
 /// The shipped config pointed at `upstream` and `redis_url`, as `replica`.
 pub fn config(upstream: &str, redis_url: Option<&str>, replica: &str) -> Config {
