@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::client::{Client, Resp};
+use common::sidecar::{shipped_config, Sidecar};
 use common::sim::SimUpstream;
-use common::Sidecar;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use oddscache::config::{Config, Overrides, SHIPPED};
+use oddscache::config::Overrides;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -41,9 +41,8 @@ impl Setup {
             replica_id: Some("test-replica".into()),
             ..Overrides::default()
         };
-        let config = Config::from_toml(&edit(SHIPPED.to_string()), &overrides).unwrap();
         Setup {
-            sidecar: Sidecar::start(config).await,
+            sidecar: Sidecar::start(shipped_config(edit, overrides)).await,
             client: Client::with_patience(PATIENCE),
             _up: up,
         }

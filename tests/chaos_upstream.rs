@@ -159,12 +159,13 @@ async fn upstream_slow_and_flapping() {
     let slow = Arc::new(AtomicBool::new(false));
     let arrivals: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let (flag, log) = (Arc::clone(&slow), Arc::clone(&arrivals));
-    let up = common::Upstream::start(move |parts, _| {
+    let up = common::upstream::Upstream::start(move |parts, _| {
         let path = parts.uri.path().to_string();
         log.lock().unwrap().push((path, Instant::now()));
         // max-age=2, not 1: the age counts from a whole-second `Date`, so
         // an entry stays fresh for one to two seconds.
-        let reply = common::Reply::json(r#"{"ok": true}"#).header("cache-control", "max-age=2");
+        let reply =
+            common::upstream::Reply::json(r#"{"ok": true}"#).header("cache-control", "max-age=2");
         if flag.load(Ordering::Relaxed) {
             reply.delay(Duration::from_millis(1500))
         } else {
@@ -259,8 +260,9 @@ async fn upstream_slow_and_flapping() {
 async fn shutdown_under_load_cuts_nothing() {
     let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
-    let up = common::Upstream::start(|parts, _| {
-        let reply = common::Reply::json(r#"{"ok": true}"#).header("cache-control", "max-age=60");
+    let up = common::upstream::Upstream::start(|parts, _| {
+        let reply =
+            common::upstream::Reply::json(r#"{"ok": true}"#).header("cache-control", "max-age=60");
         if parts.uri.path().starts_with("/slow/") {
             reply.delay(Duration::from_millis(1000))
         } else {

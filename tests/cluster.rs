@@ -12,7 +12,7 @@ mod common;
 
 use common::client::Client;
 use common::sim::SimUpstream;
-use common::{redis_cluster, redis_server, sidecar, Sidecar};
+use common::{redis_cluster, redis_server, sidecar};
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,7 +25,7 @@ use redis::AsyncCommands;
 
 use redis_cluster::Cluster;
 use redis_server::readers_in;
-use sidecar::config;
+use sidecar::{config, Sidecar};
 
 const PREFIX: &str = "oddscache:";
 /// The event log's key (`{key_prefix}events`).

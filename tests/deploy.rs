@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::client::one_shot;
+use common::sidecar::shipped_config;
 use common::sim::SimUpstream;
 use oddscache::admin::routes::{HEALTHZ, METRICS, READYZ};
 use oddscache::config::{Config, Overrides, ADMIN_TOKEN_ENV, SHIPPED};
@@ -378,16 +379,15 @@ fn exposed_names(text: &str) -> BTreeSet<String> {
 /// code with one child each.
 async fn live_metric_names() -> BTreeSet<String> {
     let up = SimUpstream::start().await;
-    let config = Config::from_toml(
-        SHIPPED,
-        &Overrides {
+    let sidecar = common::sidecar::Sidecar::start(shipped_config(
+        |text| text,
+        Overrides {
             upstream: Some(up.url()),
             admin_token: Some("t".into()),
             ..Overrides::default()
         },
-    )
-    .unwrap();
-    let sidecar = common::Sidecar::start(config).await;
+    ))
+    .await;
     get(sidecar.addr, "/api/v1/games/g-1001/odds").await;
     let (status, invalidated) = one_shot(
         sidecar.admin,

@@ -10,14 +10,14 @@ mod common;
 
 use common::client::Client;
 use common::sim::SimUpstream;
-use common::{redis_server, relay, sidecar, Sidecar};
+use common::{redis_server, relay, sidecar};
 
 use std::time::{Duration, Instant};
 
 use oddscache::config::Dur;
 use redis_server::RedisServer;
 use relay::Relay;
-use sidecar::{config, until_status};
+use sidecar::{config, until_status, Sidecar};
 
 const POLL: Duration = Duration::from_millis(20);
 

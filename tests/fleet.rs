@@ -9,7 +9,7 @@ mod common;
 
 use common::client::{Client, Resp};
 use common::sim::SimUpstream;
-use common::{redis_server, sidecar, Sidecar};
+use common::{redis_server, sidecar};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use oddscache::watch::{self, GameSnapshot, Reason};
 use redis::AsyncCommands;
 
 use redis_server::RedisServer;
-use sidecar::config;
+use sidecar::{config, Sidecar};
 
 const PREFIX: &str = "oddscache:";
 /// How long a peer may take to see an invalidation on loopback.

@@ -16,7 +16,7 @@ mod common;
 
 use common::client::Client;
 use common::sim::SimUpstream;
-use common::{redis_server, relay, sidecar, Sidecar};
+use common::{redis_server, relay, sidecar};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use oddscache::config::Dur;
 use redis_server::RedisServer;
 use relay::Relay;
-use sidecar::config;
+use sidecar::{config, Sidecar};
 
 /// Healthy: a change seen anywhere is everywhere within this.
 const HEALTHY: Duration = Duration::from_millis(50);

@@ -18,7 +18,9 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use common::client::{raw_exchange, raw_status, Client, Resp};
-use common::{Reply, Sidecar, Upstream, PATIENCE};
+use common::sidecar::Sidecar;
+use common::upstream::{Reply, Upstream};
+use common::PATIENCE;
 
 /// A victim's entry, filled before each attack and checked after it.
 const VICTIM: &str = "/api/v1/sports";

@@ -8,7 +8,7 @@ mod common;
 
 use common::client::Client;
 use common::sim::SimUpstream;
-use common::{redis_server, sidecar, Sidecar};
+use common::{redis_server, sidecar};
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use oddscache::Config;
 use redis::AsyncCommands;
 
 use redis_server::RedisServer;
-use sidecar::config;
+use sidecar::{config, Sidecar};
 
 /// How long a peer may take to see an invalidation on loopback.
 const PROPAGATION: Duration = Duration::from_secs(2);

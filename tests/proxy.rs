@@ -16,7 +16,8 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 
 use common::client::{raw_exchange, raw_status, Client, Resp};
-use common::{dead_port_url, RawEnd, RawUpstream, Reply, Sidecar, Upstream};
+use common::sidecar::Sidecar;
+use common::upstream::{dead_port_url, RawEnd, RawUpstream, Reply, Upstream};
 
 const GAMES: &str = r#"{"games":[]}"#;
 

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use common::client::Client;
-use common::{Sidecar, Upstream, PATIENCE};
+use common::sidecar::Sidecar;
+use common::upstream::Upstream;
+use common::PATIENCE;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;

@@ -10,7 +10,7 @@ mod common;
 
 use common::client::Client;
 use common::sim::SimUpstream;
-use common::{redis_cluster, redis_server, sidecar, Sidecar};
+use common::{redis_cluster, redis_server, sidecar};
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,7 +22,7 @@ use oddscache::invalidate::wire;
 
 use redis_cluster::{Sentinels, MASTER_NAME};
 use redis_server::{readers_in, RedisServer};
-use sidecar::config;
+use sidecar::{config, Sidecar};
 
 /// The event log's key (`{key_prefix}events`).
 const EVENTS: &str = "oddscache:events";

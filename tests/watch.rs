@@ -5,8 +5,8 @@
 mod common;
 
 use common::client::Client;
+use common::sidecar::Sidecar;
 use common::sim::SimUpstream;
-use common::Sidecar;
 use http::Method;
 use oddscache::demo::Simulator;
 

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Method;
-use oddscache::config::{Config, Overrides, SHIPPED};
+use oddscache::config::{Config, Overrides};
 use oddscache::demo::Simulator;
 use tokio::task::JoinHandle;
 
 use super::client::{one_shot, Client};
-use super::Sidecar;
+use super::sidecar::{shipped_config, Sidecar};
 
 /// The propagation bound: a change must be visible on every replica this
 /// long after the write that made it returned. A correctness bound, not a
@@ -42,14 +42,15 @@ pub fn config(
     replica: &str,
     edits: &[(&str, &str)],
 ) -> Config {
-    let mut text = SHIPPED.to_string();
-    for (from, to) in edits {
-        assert!(text.contains(from), "config.toml has no {from:?}");
-        text = text.replacen(from, to, 1);
-    }
-    Config::from_toml(
-        &text,
-        &Overrides {
+    shipped_config(
+        |mut text| {
+            for (from, to) in edits {
+                assert!(text.contains(from), "config.toml has no {from:?}");
+                text = text.replacen(from, to, 1);
+            }
+            text
+        },
+        Overrides {
             upstream: Some(upstream.to_string()),
             redis_url: redis.map(str::to_string),
             replica_id: Some(replica.to_string()),
@@ -57,7 +58,6 @@ pub fn config(
             ..Overrides::default()
         },
     )
-    .unwrap_or_else(|e| panic!("chaos config is invalid: {e}"))
 }
 
 /// One sidecar with its admin port.

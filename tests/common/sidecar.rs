@@ -1,22 +1,166 @@
-//! The shipped config for sidecars in front of the demo simulator, and a
-//! wait on what they serve.
+//! The one starter: the sidecar built from a config and served in process
+//! on two loopback ports, proxy and admin, as `oddscache::run` serves it;
+//! the configs tests start it with; and a wait on what it serves.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use oddscache::config::{Config, Overrides, SHIPPED};
+use oddscache::{Handle, Listeners};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
-use super::client::Client;
+use super::client::{one_shot, Client};
+
+/// The sidecar, running in process until shut down or dropped.
+pub struct Sidecar {
+    pub addr: SocketAddr,
+    /// The admin port.
+    pub admin: SocketAddr,
+    handle: Handle,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Sidecar {
+    /// Builds the sidecar from `config` (what `oddscache::run` does first,
+    /// and its only way to fail) and serves its proxy and admin ports.
+    pub async fn start(config: Config) -> Sidecar {
+        let built = oddscache::Sidecar::new(config).expect("the sidecar builds");
+        let handle = built.handle();
+        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = proxy.local_addr().expect("local addr");
+        let admin_addr = admin.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listeners = Listeners {
+            proxy,
+            admin: Some(admin),
+        };
+        let task = tokio::spawn(built.serve(listeners, async move {
+            // A dropped sender is a shutdown too.
+            let _ = stopped.await;
+        }));
+        Sidecar {
+            addr,
+            admin: admin_addr,
+            handle,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Starts with a config text whose `{UPSTREAM}` is replaced by `upstream`.
+    pub async fn from_template(template: &str, upstream: &str) -> Sidecar {
+        let text = template.replace("{UPSTREAM}", upstream);
+        let config = Config::from_toml(&text, &Overrides::default())
+            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n---\n{text}"));
+        Sidecar::start(config).await
+    }
+
+    /// Starts with the shipped `config.toml`, pointed at `upstream`.
+    pub async fn shipped(upstream: &str) -> Sidecar {
+        let overrides = Overrides {
+            upstream: Some(upstream.to_string()),
+            ..Overrides::default()
+        };
+        Sidecar::start(shipped_config(|text| text, overrides)).await
+    }
+
+    /// Read-only views into the running sidecar's internals.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// One sample of a metric (the first series whose name and labels
+    /// are `series`, or start with `series{`), from the admin port's
+    /// `/metrics` on a fresh connection, so no pooled connection outlives it.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (status, body) = one_shot(self.admin, "GET", "/metrics", &[], "").await;
+        assert_eq!(status, 200, "/metrics");
+        let text = String::from_utf8_lossy(&body);
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series || name.starts_with(&format!("{series}{{")))
+                    .then(|| value.parse().ok())
+                    .flatten()
+            })
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+    }
+
+    /// Polls a metric until `want` holds; panics after `within`.
+    pub async fn wait_metric(
+        &self,
+        series: &str,
+        want: impl Fn(f64) -> bool,
+        within: Duration,
+    ) -> f64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.metric(series).await;
+            if want(got) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} on {} stuck at {got} for {within:?}",
+                self.admin
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Fires the shutdown signal (as SIGTERM would) and hands back the
+    /// serving task, which ends once the drain is over.
+    pub fn shutdown(mut self) -> JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("running")
+    }
+
+    /// Shuts down and waits for the drain.
+    pub async fn stop(self) {
+        let _ = self.shutdown().await;
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The shipped `config.toml`, its text changed by `edit`, with `overrides`.
+pub fn shipped_config(edit: impl FnOnce(String) -> String, overrides: Overrides) -> Config {
+    Config::from_toml(&edit(SHIPPED.to_string()), &overrides)
+        .unwrap_or_else(|e| panic!("the shipped config, as the test edits it, is invalid: {e}"))
+}
 
 /// The shipped config pointed at `upstream` and `redis_url`, as `replica`.
 pub fn config(upstream: &str, redis_url: Option<&str>, replica: &str) -> Config {
-    Config::from_toml(
-        SHIPPED,
-        &Overrides {
+    shipped_config(
+        |text| text,
+        Overrides {
             upstream: Some(upstream.to_string()),
             redis_url: redis_url.map(str::to_string),
             replica_id: Some(replica.to_string()),
             ..Overrides::default()
         },
     )
-    .expect("the shipped config is valid")
 }
 
 /// Polls `url` until it shows upstream status `want`; panics with what it
