@@ -7,14 +7,14 @@
 mod common;
 
 use common::client::Client;
-use common::sim::SimUpstream;
+use common::sim::{odds_path, SimUpstream};
 use common::{chaos, redis_server};
 
 use std::time::{Duration, Instant};
 
 use chaos::{
-    alive_tasks, assert_no_leaks, config, hit_latencies, percentile, report, Load, Replica, Truth,
-    BOUND, SERIAL,
+    alive_tasks, assert_no_leaks, hit_latencies, percentile, report, Load, Replica, Truth, BOUND,
+    SERIAL,
 };
 use redis_server::RedisServer;
 
@@ -33,16 +33,9 @@ struct Setup {
 
 async fn setup(redis: &RedisServer) -> Setup {
     let up = SimUpstream::start().await;
-    let r1 = Replica::start("r1", config(&up.url(), Some(&redis.url()), "r1", &[])).await;
-    let r2 = Replica::start("r2", config(&up.url(), Some(&redis.url()), "r2", &[])).await;
-    for r in [&r1, &r2] {
-        r.wait_metric("oddscache_redis_up", 1.0).await;
-    }
+    let (r1, r2) = chaos::pair(&up.url(), &redis.url(), &[]).await;
     let truth = Truth::default();
-    let games: Vec<String> = up.sim.game_ids()[..3].to_vec();
-    for g in &games {
-        truth.init(&up.sim, g, "pre_game");
-    }
+    let games = truth.track(&up.sim, 3, "pre_game");
     let http = Client::new();
     let odds: serde_json::Value = {
         let (_, body) =
@@ -71,15 +64,11 @@ async fn dropped(s: &Setup) -> f64 {
         + s.r2.metric("oddscache_registrations_dropped_total").await
 }
 
-fn odds(game: &str) -> String {
-    format!("/api/v1/games/{game}/odds")
-}
-
 /// Waits until `replica` serves `game` with `status`; answers how long it took.
 async fn until_shows(http: &Client, replica: &Replica, game: &str, status: &str) -> Duration {
     let started = Instant::now();
     loop {
-        let s = http.sample(0, &replica.url(""), &odds(game)).await;
+        let s = http.sample(0, &replica.url(""), &odds_path(game)).await;
         if s.games.iter().any(|g| g.status == status) {
             return started.elapsed();
         }
@@ -104,11 +93,11 @@ async fn redis_killed_mid_load_then_restarted() {
     let mut s = setup(&redis).await;
     let (a, b) = (s.games[0].as_str(), s.games[1].as_str());
     let paths = [
-        odds(a),
-        odds(b),
-        odds(&s.games[2]),
+        odds_path(a),
+        odds_path(b),
+        odds_path(&s.games[2]),
         s.sidebar.clone(),
-        format!("{}?n={{n}}", odds(&s.games[2])),
+        format!("{}?n={{n}}", odds_path(&s.games[2])),
     ];
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
     let baseline = alive_tasks();
@@ -181,11 +170,11 @@ async fn redis_paused_mid_load() {
     let redis = RedisServer::start();
     let mut s = setup(&redis).await;
     let paths = [
-        odds(&s.games[0]),
-        odds(&s.games[1]),
+        odds_path(&s.games[0]),
+        odds_path(&s.games[1]),
         s.sidebar.clone(),
         // A fill, so a registration, per request.
-        format!("{}?n={{n}}", odds(&s.games[2])),
+        format!("{}?n={{n}}", odds_path(&s.games[2])),
     ];
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
     let baseline = alive_tasks();

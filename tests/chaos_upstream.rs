@@ -7,7 +7,7 @@
 mod common;
 
 use common::client::Client;
-use common::sim::SimUpstream;
+use common::sim::{odds_path, SimUpstream};
 use common::{chaos, redis_server};
 
 use std::collections::HashMap;
@@ -24,10 +24,6 @@ use redis_server::RedisServer;
 const JOINED_FILL_GRACE: Duration = Duration::from_millis(250);
 
 const PACE: Duration = Duration::from_millis(5);
-
-fn odds(game: &str) -> String {
-    format!("/api/v1/games/{game}/odds")
-}
 
 /// Waits until `/readyz` answers `want` on `r`; answers when it did.
 async fn until_ready(r: &Replica, want: u16) -> Instant {
@@ -60,18 +56,11 @@ async fn upstream_killed_then_restarted() {
         ("scheduled = \"60s\"", "scheduled = \"1s\""),
         ("ttl = \"30s\"", "ttl = \"1s\""),
     ];
-    let r1 = Replica::start("r1", config(&up.url(), Some(&redis.url()), "r1", &edits)).await;
-    let r2 = Replica::start("r2", config(&up.url(), Some(&redis.url()), "r2", &edits)).await;
-    for r in [&r1, &r2] {
-        r.wait_metric("oddscache_redis_up", 1.0).await;
-    }
+    let (r1, r2) = chaos::pair(&up.url(), &redis.url(), &edits).await;
     let truth = Truth::default();
-    let games: Vec<String> = up.sim.game_ids()[..3].to_vec();
-    for g in &games {
-        truth.init(&up.sim, g, "pre_game");
-    }
-    let cached = [odds(&games[0]), odds(&games[1])];
-    let never = format!("{}?n={{n}}", odds(&games[2]));
+    let games = truth.track(&up.sim, 3, "pre_game");
+    let cached = [odds_path(&games[0]), odds_path(&games[1])];
+    let never = format!("{}?n={{n}}", odds_path(&games[2]));
     let http = Client::new();
     for r in [&r1, &r2] {
         for p in &cached {
@@ -178,14 +167,9 @@ async fn upstream_slow_and_flapping() {
         ("upstream_timeout = \"10s\"", "upstream_timeout = \"500ms\""),
         ("stale_if_error = \"5m\"", "stale_if_error = \"0s\""),
     ];
-    let r1 = Replica::start("r1", config(&up.url(), Some(&redis.url()), "r1", &edits)).await;
-    let r2 = Replica::start("r2", config(&up.url(), Some(&redis.url()), "r2", &edits)).await;
-    // Entries filled before a replica first subscribes are dropped when
-    // it does (it may have missed invalidations), which would look like
-    // a second fill.
-    for r in [&r1, &r2] {
-        r.wait_metric("oddscache_redis_up", 1.0).await;
-    }
+    // Entries filled before a replica first subscribes would look like a
+    // second fill: the pair is ready once both have.
+    let (r1, r2) = chaos::pair(&up.url(), &redis.url(), &edits).await;
     let baseline = alive_tasks();
     let p1 = ["/flap/r1/a", "/flap/r1/b", "/flap/r1/c"];
     let p2 = ["/flap/r2/a", "/flap/r2/b", "/flap/r2/c"];

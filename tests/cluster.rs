@@ -11,25 +11,21 @@
 mod common;
 
 use common::client::Client;
-use common::sim::SimUpstream;
+use common::sim::{game_path, odds_path, SimUpstream};
 use common::{redis_cluster, redis_server, sidecar};
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oddscache::config::{Config, RedisConfig, RedisMode};
-use oddscache::invalidate::wire;
 use redis::AsyncCommands;
 
 use redis_cluster::Cluster;
-use redis_server::readers_in;
-use sidecar::{config, Sidecar};
+use redis_server::{readers_in, EVENTS};
+use sidecar::{config, until_serves, Reader, Sidecar};
 
 const PREFIX: &str = "oddscache:";
 /// The event log's key (`{key_prefix}events`).
-const EVENTS: &str = "oddscache:events";
 const PROPAGATION: Duration = Duration::from_secs(2);
 const SETUP: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
@@ -118,29 +114,11 @@ async fn wait_readers_on_owner(cluster: &Cluster, n: usize, within: Duration) ->
     }
 }
 
-/// The invalidation entries of the log as node `i` holds it, oldest first
-/// (markers, which carry no message, left out).
-fn log_on(cluster: &Cluster, i: usize) -> Vec<wire::Message> {
-    let reply: redis::Value = cluster.nodes[i]
-        .cmd(redis::cmd("XRANGE").arg(EVENTS).arg("-").arg("+"))
-        .unwrap_or_else(|e| panic!("XRANGE {EVENTS} on node {i}: {e}"));
-    redis_server::log_messages(reply)
-}
-
-/// The games of the invalidations `replica` appended to the log on node `i`.
-fn logged_games(cluster: &Cluster, i: usize, replica: &str) -> HashSet<String> {
-    log_on(cluster, i)
-        .into_iter()
-        .filter(|m| m.kind == wire::Kind::Invalidate && m.event.replica == replica)
-        .filter_map(|m| m.event.game_id)
-        .collect()
-}
-
 /// Waits until the log on node `i` holds an invalidation of `game` that
 /// `replica` appended.
 async fn wait_logged(cluster: &Cluster, i: usize, replica: &str, game: &str, within: Duration) {
     let deadline = Instant::now() + within;
-    while !logged_games(cluster, i, replica).contains(game) {
+    while !cluster.nodes[i].logged_games(replica).contains(game) {
         assert!(
             Instant::now() < deadline,
             "{replica}'s invalidation of {game} is not in the log on node {i} after {within:?}"
@@ -159,28 +137,6 @@ fn calls(cluster: &Cluster, i: usize, command: &str) -> u64 {
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
-}
-
-/// Waits until `sidecar` serves `id` with upstream status `status`; it may
-/// serve the old one for at most `within`.
-async fn wait_serves(
-    http: &Client,
-    sidecar: &Sidecar,
-    name: &str,
-    id: &str,
-    status: &str,
-    within: Duration,
-) {
-    let _ = name;
-    sidecar::until_status(http, &sidecar.url(&odds_path(id)), status, within).await;
-}
-
-fn odds_path(id: &str) -> String {
-    format!("/api/v1/games/{id}/odds")
-}
-
-fn game_path(id: &str) -> String {
-    format!("/api/v1/games/{id}")
 }
 
 /// Registrations and L2 copies of several games land on different
@@ -314,7 +270,7 @@ async fn registration_invalidation_and_the_log_fan_out_across_slots_and_nodes() 
     // One entry per change, appended to the log on its owner.
     let want: HashSet<String> = ids.iter().cloned().collect();
     assert_eq!(
-        logged_games(&cluster, owner, "r1"),
+        cluster.nodes[owner].logged_games("r1"),
         want,
         "the games of r1's entries in the log"
     );
@@ -383,30 +339,11 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
         "r2 holds {during} before the kill"
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicUsize::new(0));
-    let reads = Arc::new(AtomicUsize::new(0));
-    let reader = {
-        let (stop, errors, reads) = (stop.clone(), errors.clone(), reads.clone());
-        let urls: Vec<String> = ids
-            .iter()
-            .flat_map(|id| [r1.url(&odds_path(id)), r2.url(&odds_path(id))])
-            .collect();
-        tokio::spawn(async move {
-            let http = Client::new();
-            while !stop.load(Ordering::Relaxed) {
-                for u in &urls {
-                    let r = http.get(u).await;
-                    reads.fetch_add(1, Ordering::Relaxed);
-                    if r.status != 200 || r.game_status() != "pre_game" {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("during failover: {u}: {} {}", r.status, r.game_status());
-                    }
-                }
-                tokio::time::sleep(POLL).await;
-            }
-        })
-    };
+    let urls: Vec<String> = ids
+        .iter()
+        .flat_map(|id| [r1.url(&odds_path(id)), r2.url(&odds_path(id))])
+        .collect();
+    let reader = Reader::start(urls, "pre_game", POLL);
 
     let killed_at = Instant::now();
     cluster.nodes[victim].kill();
@@ -432,15 +369,12 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
         "failover and the readers' reconnection took {:?}",
         killed_at.elapsed()
     );
-    wait_serves(&http, &r2, "r2", &during, "in_progress", PROPAGATION).await;
+    until_serves(&http, &r2, &during, "in_progress", PROPAGATION).await;
     wait_logged(&cluster, new_owner, "r1", &during, PROPAGATION).await;
-    stop.store(true, Ordering::Relaxed);
-    reader.await.unwrap();
+    let (reads, errors) = reader.stop().await;
     assert_eq!(
-        errors.load(Ordering::Relaxed),
-        0,
-        "clients saw errors or wrong odds during the failover ({} reads)",
-        reads.load(Ordering::Relaxed)
+        errors, 0,
+        "clients saw errors or wrong odds during the failover ({reads} reads)"
     );
 
     // The readers are back; so must the command connections be.
@@ -462,8 +396,8 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
         );
     }
     for id in &ids {
-        for (name, s) in [("r1", &r1), ("r2", &r2)] {
-            wait_serves(&http, s, name, id, "in_progress", PROPAGATION).await;
+        for s in [&r1, &r2] {
+            until_serves(&http, s, id, "in_progress", PROPAGATION).await;
         }
     }
     r1.stop().await;
@@ -531,15 +465,15 @@ async fn log_readers_follow_the_slot_to_a_promoted_replica_and_resume_without_a_
     }
     cluster.wait_ok();
     assert_eq!(wait_readers_on_owner(&cluster, 2, SETUP).await, replica);
-    wait_serves(&http, &r2, "r2", &ids[0], "in_progress", PROPAGATION).await;
+    until_serves(&http, &r2, &ids[0], "in_progress", PROPAGATION).await;
 
     let w = http
         .put(&r1.url(&game_path(&ids[1])), r#"{"status":"in_progress"}"#)
         .await;
     assert_eq!(w.status, 200);
-    wait_serves(&http, &r2, "r2", &ids[1], "in_progress", PROPAGATION).await;
+    until_serves(&http, &r2, &ids[1], "in_progress", PROPAGATION).await;
     assert_eq!(
-        logged_games(&cluster, replica, "r1"),
+        cluster.nodes[replica].logged_games("r1"),
         ids.iter().cloned().collect::<HashSet<String>>(),
         "the games of r1's entries in the promoted replica's log"
     );

@@ -9,7 +9,7 @@
 mod common;
 
 use common::client::Client;
-use common::sim::SimUpstream;
+use common::sim::{game_path, odds_path, SimUpstream};
 use common::{redis_server, relay, sidecar};
 
 use std::time::{Duration, Instant};
@@ -20,14 +20,6 @@ use relay::Relay;
 use sidecar::{config, until_status, Sidecar};
 
 const POLL: Duration = Duration::from_millis(20);
-
-fn odds_path(id: &str) -> String {
-    format!("/api/v1/games/{id}/odds")
-}
-
-fn game_path(id: &str) -> String {
-    format!("/api/v1/games/{id}")
-}
 
 /// Makes game number `n` `pre_game` at the upstream and has every sidecar
 /// of `fleet` cache its odds (its second GET a HIT); returns the game's id.

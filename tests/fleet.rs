@@ -8,7 +8,7 @@
 mod common;
 
 use common::client::{Client, Resp};
-use common::sim::SimUpstream;
+use common::sim::{game_path, odds_path, SimUpstream};
 use common::{redis_server, sidecar};
 
 use std::sync::Arc;
@@ -32,14 +32,6 @@ const PROPAGATION: Duration = Duration::from_secs(2);
 /// Generous bound for setup probes (connections, subscriptions).
 const SETUP: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
-
-fn odds_path(id: &str) -> String {
-    format!("/api/v1/games/{id}/odds")
-}
-
-fn game_path(id: &str) -> String {
-    format!("/api/v1/games/{id}")
-}
 
 /// Three sidecars, all caching the game: a status change written through r1
 /// reaches r2 and r3, whose next GET is a MISS with the new status.

@@ -15,7 +15,7 @@
 mod common;
 
 use common::client::Client;
-use common::sim::SimUpstream;
+use common::sim::{odds_path, SimUpstream};
 use common::{redis_server, relay, sidecar};
 
 use std::sync::{Arc, Mutex};
@@ -71,10 +71,6 @@ struct History {
     reads: Vec<Read>,
     /// When each fault began and ended.
     faults: Vec<(&'static str, Instant, Instant)>,
-}
-
-fn odds_path(id: &str) -> String {
-    format!("/api/v1/games/{id}/odds")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

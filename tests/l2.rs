@@ -7,7 +7,7 @@
 mod common;
 
 use common::client::Client;
-use common::sim::SimUpstream;
+use common::sim::{odds_path, SimUpstream};
 use common::{redis_server, sidecar};
 
 use std::time::{Duration, Instant};
@@ -59,10 +59,6 @@ async fn pair() -> Pair {
         c,
         http: Client::new(),
     }
-}
-
-fn odds_path(id: &str) -> String {
-    format!("/api/v1/games/{id}/odds")
 }
 
 fn resp_key(path: &str) -> String {

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chaos::{admin_get, config, rss_kib, Replica, Sample, Truth, Verdict};
+use chaos::{admin_get, rss_kib, Replica, Sample, Truth, Verdict};
 use redis_server::RedisServer;
 use tokio::time::MissedTickBehavior;
 
@@ -160,18 +160,11 @@ async fn soak() {
 
     let redis = RedisServer::start();
     let up = SimUpstream::start().await;
-    let r1 = Replica::start("r1", config(&up.url(), Some(&redis.url()), "r1", &[])).await;
-    let r2 = Replica::start("r2", config(&up.url(), Some(&redis.url()), "r2", &[])).await;
-    for r in [&r1, &r2] {
-        r.wait_metric("oddscache_redis_up", 1.0).await;
-    }
+    let (r1, r2) = chaos::pair(&up.url(), &redis.url(), &[]).await;
     let replicas = Arc::new([r1, r2]);
 
     let truth = Arc::new(Truth::default());
-    let games: Vec<String> = up.sim.game_ids()[..TRACKED].to_vec();
-    for g in &games {
-        truth.init(&up.sim, g, CYCLE[0]);
-    }
+    let games = truth.track(&up.sim, TRACKED, CYCLE[0]);
     let mut sidebars = Vec::new();
     for g in &games {
         let (_, body) = admin_get(up.addr, &format!("/api/v1/games/{g}/odds")).await;

@@ -102,6 +102,19 @@ impl Replica {
     }
 }
 
+/// Two replicas, `r1` and `r2`, in front of `upstream` and sharing
+/// `redis`, with `edits` to the shipped config; answers once both say Redis
+/// is up. (Entries filled before a replica first subscribes are dropped when
+/// it does: it may have missed invalidations.)
+pub async fn pair(upstream: &str, redis: &str, edits: &[(&str, &str)]) -> (Replica, Replica) {
+    let r1 = Replica::start("r1", config(upstream, Some(redis), "r1", edits)).await;
+    let r2 = Replica::start("r2", config(upstream, Some(redis), "r2", edits)).await;
+    for r in [&r1, &r2] {
+        r.wait_metric("oddscache_redis_up", 1.0).await;
+    }
+    (r1, r2)
+}
+
 /// A GET on a fresh connection closed after the answer, so probes hold no
 /// pooled connection or task that a leak check would count.
 pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
@@ -326,6 +339,15 @@ impl Truth {
             .lock()
             .unwrap()
             .insert(game.to_string(), (held, Vec::new()));
+    }
+
+    /// Tracks the simulator's first `n` games, each set to `status` first.
+    pub fn track(&self, sim: &Simulator, n: usize, status: &str) -> Vec<String> {
+        let games = sim.game_ids()[..n].to_vec();
+        for g in &games {
+            self.init(sim, g, status);
+        }
+        games
     }
 
     /// Changes a game's status with a watched write through `replica`.

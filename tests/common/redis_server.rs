@@ -6,9 +6,15 @@
 //! A missing `redis-server` is a loud failure, never a skip: these tests
 //! are the only proof that the fleet works.
 
+use std::collections::HashSet;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use oddscache::invalidate::wire::Kind;
+
+/// The key of the fleet's event log.
+pub const EVENTS: &str = "oddscache:events";
 
 /// How long a fresh server may take to answer PING.
 pub const READY_WITHIN: Duration = Duration::from_secs(10);
@@ -103,13 +109,27 @@ impl RedisServer {
     pub async fn log(&self) -> Vec<oddscache::invalidate::wire::Message> {
         let mut c = self.conn().await;
         let reply: redis::Value = redis::cmd("XRANGE")
-            .arg("oddscache:events")
+            .arg(EVENTS)
             .arg("-")
             .arg("+")
             .query_async(&mut c)
             .await
             .expect("XRANGE the event log");
         log_messages(reply)
+    }
+
+    /// The games of the invalidations `replica` appended to the event log,
+    /// as this server holds it now (a replica or a cluster node answers for
+    /// its own copy). Blocking.
+    pub fn logged_games(&self, replica: &str) -> HashSet<String> {
+        let reply: redis::Value = self
+            .cmd(redis::cmd("XRANGE").arg(EVENTS).arg("-").arg("+"))
+            .unwrap_or_else(|e| panic!("XRANGE {EVENTS} on port {}: {e}", self.port));
+        log_messages(reply)
+            .into_iter()
+            .filter(|m| m.kind == Kind::Invalidate && m.event.replica == replica)
+            .filter_map(|m| m.event.game_id)
+            .collect()
     }
 
     /// Readiness probe: `n` replicas hold their command connection and are

@@ -3,6 +3,8 @@
 //! the configs tests start it with; and a wait on what it serves.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oddscache::config::{Config, Overrides, SHIPPED};
@@ -12,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::client::{one_shot, Client};
+use super::sim::odds_path;
 
 /// The sidecar, running in process until shut down or dropped.
 pub struct Sidecar {
@@ -184,5 +187,70 @@ pub async fn until_status(
             r.x_cache()
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `sidecar` serves game `id`'s odds with upstream status
+/// `status`; it may serve the old one for at most `within`.
+pub async fn until_serves(
+    http: &Client,
+    sidecar: &Sidecar,
+    id: &str,
+    status: &str,
+    within: Duration,
+) -> Duration {
+    until_status(http, &sidecar.url(&odds_path(id)), status, within).await
+}
+
+/// A client reading `urls` round after round (a `pause` between rounds)
+/// until stopped, as clients go on reading while something fails under the
+/// sidecars. It counts its reads, and the answers that are not a 200
+/// showing game status `want`.
+pub struct Reader {
+    stop: Arc<AtomicBool>,
+    reads: Arc<AtomicUsize>,
+    wrong: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Reader {
+    pub fn start(urls: Vec<String>, want: &'static str, pause: Duration) -> Reader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicUsize::new(0));
+        let wrong = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let (stop, reads, wrong) = (stop.clone(), reads.clone(), wrong.clone());
+            async move {
+                let http = Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    for u in &urls {
+                        let r = http.get(u).await;
+                        reads.fetch_add(1, Ordering::Relaxed);
+                        if r.status != 200 || r.game_status() != want {
+                            wrong.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("during failover: {u}: {} {}", r.status, r.game_status());
+                        }
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        });
+        Reader {
+            stop,
+            reads,
+            wrong,
+            task,
+        }
+    }
+
+    /// Stops reading; answers how many reads there were, and how many of
+    /// them were wrong.
+    pub async fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("the reader panicked");
+        (
+            self.reads.load(Ordering::Relaxed),
+            self.wrong.load(Ordering::Relaxed),
+        )
     }
 }

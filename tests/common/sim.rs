@@ -64,3 +64,13 @@ impl SimUpstream {
         self.serve(listener);
     }
 }
+
+/// The demo API's odds of game `id`.
+pub fn odds_path(id: &str) -> String {
+    format!("/api/v1/games/{id}/odds")
+}
+
+/// The demo API's game `id`, which a PUT changes.
+pub fn game_path(id: &str) -> String {
+    format!("/api/v1/games/{id}")
+}
