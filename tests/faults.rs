@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use oddscache::config::Dur;
 use redis_server::RedisServer;
 use relay::Relay;
-use sidecar::{config, until_status, Sidecar};
+use sidecar::{config, fleet, until_status, Sidecar};
 
 const POLL: Duration = Duration::from_millis(20);
 
@@ -42,9 +42,7 @@ async fn cache_pre_game(http: &Client, up: &SimUpstream, fleet: &[&Sidecar], n: 
 async fn an_event_seen_while_redis_stalls_reaches_the_fleet_after() {
     let redis = RedisServer::start();
     let up = SimUpstream::start().await;
-    let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "a")).await;
-    let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "b")).await;
-    redis.wait_fleet_connected(2).await;
+    let [a, b] = fleet(&redis, &up.url(), ["a", "b"]).await;
     let http = Client::new();
     let id = cache_pre_game(&http, &up, &[&a, &b], 0).await;
     let odds = odds_path(&id);
@@ -206,14 +204,7 @@ async fn a_blackholed_replica_reconnects_and_replays_what_it_missed() {
 async fn a_lost_state_key_never_hides_a_transition() {
     let redis = RedisServer::start();
     let up = SimUpstream::start().await;
-    let fleet: Vec<Sidecar> = {
-        let mut v = Vec::new();
-        for r in ["r1", "r2", "r3"] {
-            v.push(Sidecar::start(config(&up.url(), Some(&redis.url()), r)).await);
-        }
-        v
-    };
-    redis.wait_fleet_connected(3).await;
+    let fleet = fleet(&redis, &up.url(), ["r1", "r2", "r3"]).await;
     let http = Client::new();
     let ids = up.sim.game_ids();
     let (kept, lost) = (ids[2].clone(), ids[3].clone());
@@ -278,9 +269,7 @@ async fn a_lost_state_key_never_hides_a_transition() {
 async fn two_processes_with_one_replica_id_hear_each_other() {
     let redis = RedisServer::start();
     let up = SimUpstream::start().await;
-    let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "same")).await;
-    let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "same")).await;
-    redis.wait_fleet_connected(2).await;
+    let [a, b] = fleet(&redis, &up.url(), ["same", "same"]).await;
     let http = Client::new();
     let id = cache_pre_game(&http, &up, &[&a, &b], 4).await;
     let odds = odds_path(&id);

@@ -24,7 +24,7 @@ use oddscache::watch::{self, GameSnapshot, Reason};
 use redis::AsyncCommands;
 
 use redis_server::RedisServer;
-use sidecar::{config, Sidecar};
+use sidecar::{config, fleet};
 
 const PREFIX: &str = "oddscache:";
 /// How long a peer may take to see an invalidation on loopback.
@@ -39,11 +39,7 @@ const POLL: Duration = Duration::from_millis(10);
 async fn a_status_change_on_one_replica_evicts_the_game_on_its_peers() {
     let redis = RedisServer::start();
     let up = SimUpstream::start().await;
-    let mut fleet = Vec::new();
-    for r in ["r1", "r2", "r3"] {
-        fleet.push(Sidecar::start(config(&up.url(), Some(&redis.url()), r)).await);
-    }
-    redis.wait_fleet_connected(3).await;
+    let fleet = fleet(&redis, &up.url(), ["r1", "r2", "r3"]).await;
     let http = Client::new();
     let id = up.sim.game_ids()[0].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
@@ -132,9 +128,7 @@ async fn a_status_change_on_one_replica_evicts_the_game_on_its_peers() {
 async fn an_unsafe_method_through_one_replica_drops_its_uri_on_every_replica() {
     let redis = RedisServer::start();
     let up = SimUpstream::start().await;
-    let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
-    let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
-    redis.wait_fleet_connected(2).await;
+    let [r1, r2] = fleet(&redis, &up.url(), ["r1", "r2"]).await;
     let http = Client::new();
     let id = up.sim.game_ids()[0].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
@@ -189,8 +183,7 @@ async fn an_unsafe_method_through_one_replica_drops_its_uri_on_every_replica() {
 async fn a_logged_uri_invalidation_drops_the_uri_without_its_keys() {
     let redis = RedisServer::start();
     let up = SimUpstream::start().await;
-    let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
-    redis.wait_fleet_connected(1).await;
+    let [r2] = fleet(&redis, &up.url(), ["r2"]).await;
     let http = Client::new();
     let odds = odds_path(&up.sim.game_ids()[0]);
     assert_eq!(http.get(&r2.url(&odds)).await.x_cache(), "MISS");
@@ -608,9 +601,7 @@ async fn a_peer_keeps_the_newest_state_whatever_order_the_events_arrive_in() {
 async fn nine_percent_odds_movement_invalidates_nothing_eleven_does() {
     let redis = RedisServer::start();
     let up = SimUpstream::start().await;
-    let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
-    let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
-    redis.wait_fleet_connected(2).await;
+    let [r1, r2] = fleet(&redis, &up.url(), ["r1", "r2"]).await;
     let http = Client::new();
     let id = up.sim.game_ids()[1].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
@@ -675,8 +666,7 @@ async fn nine_percent_odds_movement_invalidates_nothing_eleven_does() {
 async fn registry_sets_expire_in_a_day_and_go_with_the_game() {
     let redis = RedisServer::start();
     let up = SimUpstream::start().await;
-    let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
-    redis.wait_fleet_connected(1).await;
+    let [r1] = fleet(&redis, &up.url(), ["r1"]).await;
     let http = Client::new();
     let id = up.sim.game_ids()[2].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
@@ -752,9 +742,7 @@ async fn the_fleet_rides_out_a_redis_outage_and_converges_after() {
     let redis = RedisServer::start();
     let port = redis.port();
     let up = SimUpstream::start().await;
-    let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
-    let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
-    redis.wait_fleet_connected(2).await;
+    let [r1, r2] = fleet(&redis, &up.url(), ["r1", "r2"]).await;
     let http = Client::new();
     let ids = up.sim.game_ids();
     let (a, b) = (ids[3].clone(), ids[4].clone());

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::client::{one_shot, Client};
+use super::redis_server::RedisServer;
 use super::sim::odds_path;
 
 /// The sidecar, running in process until shut down or dropped.
@@ -188,6 +189,21 @@ pub async fn until_status(
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Sidecars named `replicas`, started in order in front of `upstream` on
+/// `redis`; answers once `redis` sees each of them reading the event log.
+pub async fn fleet<const N: usize>(
+    redis: &RedisServer,
+    upstream: &str,
+    replicas: [&str; N],
+) -> [Sidecar; N] {
+    let mut fleet = Vec::new();
+    for r in replicas {
+        fleet.push(Sidecar::start(config(upstream, Some(&redis.url()), r)).await);
+    }
+    redis.wait_fleet_connected(N).await;
+    fleet.try_into().ok().expect("one sidecar per replica")
 }
 
 /// Waits until `sidecar` serves game `id`'s odds with upstream status
