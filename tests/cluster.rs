@@ -11,7 +11,7 @@
 mod common;
 
 use common::client::Client;
-use common::sim::{game_path, odds_path, SimUpstream};
+use common::sim::{odds_path, SimUpstream};
 use common::{redis_cluster, redis_server, sidecar};
 
 use std::collections::HashSet;
@@ -22,7 +22,7 @@ use redis::AsyncCommands;
 
 use redis_cluster::Cluster;
 use redis_server::{readers_in, EVENTS};
-use sidecar::{config, until_serves, Reader, Sidecar};
+use sidecar::{config, put_status, until_serves, Reader, Sidecar};
 
 const PREFIX: &str = "oddscache:";
 /// The event log's key (`{key_prefix}events`).
@@ -220,9 +220,7 @@ async fn registration_invalidation_and_the_log_fan_out_across_slots_and_nodes() 
     }
 
     for id in &ids {
-        let w = http
-            .put(&r1.url(&game_path(id)), r#"{"status":"in_progress"}"#)
-            .await;
+        let w = put_status(&http, &r1, id, "in_progress").await;
         assert_eq!(w.status, 200);
         // Deleted before r1 answered, whichever node each key lives on.
         for k in keys_of(id).iter().cloned().chain(
@@ -347,9 +345,7 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
 
     let killed_at = Instant::now();
     cluster.nodes[victim].kill();
-    let w = http
-        .put(&r1.url(&game_path(&during)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &r1, &during, "in_progress").await;
     assert_eq!(w.status, 200, "a write while the log's owner is down");
     let deadline = Instant::now() + Duration::from_secs(30);
     while cluster.primaries().len() < 3 {
@@ -384,9 +380,7 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
     }
     let c = &mut cluster.connection().await;
     for id in &ids {
-        let w = http
-            .put(&r1.url(&game_path(id)), r#"{"status":"in_progress"}"#)
-            .await;
+        let w = put_status(&http, &r1, id, "in_progress").await;
         assert_eq!(w.status, 200);
         let registry = format!("{PREFIX}registry:game:{id}");
         let exists: bool = c.exists(&registry).await.unwrap();
@@ -444,9 +438,7 @@ async fn log_readers_follow_the_slot_to_a_promoted_replica_and_resume_without_a_
             .expect("CLUSTER FAILOVER");
     };
     failover();
-    let w = http
-        .put(&r1.url(&game_path(&ids[0])), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &r1, &ids[0], "in_progress").await;
     assert_eq!(w.status, 200);
     // A manual failover gives up after 5 s when the primary is slow to
     // answer (a loaded machine); ask again until the slot has moved.
@@ -467,9 +459,7 @@ async fn log_readers_follow_the_slot_to_a_promoted_replica_and_resume_without_a_
     assert_eq!(wait_readers_on_owner(&cluster, 2, SETUP).await, replica);
     until_serves(&http, &r2, &ids[0], "in_progress", PROPAGATION).await;
 
-    let w = http
-        .put(&r1.url(&game_path(&ids[1])), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &r1, &ids[1], "in_progress").await;
     assert_eq!(w.status, 200);
     until_serves(&http, &r2, &ids[1], "in_progress", PROPAGATION).await;
     assert_eq!(

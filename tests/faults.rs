@@ -9,7 +9,7 @@
 mod common;
 
 use common::client::Client;
-use common::sim::{game_path, odds_path, SimUpstream};
+use common::sim::{odds_path, SimUpstream};
 use common::{redis_server, relay, sidecar};
 
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use oddscache::config::Dur;
 use redis_server::RedisServer;
 use relay::Relay;
-use sidecar::{config, fleet, until_status, Sidecar};
+use sidecar::{config, fleet, put_status, until_status, Sidecar};
 
 const POLL: Duration = Duration::from_millis(20);
 
@@ -57,9 +57,7 @@ async fn an_event_seen_while_redis_stalls_reaches_the_fleet_after() {
         .await
         .unwrap();
     let paused_at = Instant::now();
-    let w = http
-        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &b, &id, "in_progress").await;
     assert_eq!(w.game_status(), "in_progress");
     // B itself dropped its copy at once.
     assert_eq!(http.get(&b.url(&odds)).await.game_status(), "in_progress");
@@ -97,9 +95,7 @@ async fn an_event_its_writer_could_not_send_reaches_the_fleet_later() {
     let id = cache_pre_game(&http, &up, &[&a, &b], 6).await;
     let odds = odds_path(&id);
     relay.blackhole_everything();
-    let w = http
-        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &b, &id, "in_progress").await;
     assert_eq!(w.game_status(), "in_progress");
     assert_eq!(http.get(&b.url(&odds)).await.game_status(), "in_progress");
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -131,9 +127,7 @@ async fn queued_invalidations_reach_the_log_before_a_sidecar_exits() {
     let id = cache_pre_game(&http, &up, &[&a, &b], 7).await;
     let odds = odds_path(&id);
     relay.blackhole_everything();
-    let w = http
-        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &b, &id, "in_progress").await;
     assert_eq!(w.game_status(), "in_progress");
     relay.heal();
     b.stop().await;
@@ -177,9 +171,7 @@ async fn a_blackholed_replica_reconnects_and_replays_what_it_missed() {
     relay.blackhole_open_flows();
     let cut_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let w = http
-        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &b, &id, "in_progress").await;
     assert_eq!(w.game_status(), "in_progress");
     // The read's heartbeat (1 s), the liveness timeout, a reconnection.
     let bound = Duration::from_secs(1) + liveness + Duration::from_secs(2);
@@ -273,9 +265,7 @@ async fn two_processes_with_one_replica_id_hear_each_other() {
     let http = Client::new();
     let id = cache_pre_game(&http, &up, &[&a, &b], 4).await;
     let odds = odds_path(&id);
-    let w = http
-        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &b, &id, "in_progress").await;
     assert_eq!(w.game_status(), "in_progress");
     until_status(&http, &a.url(&odds), "in_progress", Duration::from_secs(2)).await;
     a.stop().await;
@@ -332,9 +322,7 @@ async fn the_fleet_view_shows_a_replica_that_is_behind() {
 
     relay.blackhole_everything();
     let id = up.sim.game_ids()[5].clone();
-    let w = http
-        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &b, &id, "in_progress").await;
     assert_eq!(w.status, 200);
     let behind = wait_for(&|v| {
         v["replicas"].as_array().is_some_and(|rs| {

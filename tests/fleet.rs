@@ -24,7 +24,7 @@ use oddscache::watch::{self, GameSnapshot, Reason};
 use redis::AsyncCommands;
 
 use redis_server::RedisServer;
-use sidecar::{config, fleet};
+use sidecar::{config, fleet, put_status};
 
 const PREFIX: &str = "oddscache:";
 /// How long a peer may take to see an invalidation on loopback.
@@ -58,12 +58,7 @@ async fn a_status_change_on_one_replica_evicts_the_game_on_its_peers() {
     assert_eq!(served, 3, "one upstream fetch per replica");
 
     // The change, seen only by r1: a watched write.
-    let w = http
-        .put(
-            &fleet[0].url(&game_path(&id)),
-            r#"{"status":"in_progress"}"#,
-        )
-        .await;
+    let w = put_status(&http, &fleet[0], &id, "in_progress").await;
     assert_eq!(w.status, 200);
     assert_eq!(w.x_cache(), "BYPASS");
     assert_eq!(w.game_status(), "in_progress");
@@ -719,9 +714,7 @@ async fn registry_sets_expire_in_a_day_and_go_with_the_game() {
     let _: () = c.set(&unrelated, "1").await.unwrap();
 
     // The write's answer reveals the change; it is acted on before r1 answers.
-    let w = http
-        .put(&r1.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &r1, &id, "in_progress").await;
     assert_eq!(w.status, 200);
     let mut gone = registries.to_vec();
     gone.push(foreign);
@@ -784,9 +777,7 @@ async fn the_fleet_rides_out_a_redis_outage_and_converges_after() {
         }
     }
 
-    let w = http
-        .put(&r1.url(&game_path(&a)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &r1, &a, "in_progress").await;
     assert_eq!(w.game_status(), "in_progress");
     let deadline = Instant::now() + PROPAGATION;
     loop {

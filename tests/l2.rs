@@ -16,7 +16,7 @@ use oddscache::Config;
 use redis::AsyncCommands;
 
 use redis_server::RedisServer;
-use sidecar::{config, Sidecar};
+use sidecar::{config, put_status, Sidecar};
 
 /// How long a peer may take to see an invalidation on loopback.
 const PROPAGATION: Duration = Duration::from_secs(2);
@@ -117,12 +117,7 @@ async fn a_peer_answers_from_the_l2_until_an_invalidation_removes_it() {
 
     // The change, seen only by r1: a watched write. Its invalidation has
     // deleted the L2 copy by the time the write is answered.
-    let w = http
-        .put(
-            &r1.url(&format!("/api/v1/games/{id}")),
-            r#"{"status":"in_progress"}"#,
-        )
-        .await;
+    let w = put_status(&http, &r1, &id, "in_progress").await;
     assert_eq!(w.status, 200);
     assert_eq!(w.game_status(), "in_progress");
     assert!(

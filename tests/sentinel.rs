@@ -9,7 +9,7 @@
 mod common;
 
 use common::client::Client;
-use common::sim::{game_path, odds_path, SimUpstream};
+use common::sim::{odds_path, SimUpstream};
 use common::{redis_cluster, redis_server, sidecar};
 
 use std::collections::HashSet;
@@ -19,7 +19,7 @@ use oddscache::config::{Config, RedisConfig, RedisMode};
 
 use redis_cluster::{Sentinels, MASTER_NAME};
 use redis_server::{readers_in, RedisServer};
-use sidecar::{config, until_serves, Reader, Sidecar};
+use sidecar::{config, put_status, until_serves, Reader, Sidecar};
 
 /// The event log's key (`{key_prefix}events`).
 const PROPAGATION: Duration = Duration::from_secs(2);
@@ -98,9 +98,7 @@ async fn the_sidecars_follow_a_sentinel_failover_without_errors_or_stale_odds() 
 
     let old = set.primary.port();
     set.primary.kill();
-    let w = http
-        .put(&r1.url(&game_path(&during)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &r1, &during, "in_progress").await;
     assert_eq!(w.status, 200, "a write while the primary is down");
     let deadline = Instant::now() + FAILOVER;
     while set.primary_port() != Some(set.replica.port()) {
@@ -126,9 +124,7 @@ async fn the_sidecars_follow_a_sentinel_failover_without_errors_or_stale_odds() 
 
     // A change after the switch goes through the new primary's log to the
     // peer.
-    let w = http
-        .put(&r1.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &r1, &id, "in_progress").await;
     assert_eq!(w.status, 200);
     for s in [&r1, &r2] {
         until_serves(&http, s, &id, "in_progress", PROPAGATION).await;

@@ -13,9 +13,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::client::{one_shot, Client};
+use super::client::{one_shot, Client, Resp};
 use super::redis_server::RedisServer;
-use super::sim::odds_path;
+use super::sim::{game_path, odds_path};
 
 /// The sidecar, running in process until shut down or dropped.
 pub struct Sidecar {
@@ -189,6 +189,15 @@ pub async fn until_status(
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// A watched write: game `id`'s status set to `status` through `sidecar`.
+pub async fn put_status(http: &Client, sidecar: &Sidecar, id: &str, status: &str) -> Resp {
+    http.put(
+        &sidecar.url(&game_path(id)),
+        &format!(r#"{{"status":"{status}"}}"#),
+    )
+    .await
 }
 
 /// Sidecars named `replicas`, started in order in front of `upstream` on
