@@ -183,19 +183,8 @@ async fn redis_paused_mid_load() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let dropped_before = dropped(&s).await;
-    let mut c = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to Redis");
     let paused = Instant::now();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(2000)
-        .arg("ALL")
-        .query_async(&mut c)
-        .await
-        .expect("CLIENT PAUSE");
+    redis.pause(Duration::from_millis(2000)).await;
     let resumes = paused + Duration::from_millis(2000);
     for r in [&s.r1, &s.r2] {
         r.wait_metric("oddscache_redis_up", 0.0).await;

@@ -48,14 +48,7 @@ async fn an_event_seen_while_redis_stalls_reaches_the_fleet_after() {
     let odds = odds_path(&id);
 
     let pause = Duration::from_millis(1500);
-    let mut c = redis.conn().await;
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(pause.as_millis() as u64)
-        .arg("ALL")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    redis.pause(pause).await;
     let paused_at = Instant::now();
     let w = put_status(&http, &b, &id, "in_progress").await;
     assert_eq!(w.game_status(), "in_progress");

@@ -170,21 +170,13 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
 
     // Redis stalls for a second.
     let began = Instant::now();
-    let mut c = redis.conn().await;
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(1000)
-        .arg("ALL")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    redis.pause(Duration::from_millis(1000)).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     fault("pause", began);
     healthy(2000).await;
 
     // Redis dies and comes back empty.
     let began = Instant::now();
-    drop(c);
     drop(redis);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     redis = RedisServer::start_on(port);

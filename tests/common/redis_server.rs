@@ -104,6 +104,19 @@ impl RedisServer {
             .expect("cannot connect to the test Redis")
     }
 
+    /// Stalls every client for `d` (`CLIENT PAUSE … ALL`): the server is
+    /// up, and answers nothing until then.
+    pub async fn pause(&self, d: Duration) {
+        let mut c = self.conn().await;
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(d.as_millis() as u64)
+            .arg("ALL")
+            .query_async(&mut c)
+            .await
+            .expect("CLIENT PAUSE");
+    }
+
     /// Every invalidation message in the event log (`oddscache:events`),
     /// oldest first.
     pub async fn log(&self) -> Vec<oddscache::invalidate::wire::Message> {
