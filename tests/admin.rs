@@ -1,24 +1,21 @@
-//! The admin port end to end: the whole sidecar in-process (`oddscache::run`
-//! on two ephemeral loopback listeners) in front of the demo simulator,
-//! driven by hyper-util's client.
+//! The admin port end to end: the whole sidecar in-process (the harness's
+//! `Sidecar`, on two ephemeral loopback listeners) in front of the demo
+//! simulator, driven by the harness's client.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use oddscache::config::{Config, Overrides, SHIPPED};
-use oddscache::demo::{SimConfig, Simulator};
-use oddscache::shutdown::{self, Trigger};
-use oddscache::Listeners;
+use common::client::{Client, Resp};
+use common::sidecar::{shipped_config, Sidecar};
+use common::sim::SimUpstream;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use oddscache::config::Overrides;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
 
 const TOKEN: &str = "t0ken";
 const INVALIDATE: &str = "/api/v1/shared/cache/invalidate";
@@ -27,79 +24,27 @@ const STATS: &str = "/api/v1/shared/cache/invalidation/stats";
 /// Generous: CI machines stall, and nothing here waits unless it fails.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-struct Sidecar {
-    proxy: String,
-    admin: String,
-    client: Client<HttpConnector, Full<Bytes>>,
-    _sim: Arc<Simulator>,
-    _sim_stop: Trigger,
-    _stop: oneshot::Sender<()>,
+/// The demo simulator, the sidecar in front of it and a client.
+struct Setup {
+    sidecar: Sidecar,
+    client: Client,
+    _up: SimUpstream,
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-}
-
-impl Sidecar {
+impl Setup {
     /// Starts the simulator and the sidecar; `edit` adjusts the shipped TOML.
-    async fn start(token: Option<&str>, edit: impl Fn(String) -> String) -> Sidecar {
-        let sim = Simulator::new(SimConfig {
-            tick: Duration::ZERO,
-            ..SimConfig::default()
-        });
-        let sim_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let sim_addr = sim_listener.local_addr().unwrap();
-        let (sim_stop, sim_signal) = shutdown::channel();
-        tokio::spawn(oddscache::demo::serve(
-            sim.clone(),
-            sim_listener,
-            sim_signal,
-        ));
-
+    async fn start(token: Option<&str>, edit: impl Fn(String) -> String) -> Setup {
+        let up = SimUpstream::start().await;
         let overrides = Overrides {
-            upstream: Some(format!("http://{sim_addr}")),
+            upstream: Some(up.url()),
             admin_token: token.map(Into::into),
             replica_id: Some("test-replica".into()),
             ..Overrides::default()
         };
-        let config = Config::from_toml(&edit(SHIPPED.to_string()), &overrides).unwrap();
-        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (proxy_addr, admin_addr) = (proxy.local_addr().unwrap(), admin.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(oddscache::run(
-            config,
-            Listeners {
-                proxy,
-                admin: Some(admin),
-            },
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Sidecar {
-            proxy: format!("http://{proxy_addr}"),
-            admin: format!("http://{admin_addr}"),
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            _sim: sim,
-            _sim_stop: sim_stop,
-            _stop: stop,
+        Setup {
+            sidecar: Sidecar::start(shipped_config(edit, overrides)).await,
+            client: Client::with_patience(PATIENCE),
+            _up: up,
         }
     }
 
@@ -109,35 +54,23 @@ impl Sidecar {
         url: String,
         headers: &[(&str, &str)],
         body: &str,
-    ) -> Answer {
-        let mut req = Request::builder().method(method).uri(url);
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
-        let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
-        let resp = tokio::time::timeout(PATIENCE, self.client.request(req))
-            .await
-            .expect("no answer in time")
-            .unwrap();
-        let (parts, body) = resp.into_parts();
-        Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
-    }
-
-    async fn admin_get(&self, path: &str) -> Answer {
-        self.send(Method::GET, format!("{}{path}", self.admin), &[], "")
+    ) -> Resp {
+        self.client
+            .send(method, &url, headers, body.to_string())
             .await
     }
 
-    async fn proxy_get(&self, path: &str) -> Answer {
-        self.send(Method::GET, format!("{}{path}", self.proxy), &[], "")
+    async fn admin_get(&self, path: &str) -> Resp {
+        self.send(Method::GET, self.sidecar.admin_url(path), &[], "")
             .await
     }
 
-    async fn post(&self, auth: Option<&str>, body: &str) -> Answer {
+    async fn proxy_get(&self, path: &str) -> Resp {
+        self.send(Method::GET, self.sidecar.url(path), &[], "")
+            .await
+    }
+
+    async fn post(&self, auth: Option<&str>, body: &str) -> Resp {
         let bearer = auth.map(|t| format!("Bearer {t}"));
         let mut headers = vec![("content-type", "application/json")];
         if let Some(b) = &bearer {
@@ -145,7 +78,7 @@ impl Sidecar {
         }
         self.send(
             Method::POST,
-            format!("{}{INVALIDATE}", self.admin),
+            self.sidecar.admin_url(INVALIDATE),
             &headers,
             body,
         )
@@ -159,7 +92,7 @@ fn shipped(s: String) -> String {
 
 #[tokio::test]
 async fn reads_have_the_spec_shapes() {
-    let s = Sidecar::start(Some(TOKEN), shipped).await;
+    let s = Setup::start(Some(TOKEN), shipped).await;
 
     let stats = s.admin_get(STATS).await;
     assert_eq!(stats.status, StatusCode::OK);
@@ -232,7 +165,7 @@ async fn reads_have_the_spec_shapes() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(missing.json()["error"].is_string());
     let wrong = s
-        .send(Method::DELETE, format!("{}{STATS}", s.admin), &[], "")
+        .send(Method::DELETE, s.sidecar.admin_url(STATS), &[], "")
         .await;
     assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(wrong.header("allow"), "GET");
@@ -243,7 +176,7 @@ async fn reads_have_the_spec_shapes() {
 
 #[tokio::test]
 async fn a_manual_invalidation_drops_the_game_and_is_recorded() {
-    let s = Sidecar::start(Some(TOKEN), shipped).await;
+    let s = Setup::start(Some(TOKEN), shipped).await;
     let odds = "/api/v1/games/g-1001/odds";
     assert_eq!(s.proxy_get(odds).await.header("x-cache"), "MISS");
     assert_eq!(s.proxy_get(odds).await.header("x-cache"), "HIT");
@@ -333,7 +266,7 @@ async fn a_manual_invalidation_drops_the_game_and_is_recorded() {
     let om = s
         .send(
             Method::GET,
-            format!("{}/metrics", s.admin),
+            s.sidecar.admin_url("/metrics"),
             &[(
                 "accept",
                 "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
@@ -355,7 +288,7 @@ async fn a_manual_invalidation_drops_the_game_and_is_recorded() {
 
 #[tokio::test]
 async fn mutations_are_guarded() {
-    let s = Sidecar::start(Some(TOKEN), shipped).await;
+    let s = Setup::start(Some(TOKEN), shipped).await;
     let body = r#"{"game_id": "g-1001"}"#;
     for auth in [None, Some("wrong"), Some("t0ke"), Some("t0ken0")] {
         let resp = s.post(auth, body).await;
@@ -369,7 +302,7 @@ async fn mutations_are_guarded() {
     let basic = s
         .send(
             Method::POST,
-            format!("{}{INVALIDATE}", s.admin),
+            s.sidecar.admin_url(INVALIDATE),
             &[("authorization", "Basic dDBrZW4=")],
             body,
         )
@@ -408,8 +341,8 @@ async fn mutations_are_guarded() {
 /// A chunked body has no Content-Length to refuse early: the read is capped.
 #[tokio::test]
 async fn an_endless_chunked_body_is_cut_at_the_limit() {
-    let s = Sidecar::start(Some(TOKEN), shipped).await;
-    let addr = s.admin.trim_start_matches("http://");
+    let s = Setup::start(Some(TOKEN), shipped).await;
+    let addr = s.sidecar.admin;
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let chunk = "a".repeat(8192);
     let mut req = format!(
@@ -432,7 +365,7 @@ async fn an_endless_chunked_body_is_cut_at_the_limit() {
 
 #[tokio::test]
 async fn no_token_configured_means_no_mutations() {
-    let s = Sidecar::start(None, shipped).await;
+    let s = Setup::start(None, shipped).await;
     let resp = s.post(Some("anything"), r#"{"game_id": "g-1001"}"#).await;
     assert_eq!(resp.status, StatusCode::FORBIDDEN);
     assert!(resp.json()["error"]
@@ -443,7 +376,7 @@ async fn no_token_configured_means_no_mutations() {
 
 #[tokio::test]
 async fn the_quota_answers_429_with_retry_after() {
-    let s = Sidecar::start(Some(TOKEN), |t| {
+    let s = Setup::start(Some(TOKEN), |t| {
         t.replace("mutations_per_second = 10", "mutations_per_second = 1")
     })
     .await;
@@ -475,14 +408,16 @@ async fn the_quota_answers_429_with_retry_after() {
 
 #[tokio::test]
 async fn the_stream_carries_a_posted_event() {
-    let s = Sidecar::start(Some(TOKEN), shipped).await;
-    let req = Request::get(format!("{}{EVENTS}/stream", s.admin))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = tokio::time::timeout(PATIENCE, s.client.request(req))
-        .await
-        .unwrap()
-        .unwrap();
+    let s = Setup::start(Some(TOKEN), shipped).await;
+    let resp = s
+        .client
+        .head_only(
+            Method::GET,
+            &s.sidecar.admin_url(&format!("{EVENTS}/stream")),
+            &[],
+            Bytes::new(),
+        )
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     // The subscription exists once the head is here.
@@ -511,7 +446,7 @@ async fn the_stream_carries_a_posted_event() {
 
 #[tokio::test]
 async fn past_the_threshold_the_stats_alert() {
-    let s = Sidecar::start(Some(TOKEN), |t| {
+    let s = Setup::start(Some(TOKEN), |t| {
         t.replace("mutations_per_second = 10", "mutations_per_second = 1000")
     })
     .await;

@@ -4,17 +4,17 @@
 //!
 //! Run with `cargo test --test chaos_redis -- --nocapture` for the table rows.
 
-#[path = "common/chaos.rs"]
-mod chaos;
 mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
+
+use common::client::Client;
+use common::sim::{odds_path, SimUpstream};
+use common::{chaos, redis_server};
 
 use std::time::{Duration, Instant};
 
 use chaos::{
-    alive_tasks, assert_no_leaks, config, hit_latencies, percentile, report, Http, Load, Replica,
-    SimUpstream, Truth, BOUND, SERIAL,
+    alive_tasks, assert_no_leaks, hit_latencies, percentile, report, Load, Replica, Truth, BOUND,
+    SERIAL,
 };
 use redis_server::RedisServer;
 
@@ -25,7 +25,7 @@ struct Setup {
     r1: Replica,
     r2: Replica,
     truth: Truth,
-    http: Http,
+    http: Client,
     games: Vec<String>,
     /// `/api/v1/sidebar/{sport}/{league}` of the first game.
     sidebar: String,
@@ -33,17 +33,10 @@ struct Setup {
 
 async fn setup(redis: &RedisServer) -> Setup {
     let up = SimUpstream::start().await;
-    let r1 = Replica::start("r1", config(&up.url(), Some(&redis.url()), "r1", &[])).await;
-    let r2 = Replica::start("r2", config(&up.url(), Some(&redis.url()), "r2", &[])).await;
-    for r in [&r1, &r2] {
-        r.wait_metric("oddscache_redis_up", 1.0).await;
-    }
+    let (r1, r2) = chaos::pair(&up.url(), &redis.url(), &[]).await;
     let truth = Truth::default();
-    let games: Vec<String> = up.sim.game_ids()[..3].to_vec();
-    for g in &games {
-        truth.init(&up.sim, g, "pre_game");
-    }
-    let http = Http::new();
+    let games = truth.track(&up.sim, 3, "pre_game");
+    let http = Client::new();
     let odds: serde_json::Value = {
         let (_, body) =
             chaos::admin_get(up.addr, &format!("/api/v1/games/{}/odds", games[0])).await;
@@ -71,15 +64,11 @@ async fn dropped(s: &Setup) -> f64 {
         + s.r2.metric("oddscache_registrations_dropped_total").await
 }
 
-fn odds(game: &str) -> String {
-    format!("/api/v1/games/{game}/odds")
-}
-
 /// Waits until `replica` serves `game` with `status`; answers how long it took.
-async fn until_shows(http: &Http, replica: &Replica, game: &str, status: &str) -> Duration {
+async fn until_shows(http: &Client, replica: &Replica, game: &str, status: &str) -> Duration {
     let started = Instant::now();
     loop {
-        let s = http.sample(0, &replica.url(""), &odds(game)).await;
+        let s = http.sample(0, &replica.url(""), &odds_path(game)).await;
         if s.games.iter().any(|g| g.status == status) {
             return started.elapsed();
         }
@@ -104,11 +93,11 @@ async fn redis_killed_mid_load_then_restarted() {
     let mut s = setup(&redis).await;
     let (a, b) = (s.games[0].as_str(), s.games[1].as_str());
     let paths = [
-        odds(a),
-        odds(b),
-        odds(&s.games[2]),
+        odds_path(a),
+        odds_path(b),
+        odds_path(&s.games[2]),
         s.sidebar.clone(),
-        format!("{}?n={{n}}", odds(&s.games[2])),
+        format!("{}?n={{n}}", odds_path(&s.games[2])),
     ];
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
     let baseline = alive_tasks();
@@ -181,11 +170,11 @@ async fn redis_paused_mid_load() {
     let redis = RedisServer::start();
     let mut s = setup(&redis).await;
     let paths = [
-        odds(&s.games[0]),
-        odds(&s.games[1]),
+        odds_path(&s.games[0]),
+        odds_path(&s.games[1]),
         s.sidebar.clone(),
         // A fill, so a registration, per request.
-        format!("{}?n={{n}}", odds(&s.games[2])),
+        format!("{}?n={{n}}", odds_path(&s.games[2])),
     ];
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
     let baseline = alive_tasks();
@@ -194,19 +183,8 @@ async fn redis_paused_mid_load() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let dropped_before = dropped(&s).await;
-    let mut c = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to Redis");
     let paused = Instant::now();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(2000)
-        .arg("ALL")
-        .query_async(&mut c)
-        .await
-        .expect("CLIENT PAUSE");
+    redis.pause(Duration::from_millis(2000)).await;
     let resumes = paused + Duration::from_millis(2000);
     for r in [&s.r1, &s.r2] {
         r.wait_metric("oddscache_redis_up", 0.0).await;

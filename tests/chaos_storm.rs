@@ -7,21 +7,17 @@
 //! capacity. This binary installs a global log subscriber and reads the
 //! process's RSS, so it holds this one scenario only.
 
-#[path = "common/chaos.rs"]
-mod chaos;
 mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
+
+use common::sim::SimUpstream;
+use common::{chaos, redis_server};
 
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chaos::{
-    admin_post, alive_tasks, assert_no_leaks, config, report, rss_kib, Load, Replica, SimUpstream,
-    Truth,
-};
+use chaos::{admin_post, alive_tasks, assert_no_leaks, report, rss_kib, Load, Truth};
 use redis_server::RedisServer;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -71,16 +67,9 @@ async fn invalidation_storm() {
     let redis = RedisServer::start();
     let mut up = SimUpstream::start().await;
     let edits = [("mutations_per_second = 10 ", "mutations_per_second = 1000 ")];
-    let r1 = Replica::start("r1", config(&up.url(), Some(&redis.url()), "r1", &edits)).await;
-    let r2 = Replica::start("r2", config(&up.url(), Some(&redis.url()), "r2", &edits)).await;
-    for r in [&r1, &r2] {
-        r.wait_metric("oddscache_redis_up", 1.0).await;
-    }
+    let (r1, r2) = chaos::pair(&up.url(), &redis.url(), &edits).await;
     let truth = Truth::default();
-    let games: Vec<String> = up.sim.game_ids()[..2].to_vec();
-    for g in &games {
-        truth.init(&up.sim, g, "pre_game");
-    }
+    let games = truth.track(&up.sim, 2, "pre_game");
     let paths = [
         format!("/api/v1/games/{}/odds", games[0]),
         format!("/api/v1/games/{}/odds", games[1]),

@@ -4,11 +4,11 @@
 //!
 //! Run with `cargo test --test chaos_upstream -- --nocapture` for the rows.
 
-#[path = "common/chaos.rs"]
-mod chaos;
 mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
+
+use common::client::Client;
+use common::sim::{odds_path, SimUpstream};
+use common::{chaos, redis_server};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,8 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chaos::{
-    admin_get, alive_tasks, assert_no_leaks, config, report, Http, Load, Replica, SimUpstream,
-    Truth, SERIAL, WAIT,
+    admin_get, alive_tasks, assert_no_leaks, config, report, Load, Replica, Truth, SERIAL, WAIT,
 };
 use redis_server::RedisServer;
 
@@ -25,10 +24,6 @@ use redis_server::RedisServer;
 const JOINED_FILL_GRACE: Duration = Duration::from_millis(250);
 
 const PACE: Duration = Duration::from_millis(5);
-
-fn odds(game: &str) -> String {
-    format!("/api/v1/games/{game}/odds")
-}
 
 /// Waits until `/readyz` answers `want` on `r`; answers when it did.
 async fn until_ready(r: &Replica, want: u16) -> Instant {
@@ -61,19 +56,12 @@ async fn upstream_killed_then_restarted() {
         ("scheduled = \"60s\"", "scheduled = \"1s\""),
         ("ttl = \"30s\"", "ttl = \"1s\""),
     ];
-    let r1 = Replica::start("r1", config(&up.url(), Some(&redis.url()), "r1", &edits)).await;
-    let r2 = Replica::start("r2", config(&up.url(), Some(&redis.url()), "r2", &edits)).await;
-    for r in [&r1, &r2] {
-        r.wait_metric("oddscache_redis_up", 1.0).await;
-    }
+    let (r1, r2) = chaos::pair(&up.url(), &redis.url(), &edits).await;
     let truth = Truth::default();
-    let games: Vec<String> = up.sim.game_ids()[..3].to_vec();
-    for g in &games {
-        truth.init(&up.sim, g, "pre_game");
-    }
-    let cached = [odds(&games[0]), odds(&games[1])];
-    let never = format!("{}?n={{n}}", odds(&games[2]));
-    let http = Http::new();
+    let games = truth.track(&up.sim, 3, "pre_game");
+    let cached = [odds_path(&games[0]), odds_path(&games[1])];
+    let never = format!("{}?n={{n}}", odds_path(&games[2]));
+    let http = Client::new();
     for r in [&r1, &r2] {
         for p in &cached {
             assert_eq!(http.sample(0, &r.url(""), p).await.status, 200);
@@ -160,12 +148,13 @@ async fn upstream_slow_and_flapping() {
     let slow = Arc::new(AtomicBool::new(false));
     let arrivals: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let (flag, log) = (Arc::clone(&slow), Arc::clone(&arrivals));
-    let up = common::Upstream::start(move |parts, _| {
+    let up = common::upstream::Upstream::start(move |parts, _| {
         let path = parts.uri.path().to_string();
         log.lock().unwrap().push((path, Instant::now()));
         // max-age=2, not 1: the age counts from a whole-second `Date`, so
         // an entry stays fresh for one to two seconds.
-        let reply = common::Reply::json(r#"{"ok": true}"#).header("cache-control", "max-age=2");
+        let reply =
+            common::upstream::Reply::json(r#"{"ok": true}"#).header("cache-control", "max-age=2");
         if flag.load(Ordering::Relaxed) {
             reply.delay(Duration::from_millis(1500))
         } else {
@@ -178,14 +167,9 @@ async fn upstream_slow_and_flapping() {
         ("upstream_timeout = \"10s\"", "upstream_timeout = \"500ms\""),
         ("stale_if_error = \"5m\"", "stale_if_error = \"0s\""),
     ];
-    let r1 = Replica::start("r1", config(&up.url(), Some(&redis.url()), "r1", &edits)).await;
-    let r2 = Replica::start("r2", config(&up.url(), Some(&redis.url()), "r2", &edits)).await;
-    // Entries filled before a replica first subscribes are dropped when
-    // it does (it may have missed invalidations), which would look like
-    // a second fill.
-    for r in [&r1, &r2] {
-        r.wait_metric("oddscache_redis_up", 1.0).await;
-    }
+    // Entries filled before a replica first subscribes would look like a
+    // second fill: the pair is ready once both have.
+    let (r1, r2) = chaos::pair(&up.url(), &redis.url(), &edits).await;
     let baseline = alive_tasks();
     let p1 = ["/flap/r1/a", "/flap/r1/b", "/flap/r1/c"];
     let p2 = ["/flap/r2/a", "/flap/r2/b", "/flap/r2/c"];
@@ -260,8 +244,9 @@ async fn upstream_slow_and_flapping() {
 async fn shutdown_under_load_cuts_nothing() {
     let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
-    let up = common::Upstream::start(|parts, _| {
-        let reply = common::Reply::json(r#"{"ok": true}"#).header("cache-control", "max-age=60");
+    let up = common::upstream::Upstream::start(|parts, _| {
+        let reply =
+            common::upstream::Reply::json(r#"{"ok": true}"#).header("cache-control", "max-age=60");
         if parts.uri.path().starts_with("/slow/") {
             reply.delay(Duration::from_millis(1000))
         } else {
@@ -281,7 +266,7 @@ async fn shutdown_under_load_cuts_nothing() {
         .into_iter()
         .map(|p| {
             let base = base.clone();
-            tokio::spawn(async move { Http::new().sample(0, &base, &p).await })
+            tokio::spawn(async move { Client::new().sample(0, &base, &p).await })
         })
         .collect();
     // All 41 distinct fetches have reached the upstream: every request is
@@ -318,6 +303,6 @@ async fn shutdown_under_load_cuts_nothing() {
     );
     assert!(started.elapsed() >= Duration::from_millis(1000));
     // The other replica carries on.
-    let other = Http::new().sample(1, &r2.url(""), "/fast").await;
+    let other = Client::new().sample(1, &r2.url(""), "/fast").await;
     assert_eq!(other.status, 200);
 }

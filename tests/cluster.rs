@@ -8,30 +8,24 @@
 //! Run with `cargo test --test cluster`; needs `redis-server` and
 //! `redis-cli` on PATH (Debian's redis packages).
 
-#[path = "common/redis_cluster.rs"]
-mod redis_cluster;
-#[path = "common/redis.rs"]
-mod redis_server;
-#[path = "common/sidecar.rs"]
-mod sidecar;
+mod common;
+
+use common::client::Client;
+use common::sim::{odds_path, SimUpstream};
+use common::{redis_cluster, redis_server, sidecar};
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oddscache::config::{Config, RedisConfig, RedisMode};
-use oddscache::invalidate::wire;
 use redis::AsyncCommands;
 
 use redis_cluster::Cluster;
-use redis_server::readers_in;
-use sidecar::{config, Http, Sidecar, Upstream};
+use redis_server::{readers_in, EVENTS};
+use sidecar::{config, put_status, until_serves, Reader, Sidecar};
 
 const PREFIX: &str = "oddscache:";
 /// The event log's key (`{key_prefix}events`).
-const EVENTS: &str = "oddscache:events";
 const PROPAGATION: Duration = Duration::from_secs(2);
 const SETUP: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
@@ -120,62 +114,14 @@ async fn wait_readers_on_owner(cluster: &Cluster, n: usize, within: Duration) ->
     }
 }
 
-/// The invalidation entries of the log as node `i` holds it, oldest first
-/// (markers, which carry no message, left out).
-fn log_on(cluster: &Cluster, i: usize) -> Vec<wire::Message> {
-    let reply: redis::Value = cluster.nodes[i]
-        .cmd(redis::cmd("XRANGE").arg(EVENTS).arg("-").arg("+"))
-        .unwrap_or_else(|e| panic!("XRANGE {EVENTS} on node {i}: {e}"));
-    redis_server::log_messages(reply)
-}
-
-/// The games of the invalidations `replica` appended to the log on node `i`.
-fn logged_games(cluster: &Cluster, i: usize, replica: &str) -> HashSet<String> {
-    log_on(cluster, i)
-        .into_iter()
-        .filter(|m| m.kind == wire::Kind::Invalidate && m.event.replica == replica)
-        .filter_map(|m| m.event.game_id)
-        .collect()
-}
-
 /// Waits until the log on node `i` holds an invalidation of `game` that
 /// `replica` appended.
 async fn wait_logged(cluster: &Cluster, i: usize, replica: &str, game: &str, within: Duration) {
     let deadline = Instant::now() + within;
-    while !logged_games(cluster, i, replica).contains(game) {
+    while !cluster.nodes[i].logged_games(replica).contains(game) {
         assert!(
             Instant::now() < deadline,
             "{replica}'s invalidation of {game} is not in the log on node {i} after {within:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Metric `series` (name and labels, e.g. `oddscache_resyncs_total{why="gap"}`)
-/// from the admin port's `/metrics`.
-async fn metric(http: &Http, admin: SocketAddr, series: &str) -> f64 {
-    let r = http.get(&format!("http://{admin}/metrics")).await;
-    assert_eq!(r.status, 200, "/metrics");
-    String::from_utf8_lossy(&r.body)
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
-}
-
-/// Waits until metric `series` on the admin port reads `want`.
-async fn wait_metric(http: &Http, admin: SocketAddr, series: &str, want: f64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let got = metric(http, admin, series).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} on {admin} stayed {got}, never {want}, for {within:?}"
         );
         tokio::time::sleep(POLL).await;
     }
@@ -193,28 +139,6 @@ fn calls(cluster: &Cluster, i: usize, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits until `sidecar` serves `id` with upstream status `status`; it may
-/// serve the old one for at most `within`.
-async fn wait_serves(
-    http: &Http,
-    sidecar: &Sidecar,
-    name: &str,
-    id: &str,
-    status: &str,
-    within: Duration,
-) {
-    let _ = name;
-    sidecar::until_status(http, &sidecar.url(&odds_path(id)), status, within).await;
-}
-
-fn odds_path(id: &str) -> String {
-    format!("/api/v1/games/{id}/odds")
-}
-
-fn game_path(id: &str) -> String {
-    format!("/api/v1/games/{id}")
-}
-
 /// Registrations and L2 copies of several games land on different
 /// primaries; a status change written through r1 deletes every one of them
 /// across slots before r1 answers, and reaches r2 through the event log.
@@ -227,7 +151,7 @@ async fn registration_invalidation_and_the_log_fan_out_across_slots_and_nodes() 
     let cluster = Cluster::start();
     let owner = cluster.owner(EVENTS);
     let elsewhere = (owner + 1) % cluster.nodes.len();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let r1 = Sidecar::start(cluster_config(&up.url(), seeds_from(&cluster, owner), "r1")).await;
     let r2 = Sidecar::start(cluster_config(
         &up.url(),
@@ -236,7 +160,7 @@ async fn registration_invalidation_and_the_log_fan_out_across_slots_and_nodes() 
     ))
     .await;
     assert_eq!(wait_readers_on_owner(&cluster, 2, SETUP).await, owner);
-    let http = Http::new();
+    let http = Client::new();
     let c = &mut cluster.connection().await;
 
     let ids: Vec<String> = up.sim.game_ids().into_iter().take(6).collect();
@@ -247,10 +171,10 @@ async fn registration_invalidation_and_the_log_fan_out_across_slots_and_nodes() 
             assert_eq!(first.status, 200);
             // r2 may already find r1's copy in the shared L2.
             if name == "r1" {
-                assert_eq!(first.x_cache, "MISS", "{name} {id}");
+                assert_eq!(first.x_cache(), "MISS", "{name} {id}");
             }
             let second = http.get(&s.url(&odds_path(id))).await;
-            assert_eq!(second.x_cache, "HIT", "{name} {id}");
+            assert_eq!(second.x_cache(), "HIT", "{name} {id}");
         }
     }
 
@@ -296,9 +220,7 @@ async fn registration_invalidation_and_the_log_fan_out_across_slots_and_nodes() 
     }
 
     for id in &ids {
-        let w = http
-            .put(&r1.url(&game_path(id)), r#"{"status":"in_progress"}"#)
-            .await;
+        let w = put_status(&http, &r1, id, "in_progress").await;
         assert_eq!(w.status, 200);
         // Deleted before r1 answered, whichever node each key lives on.
         for k in keys_of(id).iter().cloned().chain(
@@ -323,10 +245,19 @@ async fn registration_invalidation_and_the_log_fan_out_across_slots_and_nodes() 
             let r = http.get(&r2.url(&odds_path(id))).await;
             assert_eq!(r.status, 200);
             if r.game_status() == "in_progress" {
-                assert_eq!(r.x_cache, "MISS", "r2 {id}: the new status is a fresh fill");
+                assert_eq!(
+                    r.x_cache(),
+                    "MISS",
+                    "r2 {id}: the new status is a fresh fill"
+                );
                 break;
             }
-            assert_eq!(r.x_cache, "HIT", "r2 {id}: old status from {}", r.x_cache);
+            assert_eq!(
+                r.x_cache(),
+                "HIT",
+                "r2 {id}: old status from {}",
+                r.x_cache()
+            );
             assert!(
                 Instant::now() < deadline,
                 "r2 still serves the old status of {id} {PROPAGATION:?} after the change"
@@ -337,7 +268,7 @@ async fn registration_invalidation_and_the_log_fan_out_across_slots_and_nodes() 
     // One entry per change, appended to the log on its owner.
     let want: HashSet<String> = ids.iter().cloned().collect();
     assert_eq!(
-        logged_games(&cluster, owner, "r1"),
+        cluster.nodes[owner].logged_games("r1"),
         want,
         "the games of r1's entries in the log"
     );
@@ -380,17 +311,16 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
     assert_eq!(primaries.len(), 3, "three primaries, three replicas");
     let victim = cluster.owner(EVENTS);
     let other = *primaries.iter().find(|&&p| p != victim).unwrap();
-    let up = Upstream::start().await;
-    let (r1, _, admin1) = Sidecar::with_handle(cluster_config(
+    let up = SimUpstream::start().await;
+    let r1 = Sidecar::start(cluster_config(
         &up.url(),
         seeds_from(&cluster, victim),
         "r1",
     ))
     .await;
-    let (r2, _, admin2) =
-        Sidecar::with_handle(cluster_config(&up.url(), seeds_from(&cluster, other), "r2")).await;
+    let r2 = Sidecar::start(cluster_config(&up.url(), seeds_from(&cluster, other), "r2")).await;
     assert_eq!(wait_readers_on_owner(&cluster, 2, SETUP).await, victim);
-    let http = Http::new();
+    let http = Client::new();
 
     let ids: Vec<String> = up.sim.game_ids().into_iter().take(7).collect();
     // Read throughout; `during` changes while the log has no owner.
@@ -402,41 +332,20 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
         }
     }
     assert_eq!(
-        http.get(&r2.url(&odds_path(&during))).await.x_cache,
+        http.get(&r2.url(&odds_path(&during))).await.x_cache(),
         "HIT",
         "r2 holds {during} before the kill"
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicUsize::new(0));
-    let reads = Arc::new(AtomicUsize::new(0));
-    let reader = {
-        let (stop, errors, reads) = (stop.clone(), errors.clone(), reads.clone());
-        let urls: Vec<String> = ids
-            .iter()
-            .flat_map(|id| [r1.url(&odds_path(id)), r2.url(&odds_path(id))])
-            .collect();
-        tokio::spawn(async move {
-            let http = Http::new();
-            while !stop.load(Ordering::Relaxed) {
-                for u in &urls {
-                    let r = http.get(u).await;
-                    reads.fetch_add(1, Ordering::Relaxed);
-                    if r.status != 200 || r.game_status() != "pre_game" {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("during failover: {u}: {} {}", r.status, r.game_status());
-                    }
-                }
-                tokio::time::sleep(POLL).await;
-            }
-        })
-    };
+    let urls: Vec<String> = ids
+        .iter()
+        .flat_map(|id| [r1.url(&odds_path(id)), r2.url(&odds_path(id))])
+        .collect();
+    let reader = Reader::start(urls, "pre_game", POLL);
 
     let killed_at = Instant::now();
     cluster.nodes[victim].kill();
-    let w = http
-        .put(&r1.url(&game_path(&during)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &r1, &during, "in_progress").await;
     assert_eq!(w.status, 200, "a write while the log's owner is down");
     let deadline = Instant::now() + Duration::from_secs(30);
     while cluster.primaries().len() < 3 {
@@ -456,26 +365,22 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
         "failover and the readers' reconnection took {:?}",
         killed_at.elapsed()
     );
-    wait_serves(&http, &r2, "r2", &during, "in_progress", PROPAGATION).await;
+    until_serves(&http, &r2, &during, "in_progress", PROPAGATION).await;
     wait_logged(&cluster, new_owner, "r1", &during, PROPAGATION).await;
-    stop.store(true, Ordering::Relaxed);
-    reader.await.unwrap();
+    let (reads, errors) = reader.stop().await;
     assert_eq!(
-        errors.load(Ordering::Relaxed),
-        0,
-        "clients saw errors or wrong odds during the failover ({} reads)",
-        reads.load(Ordering::Relaxed)
+        errors, 0,
+        "clients saw errors or wrong odds during the failover ({reads} reads)"
     );
 
     // The readers are back; so must the command connections be.
-    for admin in [admin1, admin2] {
-        wait_metric(&http, admin, "oddscache_redis_up", 1.0, SETUP).await;
+    for r in [&r1, &r2] {
+        r.wait_metric("oddscache_redis_up", |v| v == 1.0, SETUP)
+            .await;
     }
     let c = &mut cluster.connection().await;
     for id in &ids {
-        let w = http
-            .put(&r1.url(&game_path(id)), r#"{"status":"in_progress"}"#)
-            .await;
+        let w = put_status(&http, &r1, id, "in_progress").await;
         assert_eq!(w.status, 200);
         let registry = format!("{PREFIX}registry:game:{id}");
         let exists: bool = c.exists(&registry).await.unwrap();
@@ -485,8 +390,8 @@ async fn the_log_owner_failing_over_costs_clients_nothing_and_leaves_nothing_sta
         );
     }
     for id in &ids {
-        for (name, s) in [("r1", &r1), ("r2", &r2)] {
-            wait_serves(&http, s, name, id, "in_progress", PROPAGATION).await;
+        for s in [&r1, &r2] {
+            until_serves(&http, s, id, "in_progress", PROPAGATION).await;
         }
     }
     r1.stop().await;
@@ -509,17 +414,16 @@ async fn log_readers_follow_the_slot_to_a_promoted_replica_and_resume_without_a_
     let replica = cluster
         .replica_of(owner)
         .expect("the log's owner has a replica");
-    let up = Upstream::start().await;
-    let (r1, _, admin1) =
-        Sidecar::with_handle(cluster_config(&up.url(), seeds_from(&cluster, owner), "r1")).await;
-    let (r2, _, admin2) = Sidecar::with_handle(cluster_config(
+    let up = SimUpstream::start().await;
+    let r1 = Sidecar::start(cluster_config(&up.url(), seeds_from(&cluster, owner), "r1")).await;
+    let r2 = Sidecar::start(cluster_config(
         &up.url(),
         seeds_from(&cluster, replica),
         "r2",
     ))
     .await;
     assert_eq!(wait_readers_on_owner(&cluster, 2, SETUP).await, owner);
-    let http = Http::new();
+    let http = Client::new();
     let ids: Vec<String> = up.sim.game_ids().into_iter().take(2).collect();
     for id in &ids {
         assert!(up.sim.set_status(id, "pre_game"));
@@ -534,9 +438,7 @@ async fn log_readers_follow_the_slot_to_a_promoted_replica_and_resume_without_a_
             .expect("CLUSTER FAILOVER");
     };
     failover();
-    let w = http
-        .put(&r1.url(&game_path(&ids[0])), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &r1, &ids[0], "in_progress").await;
     assert_eq!(w.status, 200);
     // A manual failover gives up after 5 s when the primary is slow to
     // answer (a loaded machine); ask again until the slot has moved.
@@ -555,22 +457,20 @@ async fn log_readers_follow_the_slot_to_a_promoted_replica_and_resume_without_a_
     }
     cluster.wait_ok();
     assert_eq!(wait_readers_on_owner(&cluster, 2, SETUP).await, replica);
-    wait_serves(&http, &r2, "r2", &ids[0], "in_progress", PROPAGATION).await;
+    until_serves(&http, &r2, &ids[0], "in_progress", PROPAGATION).await;
 
-    let w = http
-        .put(&r1.url(&game_path(&ids[1])), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &r1, &ids[1], "in_progress").await;
     assert_eq!(w.status, 200);
-    wait_serves(&http, &r2, "r2", &ids[1], "in_progress", PROPAGATION).await;
+    until_serves(&http, &r2, &ids[1], "in_progress", PROPAGATION).await;
     assert_eq!(
-        logged_games(&cluster, replica, "r1"),
+        cluster.nodes[replica].logged_games("r1"),
         ids.iter().cloned().collect::<HashSet<String>>(),
         "the games of r1's entries in the promoted replica's log"
     );
     // Both moved to the new owner, yet neither found a gap there.
-    for (name, admin) in [("r1", admin1), ("r2", admin2)] {
-        let start = metric(&http, admin, r#"oddscache_resyncs_total{why="start"}"#).await;
-        let gap = metric(&http, admin, r#"oddscache_resyncs_total{why="gap"}"#).await;
+    for (name, r) in [("r1", &r1), ("r2", &r2)] {
+        let start = r.metric(r#"oddscache_resyncs_total{why="start"}"#).await;
+        let gap = r.metric(r#"oddscache_resyncs_total{why="gap"}"#).await;
         assert_eq!(
             (start, gap),
             (1.0, 0.0),

@@ -6,17 +6,17 @@
 //! The manifests are read with a tiny line-based extraction (no YAML
 //! crate): they are ours, two-space indented, one key per line.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
+use common::client::one_shot;
+use common::sidecar::shipped_config;
+use common::sim::SimUpstream;
 use oddscache::admin::routes::{HEALTHZ, METRICS, READYZ};
 use oddscache::config::{Config, Overrides, ADMIN_TOKEN_ENV, SHIPPED};
-use oddscache::demo::{SimConfig, Simulator};
-use oddscache::{shutdown, Listeners};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 fn read(path: &str) -> String {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
@@ -339,27 +339,12 @@ fn dockerfile_builds_and_runs_what_ci_checks() {
     assert!(check.contains("cargo build --release --locked"));
 }
 
-/// Sends one raw HTTP/1.1 request to `addr`; the whole answer.
-async fn request(addr: std::net::SocketAddr, raw: &str) -> String {
-    let mut conn = TcpStream::connect(addr).await.unwrap();
-    conn.write_all(raw.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out))
-        .await
-        .expect("no answer in time")
-        .unwrap();
-    String::from_utf8(out).unwrap()
-}
-
-/// GETs `path` from `addr`; the body of a 200.
+/// GETs `path` from `addr` on a fresh connection; the body of a 200.
 async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-    let text = request(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-    )
-    .await;
-    assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
-    text.split_once("\r\n\r\n").unwrap().1.to_string()
+    let (status, body) = one_shot(addr, "GET", path, &[], "").await;
+    let text = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200, "{path}: {text}");
+    text
 }
 
 /// Series names from `# TYPE` lines of a Prometheus text exposition.
@@ -393,49 +378,29 @@ fn exposed_names(text: &str) -> BTreeSet<String> {
 /// one, so the names of families still empty come from the same registry
 /// code with one child each.
 async fn live_metric_names() -> BTreeSet<String> {
-    let sim = Simulator::new(SimConfig {
-        tick: Duration::ZERO,
-        ..SimConfig::default()
-    });
-    let sim_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim_addr = sim_listener.local_addr().unwrap();
-    let (_sim_stop, sim_signal) = shutdown::channel();
-    tokio::spawn(oddscache::demo::serve(sim, sim_listener, sim_signal));
-    let config = Config::from_toml(
-        SHIPPED,
-        &Overrides {
-            upstream: Some(format!("http://{sim_addr}")),
+    let up = SimUpstream::start().await;
+    let sidecar = common::sidecar::Sidecar::start(shipped_config(
+        |text| text,
+        Overrides {
+            upstream: Some(up.url()),
             admin_token: Some("t".into()),
             ..Overrides::default()
         },
-    )
-    .unwrap();
-    let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (proxy_addr, admin_addr) = (proxy.local_addr().unwrap(), admin.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(oddscache::run(
-        config,
-        Listeners {
-            proxy,
-            admin: Some(admin),
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    get(proxy_addr, "/api/v1/games/g-1001/odds").await;
-    let invalidated = request(
-        admin_addr,
-        &format!(
-            "POST {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: 21\r\nConnection: close\r\n\r\n{{\"game_id\": \"g-1001\"}}",
-            oddscache::admin::routes::INVALIDATE
-        ),
+    ))
+    .await;
+    get(sidecar.addr, "/api/v1/games/g-1001/odds").await;
+    let (status, invalidated) = one_shot(
+        sidecar.admin,
+        "POST",
+        oddscache::admin::routes::INVALIDATE,
+        &[("authorization", "Bearer t")],
+        r#"{"game_id": "g-1001"}"#,
     )
     .await;
-    assert!(invalidated.starts_with("HTTP/1.1 200"), "{invalidated}");
-    let text = get(admin_addr, METRICS).await;
-    drop(stop);
+    let invalidated = String::from_utf8_lossy(&invalidated);
+    assert_eq!(status, 200, "{invalidated}");
+    let text = get(sidecar.admin, METRICS).await;
+    drop(sidecar);
     let mut names = exposed_names(&text);
     assert!(names.contains("oddscache_invalidations_total"), "{text}");
     let registry = oddscache::metrics::Metrics::new();

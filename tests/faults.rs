@@ -6,39 +6,30 @@
 //! a TCP relay in the test that can blackhole a replica's flows (keep the
 //! sockets, drop the bytes), as a rescheduled Redis pod's old address does.
 
-#[path = "common/redis.rs"]
-mod redis_server;
-#[path = "common/relay.rs"]
-mod relay;
-#[path = "common/sidecar.rs"]
-mod sidecar;
+mod common;
+
+use common::client::Client;
+use common::sim::{odds_path, SimUpstream};
+use common::{redis_server, relay, sidecar};
 
 use std::time::{Duration, Instant};
 
 use oddscache::config::Dur;
 use redis_server::RedisServer;
 use relay::Relay;
-use sidecar::{config, until_status, Http, Sidecar, Upstream};
+use sidecar::{config, fleet, put_status, until_status, Sidecar};
 
 const POLL: Duration = Duration::from_millis(20);
 
-fn odds_path(id: &str) -> String {
-    format!("/api/v1/games/{id}/odds")
-}
-
-fn game_path(id: &str) -> String {
-    format!("/api/v1/games/{id}")
-}
-
 /// Makes game number `n` `pre_game` at the upstream and has every sidecar
 /// of `fleet` cache its odds (its second GET a HIT); returns the game's id.
-async fn cache_pre_game(http: &Http, up: &Upstream, fleet: &[&Sidecar], n: usize) -> String {
+async fn cache_pre_game(http: &Client, up: &SimUpstream, fleet: &[&Sidecar], n: usize) -> String {
     let id = up.sim.game_ids()[n].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
     for s in fleet {
         let url = s.url(&odds_path(&id));
         assert_eq!(http.get(&url).await.game_status(), "pre_game");
-        assert_eq!(http.get(&url).await.x_cache, "HIT");
+        assert_eq!(http.get(&url).await.x_cache(), "HIT");
     }
     id
 }
@@ -50,27 +41,16 @@ async fn cache_pre_game(http: &Http, up: &Upstream, fleet: &[&Sidecar], n: usize
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_seen_while_redis_stalls_reaches_the_fleet_after() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "a")).await;
-    let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "b")).await;
-    redis.wait_fleet_connected(2).await;
-    let http = Http::new();
+    let up = SimUpstream::start().await;
+    let [a, b] = fleet(&redis, &up.url(), ["a", "b"]).await;
+    let http = Client::new();
     let id = cache_pre_game(&http, &up, &[&a, &b], 0).await;
     let odds = odds_path(&id);
 
     let pause = Duration::from_millis(1500);
-    let mut c = redis.conn().await;
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(pause.as_millis() as u64)
-        .arg("ALL")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    redis.pause(pause).await;
     let paused_at = Instant::now();
-    let w = http
-        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &b, &id, "in_progress").await;
     assert_eq!(w.game_status(), "in_progress");
     // B itself dropped its copy at once.
     assert_eq!(http.get(&b.url(&odds)).await.game_status(), "in_progress");
@@ -100,17 +80,15 @@ async fn an_event_seen_while_redis_stalls_reaches_the_fleet_after() {
 async fn an_event_its_writer_could_not_send_reaches_the_fleet_later() {
     let redis = RedisServer::start();
     let relay = Relay::start(redis.port()).await;
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "a")).await;
     let b = Sidecar::start(config(&up.url(), Some(&relay.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
-    let http = Http::new();
+    let http = Client::new();
     let id = cache_pre_game(&http, &up, &[&a, &b], 6).await;
     let odds = odds_path(&id);
     relay.blackhole_everything();
-    let w = http
-        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &b, &id, "in_progress").await;
     assert_eq!(w.game_status(), "in_progress");
     assert_eq!(http.get(&b.url(&odds)).await.game_status(), "in_progress");
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -134,17 +112,15 @@ async fn an_event_its_writer_could_not_send_reaches_the_fleet_later() {
 async fn queued_invalidations_reach_the_log_before_a_sidecar_exits() {
     let redis = RedisServer::start();
     let relay = Relay::start(redis.port()).await;
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "a")).await;
     let b = Sidecar::start(config(&up.url(), Some(&relay.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
-    let http = Http::new();
+    let http = Client::new();
     let id = cache_pre_game(&http, &up, &[&a, &b], 7).await;
     let odds = odds_path(&id);
     relay.blackhole_everything();
-    let w = http
-        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &b, &id, "in_progress").await;
     assert_eq!(w.game_status(), "in_progress");
     relay.heal();
     b.stop().await;
@@ -171,7 +147,7 @@ async fn queued_invalidations_reach_the_log_before_a_sidecar_exits() {
 async fn a_blackholed_replica_reconnects_and_replays_what_it_missed() {
     let redis = RedisServer::start();
     let relay = Relay::start(redis.port()).await;
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let liveness = Duration::from_secs(1);
     let mut cfg_a = config(&up.url(), Some(&relay.url()), "a");
     let ra = cfg_a.redis.as_mut().expect("redis configured");
@@ -181,16 +157,14 @@ async fn a_blackholed_replica_reconnects_and_replays_what_it_missed() {
     let a = Sidecar::start(cfg_a).await;
     let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
-    let http = Http::new();
+    let http = Client::new();
     let id = cache_pre_game(&http, &up, &[&a, &b], 1).await;
     let odds = odds_path(&id);
 
     relay.blackhole_open_flows();
     let cut_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let w = http
-        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &b, &id, "in_progress").await;
     assert_eq!(w.game_status(), "in_progress");
     // The read's heartbeat (1 s), the liveness timeout, a reconnection.
     let bound = Duration::from_secs(1) + liveness + Duration::from_secs(2);
@@ -214,16 +188,9 @@ async fn a_blackholed_replica_reconnects_and_replays_what_it_missed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_state_key_never_hides_a_transition() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let fleet: Vec<Sidecar> = {
-        let mut v = Vec::new();
-        for r in ["r1", "r2", "r3"] {
-            v.push(Sidecar::start(config(&up.url(), Some(&redis.url()), r)).await);
-        }
-        v
-    };
-    redis.wait_fleet_connected(3).await;
-    let http = Http::new();
+    let up = SimUpstream::start().await;
+    let fleet = fleet(&redis, &up.url(), ["r1", "r2", "r3"]).await;
+    let http = Client::new();
     let ids = up.sim.game_ids();
     let (kept, lost) = (ids[2].clone(), ids[3].clone());
     let mut c = redis.conn().await;
@@ -234,7 +201,7 @@ async fn a_lost_state_key_never_hides_a_transition() {
                 http.get(&s.url(&odds_path(id))).await.game_status(),
                 "pre_game"
             );
-            assert_eq!(http.get(&s.url(&odds_path(id))).await.x_cache, "HIT");
+            assert_eq!(http.get(&s.url(&odds_path(id))).await.x_cache(), "HIT");
         }
     }
     // Registrations are written off the request path.
@@ -286,16 +253,12 @@ async fn a_lost_state_key_never_hides_a_transition() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_processes_with_one_replica_id_hear_each_other() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let a = Sidecar::start(config(&up.url(), Some(&redis.url()), "same")).await;
-    let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "same")).await;
-    redis.wait_fleet_connected(2).await;
-    let http = Http::new();
+    let up = SimUpstream::start().await;
+    let [a, b] = fleet(&redis, &up.url(), ["same", "same"]).await;
+    let http = Client::new();
     let id = cache_pre_game(&http, &up, &[&a, &b], 4).await;
     let odds = odds_path(&id);
-    let w = http
-        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &b, &id, "in_progress").await;
     assert_eq!(w.game_status(), "in_progress");
     until_status(&http, &a.url(&odds), "in_progress", Duration::from_secs(2)).await;
     a.stop().await;
@@ -311,15 +274,14 @@ async fn two_processes_with_one_replica_id_hear_each_other() {
 async fn the_fleet_view_shows_a_replica_that_is_behind() {
     let redis = RedisServer::start();
     let relay = Relay::start(redis.port()).await;
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let mut cfg_a = config(&up.url(), Some(&relay.url()), "a");
     cfg_a.redis.as_mut().expect("redis").liveness_timeout = Dur(Duration::from_secs(1));
     let a = Sidecar::start(cfg_a).await;
-    let (b, _handle, b_admin) =
-        Sidecar::with_handle(config(&up.url(), Some(&redis.url()), "b")).await;
+    let b = Sidecar::start(config(&up.url(), Some(&redis.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
-    let http = Http::new();
-    let fleet_url = format!("http://{b_admin}/api/v1/shared/cache/fleet");
+    let http = Client::new();
+    let fleet_url = b.admin_url("/api/v1/shared/cache/fleet");
     let view = |v: &serde_json::Value, who: &str| {
         v["replicas"]
             .as_array()
@@ -353,9 +315,7 @@ async fn the_fleet_view_shows_a_replica_that_is_behind() {
 
     relay.blackhole_everything();
     let id = up.sim.game_ids()[5].clone();
-    let w = http
-        .put(&b.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &b, &id, "in_progress").await;
     assert_eq!(w.status, 200);
     let behind = wait_for(&|v| {
         v["replicas"].as_array().is_some_and(|rs| {
@@ -367,7 +327,7 @@ async fn the_fleet_view_shows_a_replica_that_is_behind() {
     let lag = view(&behind, "a").unwrap();
     assert!(lag["behind_ms"].as_u64().unwrap() > 0, "{lag}");
     assert_eq!(view(&behind, "b").unwrap()["behind_events"], 0, "{behind}");
-    let metrics = http.get(&format!("http://{b_admin}/metrics")).await;
+    let metrics = http.get(&b.admin_url("/metrics")).await;
     let text = String::from_utf8_lossy(&metrics.body).to_string();
     let gauge: f64 = text
         .lines()

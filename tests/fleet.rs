@@ -5,10 +5,11 @@
 //! Run with `cargo test --test fleet`; the figures test prints with
 //! `-- --nocapture`.
 
-#[path = "common/redis.rs"]
-mod redis_server;
-#[path = "common/sidecar.rs"]
-mod sidecar;
+mod common;
+
+use common::client::{Client, Resp};
+use common::sim::{game_path, odds_path, SimUpstream};
+use common::{redis_server, sidecar};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use oddscache::watch::{self, GameSnapshot, Reason};
 use redis::AsyncCommands;
 
 use redis_server::RedisServer;
-use sidecar::{config, Http, Sidecar, Upstream};
+use sidecar::{config, fleet, put_status};
 
 const PREFIX: &str = "oddscache:";
 /// How long a peer may take to see an invalidation on loopback.
@@ -32,26 +33,14 @@ const PROPAGATION: Duration = Duration::from_secs(2);
 const SETUP: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
 
-fn odds_path(id: &str) -> String {
-    format!("/api/v1/games/{id}/odds")
-}
-
-fn game_path(id: &str) -> String {
-    format!("/api/v1/games/{id}")
-}
-
 /// Three sidecars, all caching the game: a status change written through r1
 /// reaches r2 and r3, whose next GET is a MISS with the new status.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_status_change_on_one_replica_evicts_the_game_on_its_peers() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let mut fleet = Vec::new();
-    for r in ["r1", "r2", "r3"] {
-        fleet.push(Sidecar::start(config(&up.url(), Some(&redis.url()), r)).await);
-    }
-    redis.wait_fleet_connected(3).await;
-    let http = Http::new();
+    let up = SimUpstream::start().await;
+    let fleet = fleet(&redis, &up.url(), ["r1", "r2", "r3"]).await;
+    let http = Client::new();
     let id = up.sim.game_ids()[0].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
     let odds = odds_path(&id);
@@ -59,30 +48,25 @@ async fn a_status_change_on_one_replica_evicts_the_game_on_its_peers() {
     for (i, s) in fleet.iter().enumerate() {
         let first = http.get(&s.url(&odds)).await;
         assert_eq!(first.status, 200, "r{}", i + 1);
-        assert_eq!(first.x_cache, "MISS", "r{}: first GET", i + 1);
+        assert_eq!(first.x_cache(), "MISS", "r{}: first GET", i + 1);
         assert_eq!(first.game_status(), "pre_game");
         let second = http.get(&s.url(&odds)).await;
-        assert_eq!(second.x_cache, "HIT", "r{}: second GET", i + 1);
+        assert_eq!(second.x_cache(), "HIT", "r{}: second GET", i + 1);
         assert_eq!(second.game_status(), "pre_game");
     }
     let served = up.sim.requests_served();
     assert_eq!(served, 3, "one upstream fetch per replica");
 
     // The change, seen only by r1: a watched write.
-    let w = http
-        .put(
-            &fleet[0].url(&game_path(&id)),
-            r#"{"status":"in_progress"}"#,
-        )
-        .await;
+    let w = put_status(&http, &fleet[0], &id, "in_progress").await;
     assert_eq!(w.status, 200);
-    assert_eq!(w.x_cache, "BYPASS");
+    assert_eq!(w.x_cache(), "BYPASS");
     assert_eq!(w.game_status(), "in_progress");
 
     // r1 dropped its own copy before answering the write.
     let r1 = http.get(&fleet[0].url(&odds)).await;
     assert_eq!(
-        (r1.x_cache.as_str(), r1.game_status().as_str()),
+        (r1.x_cache(), r1.game_status().as_str()),
         ("MISS", "in_progress")
     );
 
@@ -93,7 +77,7 @@ async fn a_status_change_on_one_replica_evicts_the_game_on_its_peers() {
             assert_eq!(r.status, 200);
             if r.game_status() == "in_progress" {
                 assert_eq!(
-                    r.x_cache,
+                    r.x_cache(),
                     "MISS",
                     "r{}: the new status is a fresh fill",
                     i + 1
@@ -102,11 +86,11 @@ async fn a_status_change_on_one_replica_evicts_the_game_on_its_peers() {
             }
             // Until the event lands the old copy is still a HIT, never a refetch.
             assert_eq!(
-                r.x_cache,
+                r.x_cache(),
                 "HIT",
                 "r{}: old status from {}",
                 i + 1,
-                r.x_cache
+                r.x_cache()
             );
             assert!(
                 Instant::now() < deadline,
@@ -121,7 +105,7 @@ async fn a_status_change_on_one_replica_evicts_the_game_on_its_peers() {
         for _ in 0..3 {
             let r = http.get(&s.url(&odds)).await;
             assert_eq!(r.game_status(), "in_progress", "r{}", i + 1);
-            assert_eq!(r.x_cache, "HIT", "r{}", i + 1);
+            assert_eq!(r.x_cache(), "HIT", "r{}", i + 1);
         }
     }
     // 3 first fills + the write + one refill per replica.
@@ -138,30 +122,28 @@ async fn a_status_change_on_one_replica_evicts_the_game_on_its_peers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unsafe_method_through_one_replica_drops_its_uri_on_every_replica() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
-    let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
-    redis.wait_fleet_connected(2).await;
-    let http = Http::new();
+    let up = SimUpstream::start().await;
+    let [r1, r2] = fleet(&redis, &up.url(), ["r1", "r2"]).await;
+    let http = Client::new();
     let id = up.sim.game_ids()[0].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
     let odds = odds_path(&id);
     for s in [&r1, &r2] {
-        assert_eq!(http.get(&s.url(&odds)).await.x_cache, "MISS");
-        assert_eq!(http.get(&s.url(&odds)).await.x_cache, "HIT");
+        assert_eq!(http.get(&s.url(&odds)).await.x_cache(), "MISS");
+        assert_eq!(http.get(&s.url(&odds)).await.x_cache(), "HIT");
     }
 
     // The same status and odds: the watcher sees no change.
     let w = http.put(&r1.url(&odds), r#"{"status":"pre_game"}"#).await;
-    assert_eq!((w.status.as_u16(), w.x_cache.as_str()), (200, "BYPASS"));
-    assert_eq!(http.get(&r1.url(&odds)).await.x_cache, "MISS", "r1");
+    assert_eq!((w.status.as_u16(), w.x_cache()), (200, "BYPASS"));
+    assert_eq!(http.get(&r1.url(&odds)).await.x_cache(), "MISS", "r1");
     let deadline = Instant::now() + PROPAGATION;
     loop {
         let r = http.get(&r2.url(&odds)).await;
-        if r.x_cache == "MISS" {
+        if r.x_cache() == "MISS" {
             break;
         }
-        assert_eq!(r.x_cache, "HIT");
+        assert_eq!(r.x_cache(), "HIT");
         assert!(
             Instant::now() < deadline,
             "r2 still serves its copy {PROPAGATION:?} after a PUT through r1"
@@ -195,13 +177,12 @@ async fn an_unsafe_method_through_one_replica_drops_its_uri_on_every_replica() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_logged_uri_invalidation_drops_the_uri_without_its_keys() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
-    redis.wait_fleet_connected(1).await;
-    let http = Http::new();
+    let up = SimUpstream::start().await;
+    let [r2] = fleet(&redis, &up.url(), ["r2"]).await;
+    let http = Client::new();
     let odds = odds_path(&up.sim.game_ids()[0]);
-    assert_eq!(http.get(&r2.url(&odds)).await.x_cache, "MISS");
-    assert_eq!(http.get(&r2.url(&odds)).await.x_cache, "HIT");
+    assert_eq!(http.get(&r2.url(&odds)).await.x_cache(), "MISS");
+    assert_eq!(http.get(&r2.url(&odds)).await.x_cache(), "HIT");
 
     let event = Event {
         id: "e-1".into(),
@@ -229,7 +210,7 @@ async fn a_logged_uri_invalidation_drops_the_uri_without_its_keys() {
         .await
         .expect("XADD");
     let deadline = Instant::now() + PROPAGATION;
-    while http.get(&r2.url(&odds)).await.x_cache == "HIT" {
+    while http.get(&r2.url(&odds)).await.x_cache() == "HIT" {
         assert!(
             Instant::now() < deadline,
             "r2 still serves {odds} {PROPAGATION:?} after a logged PUT on it"
@@ -620,22 +601,20 @@ async fn a_peer_keeps_the_newest_state_whatever_order_the_events_arrive_in() {
 #[tokio::test(flavor = "multi_thread")]
 async fn nine_percent_odds_movement_invalidates_nothing_eleven_does() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
-    let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
-    redis.wait_fleet_connected(2).await;
-    let http = Http::new();
+    let up = SimUpstream::start().await;
+    let [r1, r2] = fleet(&redis, &up.url(), ["r1", "r2"]).await;
+    let http = Client::new();
     let id = up.sim.game_ids()[1].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
     let odds = odds_path(&id);
-    let home = |r: &sidecar::Reply| r.json()["odds"]["moneyline"]["home"].as_f64().unwrap();
+    let home = |r: &Resp| r.json()["odds"]["moneyline"]["home"].as_f64().unwrap();
 
     let mut base = 0.0;
     for s in [&r1, &r2] {
         let miss = http.get(&s.url(&odds)).await;
-        assert_eq!(miss.x_cache, "MISS");
+        assert_eq!(miss.x_cache(), "MISS");
         base = home(&miss);
-        assert_eq!(http.get(&s.url(&odds)).await.x_cache, "HIT");
+        assert_eq!(http.get(&s.url(&odds)).await.x_cache(), "HIT");
     }
 
     // 9%: r1 sees it through a write that returns the game; nothing moves.
@@ -649,7 +628,7 @@ async fn nine_percent_odds_movement_invalidates_nothing_eleven_does() {
     );
     for s in [&r1, &r2] {
         let r = http.get(&s.url(&odds)).await;
-        assert_eq!(r.x_cache, "HIT", "9% must not invalidate");
+        assert_eq!(r.x_cache(), "HIT", "9% must not invalidate");
         assert_eq!(home(&r), base);
     }
     let conn_ = &mut redis.conn().await;
@@ -665,15 +644,15 @@ async fn nine_percent_odds_movement_invalidates_nothing_eleven_does() {
     let moved = home(&w);
     assert!((moved / base - 1.11).abs() < 1e-5, "{moved} vs {base}");
     let r = http.get(&r1.url(&odds)).await;
-    assert_eq!((r.x_cache.as_str(), home(&r)), ("MISS", moved));
+    assert_eq!((r.x_cache(), home(&r)), ("MISS", moved));
     let deadline = Instant::now() + PROPAGATION;
     loop {
         let r = http.get(&r2.url(&odds)).await;
-        if r.x_cache == "MISS" {
+        if r.x_cache() == "MISS" {
             assert_eq!(home(&r), moved);
             break;
         }
-        assert_eq!((r.x_cache.as_str(), home(&r)), ("HIT", base));
+        assert_eq!((r.x_cache(), home(&r)), ("HIT", base));
         assert!(Instant::now() < deadline, "r2 never dropped the moved odds");
         tokio::time::sleep(POLL).await;
     }
@@ -687,15 +666,14 @@ async fn nine_percent_odds_movement_invalidates_nothing_eleven_does() {
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_sets_expire_in_a_day_and_go_with_the_game() {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
-    let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
-    redis.wait_fleet_connected(1).await;
-    let http = Http::new();
+    let up = SimUpstream::start().await;
+    let [r1] = fleet(&redis, &up.url(), ["r1"]).await;
+    let http = Client::new();
     let id = up.sim.game_ids()[2].clone();
     assert!(up.sim.set_status(&id, "pre_game"));
     let c = &mut redis.conn().await;
 
-    assert_eq!(http.get(&r1.url(&odds_path(&id))).await.x_cache, "MISS");
+    assert_eq!(http.get(&r1.url(&odds_path(&id))).await.x_cache(), "MISS");
     let registries = [
         format!("{PREFIX}registry:game:{id}"),
         format!("{PREFIX}registry:odds:scheduled:{id}"),
@@ -742,9 +720,7 @@ async fn registry_sets_expire_in_a_day_and_go_with_the_game() {
     let _: () = c.set(&unrelated, "1").await.unwrap();
 
     // The write's answer reveals the change; it is acted on before r1 answers.
-    let w = http
-        .put(&r1.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &r1, &id, "in_progress").await;
     assert_eq!(w.status, 200);
     let mut gone = registries.to_vec();
     gone.push(foreign);
@@ -764,22 +740,20 @@ async fn registry_sets_expire_in_a_day_and_go_with_the_game() {
 async fn the_fleet_rides_out_a_redis_outage_and_converges_after() {
     let redis = RedisServer::start();
     let port = redis.port();
-    let up = Upstream::start().await;
-    let r1 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r1")).await;
-    let r2 = Sidecar::start(config(&up.url(), Some(&redis.url()), "r2")).await;
-    redis.wait_fleet_connected(2).await;
-    let http = Http::new();
+    let up = SimUpstream::start().await;
+    let [r1, r2] = fleet(&redis, &up.url(), ["r1", "r2"]).await;
+    let http = Client::new();
     let ids = up.sim.game_ids();
     let (a, b) = (ids[3].clone(), ids[4].clone());
     assert!(up.sim.set_status(&a, "pre_game"));
     for s in [&r1, &r2] {
-        assert_eq!(http.get(&s.url(&odds_path(&a))).await.x_cache, "MISS");
+        assert_eq!(http.get(&s.url(&odds_path(&a))).await.x_cache(), "MISS");
     }
 
     drop(redis);
     for s in [&r1, &r2] {
         let hit = http.get(&s.url(&odds_path(&a))).await;
-        assert_eq!((hit.status.as_u16(), hit.x_cache.as_str()), (200, "HIT"));
+        assert_eq!((hit.status.as_u16(), hit.x_cache()), (200, "HIT"));
         // A fill still works: upstream, watch and store, without Redis.
         for _ in 0..2 {
             let r = http.get(&s.url(&odds_path(&b))).await;
@@ -788,7 +762,7 @@ async fn the_fleet_rides_out_a_redis_outage_and_converges_after() {
         let w = http.put(&s.url(&game_path(&b)), "{}").await;
         assert_eq!(w.status, 200);
     }
-    assert_eq!(http.get(&r1.url(&odds_path(&b))).await.x_cache, "HIT");
+    assert_eq!(http.get(&r1.url(&odds_path(&b))).await.x_cache(), "HIT");
 
     let redis = RedisServer::start_on(port);
     redis.wait_fleet_connected(2).await;
@@ -800,7 +774,7 @@ async fn the_fleet_rides_out_a_redis_outage_and_converges_after() {
             loop {
                 let r = http.get(&s.url(&odds_path(&a))).await;
                 assert_eq!(r.game_status(), "pre_game");
-                if r.x_cache == want {
+                if r.x_cache() == want {
                     break;
                 }
                 assert!(Instant::now() < deadline, "no {want} after the resubscribe");
@@ -809,9 +783,7 @@ async fn the_fleet_rides_out_a_redis_outage_and_converges_after() {
         }
     }
 
-    let w = http
-        .put(&r1.url(&game_path(&a)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &r1, &a, "in_progress").await;
     assert_eq!(w.game_status(), "in_progress");
     let deadline = Instant::now() + PROPAGATION;
     loop {

@@ -12,12 +12,11 @@
 //!
 //! Run with `cargo test --test history -- --nocapture` for its figures.
 
-#[path = "common/redis.rs"]
-mod redis_server;
-#[path = "common/relay.rs"]
-mod relay;
-#[path = "common/sidecar.rs"]
-mod sidecar;
+mod common;
+
+use common::client::Client;
+use common::sim::{odds_path, SimUpstream};
+use common::{redis_server, relay, sidecar};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ use std::time::{Duration, Instant};
 use oddscache::config::Dur;
 use redis_server::RedisServer;
 use relay::Relay;
-use sidecar::{config, Http, Sidecar, Upstream};
+use sidecar::{config, Sidecar};
 
 /// Healthy: a change seen anywhere is everywhere within this.
 const HEALTHY: Duration = Duration::from_millis(50);
@@ -74,16 +73,12 @@ struct History {
     faults: Vec<(&'static str, Instant, Instant)>,
 }
 
-fn odds_path(id: &str) -> String {
-    format!("/api/v1/games/{id}/odds")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
     let mut redis = RedisServer::start();
     let port = redis.port();
     let relay = Relay::start(port).await;
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let tuned = |url: &str, name: &str| {
         let mut cfg = config(&up.url(), Some(url), name);
         let r = cfg.redis.as_mut().expect("redis");
@@ -98,7 +93,7 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
     redis.wait_fleet_connected(2).await;
     let games: Vec<String> = up.sim.game_ids().into_iter().take(GAMES + QUIET).collect();
     assert_eq!(games.len(), GAMES + QUIET, "the simulator has enough games");
-    let http = Http::new();
+    let http = Client::new();
     for id in &games {
         assert!(up.sim.set_status(id, STATUSES[0]));
         for s in fleet.iter() {
@@ -137,7 +132,7 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
                 games.clone(),
             );
             tokio::spawn(async move {
-                let http = Http::new();
+                let http = Client::new();
                 let mut n = i;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let (replica, game) = (n % 2, (n / 2) % (GAMES + QUIET));
@@ -151,7 +146,7 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
                             replica,
                             game,
                             status: r.game_status(),
-                            x_cache: r.x_cache.clone(),
+                            x_cache: r.x_cache().to_string(),
                             began,
                             ended,
                         });
@@ -175,21 +170,13 @@ async fn no_read_shows_a_change_older_than_the_bound_through_faults() {
 
     // Redis stalls for a second.
     let began = Instant::now();
-    let mut c = redis.conn().await;
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(1000)
-        .arg("ALL")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    redis.pause(Duration::from_millis(1000)).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     fault("pause", began);
     healthy(2000).await;
 
     // Redis dies and comes back empty.
     let began = Instant::now();
-    drop(c);
     drop(redis);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     redis = RedisServer::start_on(port);
@@ -239,7 +226,7 @@ async fn write(
     offset: usize,
     pause: Duration,
 ) {
-    let http = Http::new();
+    let http = Client::new();
     let mut at = vec![0usize; games.len()];
     let len = slots.len();
     let mut n = 0usize;

@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use common::{raw_exchange, raw_status, Client, Reply, Resp, Upstream, PATIENCE};
-use oddscache::config::Overrides;
-use oddscache::{Config, Listeners};
+use common::client::{raw_exchange, raw_status, Client, Resp};
+use common::sidecar::Sidecar;
+use common::upstream::{Reply, Upstream};
+use common::PATIENCE;
 
 /// A victim's entry, filled before each attack and checked after it.
 const VICTIM: &str = "/api/v1/sports";
@@ -75,84 +76,28 @@ async fn echo_upstream() -> Upstream {
     .await
 }
 
-/// The sidecar with its admin port, so tests can read `/metrics`.
-struct Sidecar {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    _stop: oneshot::Sender<()>,
+/// The sidecar (with its admin port, so tests can read `/metrics`) with
+/// `proxy` lines added to the config, in front of `upstream`.
+async fn start(proxy: &str, upstream: &Upstream) -> Sidecar {
+    Sidecar::from_template(&config(proxy), &upstream.url()).await
 }
 
-impl Sidecar {
-    async fn start(proxy: &str, upstream: &Upstream) -> Sidecar {
-        let text = config(proxy).replace("{UPSTREAM}", &upstream.url());
-        let config = Config::from_toml(&text, &Overrides::default()).expect("valid test config");
-        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let (addr, admin_addr) = (proxy.local_addr().unwrap(), admin.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(oddscache::run(
-            config,
-            Listeners {
-                proxy,
-                admin: Some(admin),
-            },
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Sidecar {
-            addr,
-            admin: admin_addr,
-            _stop: stop,
-        }
-    }
+/// Fills the victim's entry and returns its clean body.
+async fn fill_victim(sc: &Sidecar) -> bytes::Bytes {
+    let c = Client::new();
+    let first = c.get(&sc.url(VICTIM)).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let again = c.get(&sc.url(VICTIM)).await;
+    assert_eq!(again.x_cache(), "HIT", "the victim's entry is cached");
+    first.body
+}
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// The value of an unlabelled metric on the admin port.
-    async fn metric(&self, name: &str) -> f64 {
-        let text = Client::new()
-            .get(&format!("http://{}/metrics", self.admin))
-            .await
-            .text()
-            .to_string();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-    }
-
-    /// Polls a metric until `want` holds, within patience.
-    async fn wait_metric(&self, name: &str, want: impl Fn(f64) -> bool) -> f64 {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let v = self.metric(name).await;
-            if want(v) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{name} stuck at {v}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Fills the victim's entry and returns its clean body.
-    async fn fill_victim(&self) -> bytes::Bytes {
-        let c = Client::new();
-        let first = c.get(&self.url(VICTIM)).await;
-        assert_eq!(first.status, StatusCode::OK);
-        let again = c.get(&self.url(VICTIM)).await;
-        assert_eq!(again.x_cache(), "HIT", "the victim's entry is cached");
-        first.body
-    }
-
-    /// The victim still gets the clean entry, from the cache.
-    async fn assert_victim_clean(&self, clean: &[u8]) {
-        let r = Client::new().get(&self.url(VICTIM)).await;
-        assert_eq!(r.status, StatusCode::OK);
-        assert_eq!(r.x_cache(), "HIT");
-        assert_eq!(r.body, clean, "the victim's entry was replaced");
-    }
+/// The victim still gets the clean entry, from the cache.
+async fn assert_victim_clean(sc: &Sidecar, clean: &[u8]) {
+    let r = Client::new().get(&sc.url(VICTIM)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.x_cache(), "HIT");
+    assert_eq!(r.body, clean, "the victim's entry was replaced");
 }
 
 fn echo(r: &Resp) -> serde_json::Value {
@@ -181,8 +126,8 @@ const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
 #[tokio::test]
 async fn smuggling_variants_never_reach_the_upstream_as_a_second_request() {
     let up = echo_upstream().await;
-    let sc = Sidecar::start("", &up).await;
-    let clean = sc.fill_victim().await;
+    let sc = start("", &up).await;
+    let clean = fill_victim(&sc).await;
     let chunk_with_request = format!("{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n", SMUGGLED.len());
     let after_empty_chunk = format!("0\r\n\r\n{SMUGGLED}");
     let post = |headers: &str, body: &str| {
@@ -358,7 +303,7 @@ async fn smuggling_variants_never_reach_the_upstream_as_a_second_request() {
         );
     }
     assert!(up.seen().iter().all(|s| s.uri.path() != "/smuggled"));
-    sc.assert_victim_clean(&clean).await;
+    assert_victim_clean(&sc, &clean).await;
 }
 
 /// A request read by `Transfer-Encoding` goes upstream with the body it
@@ -367,7 +312,7 @@ async fn smuggling_variants_never_reach_the_upstream_as_a_second_request() {
 #[tokio::test]
 async fn te_cl_body_is_forwarded_as_one_body() {
     let up = echo_upstream().await;
-    let sc = Sidecar::start("", &up).await;
+    let sc = start("", &up).await;
     let request = format!(
         "POST /api/v1/games HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
          Content-Length: 4\r\n\r\n{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n",
@@ -390,7 +335,7 @@ async fn te_cl_body_is_forwarded_as_one_body() {
 #[tokio::test]
 async fn bare_lf_requests_are_normalised() {
     let up = echo_upstream().await;
-    let sc = Sidecar::start("", &up).await;
+    let sc = start("", &up).await;
     let answer = raw_exchange(
         sc.addr,
         b"GET /api/v1/games HTTP/1.1\nHost: x\nX-Keep: yes\nConnection: close\n\n",
@@ -408,8 +353,8 @@ async fn bare_lf_requests_are_normalised() {
 #[tokio::test]
 async fn header_and_uri_floods_are_refused_and_serving_goes_on() {
     let up = echo_upstream().await;
-    let sc = Sidecar::start(r#"max_header_bytes = "16KiB""#, &up).await;
-    let clean = sc.fill_victim().await;
+    let sc = start(r#"max_header_bytes = "16KiB""#, &up).await;
+    let clean = fill_victim(&sc).await;
     let hits = up.hits();
     let many = |n: usize| (0..n).map(|i| format!("X-H{i}: v\r\n")).collect::<String>();
     let cases: Vec<(&str, String, &[u16])> = vec![
@@ -445,7 +390,7 @@ async fn header_and_uri_floods_are_refused_and_serving_goes_on() {
         let status = raw_status(&answer);
         assert!(allowed.contains(&status), "{name}: {status}");
         assert_eq!(up.hits(), hits, "{name} reached the upstream");
-        sc.assert_victim_clean(&clean).await;
+        assert_victim_clean(&sc, &clean).await;
     }
 }
 
@@ -468,7 +413,7 @@ async fn flood_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn many_requests_on_one_connection_are_served() {
     let up = echo_upstream().await;
-    let sc = Sidecar::start("", &up).await;
+    let sc = start("", &up).await;
     let n = 300;
     let mut requests = String::new();
     for i in 0..n {
@@ -519,8 +464,8 @@ async fn trickle(addr: SocketAddr, head: &[u8], drip: &'static [u8]) -> (Duratio
 #[tokio::test]
 async fn slow_clients_are_dropped_after_header_read_timeout() {
     let up = echo_upstream().await;
-    let sc = Sidecar::start(r#"header_read_timeout = "1s""#, &up).await;
-    let clean = sc.fill_victim().await;
+    let sc = start(r#"header_read_timeout = "1s""#, &up).await;
+    let clean = fill_victim(&sc).await;
     let hits = up.hits();
     let cases: [(&str, &[u8], &'static [u8]); 4] = [
         (
@@ -559,7 +504,7 @@ async fn slow_clients_are_dropped_after_header_read_timeout() {
         }
     }
     assert_eq!(up.hits(), hits, "no slow request reached the upstream");
-    sc.assert_victim_clean(&clean).await;
+    assert_victim_clean(&sc, &clean).await;
 }
 
 // --- connection flood --------------------------------------------------------
@@ -576,7 +521,7 @@ async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
 #[tokio::test]
 async fn connections_past_the_limit_are_closed_and_counted() {
     let up = echo_upstream().await;
-    let sc = Sidecar::start("max_connections = 50\nheader_read_timeout = \"60s\"", &up).await;
+    let sc = start("max_connections = 50\nheader_read_timeout = \"60s\"", &up).await;
     let mut idle = Vec::new();
     for _ in 0..200 {
         idle.push(
@@ -585,8 +530,12 @@ async fn connections_past_the_limit_are_closed_and_counted() {
                 .expect("the kernel accepts"),
         );
     }
-    sc.wait_metric("oddscache_connections_rejected_total", |v| v >= 150.0)
-        .await;
+    sc.wait_metric(
+        "oddscache_connections_rejected_total",
+        |v| v >= 150.0,
+        PATIENCE,
+    )
+    .await;
     assert_eq!(sc.metric("oddscache_connections").await, 50.0);
     assert_eq!(
         sc.metric("oddscache_connections_rejected_total").await,
@@ -621,7 +570,8 @@ async fn connections_past_the_limit_are_closed_and_counted() {
 
     // Once idle ones go, new clients are served.
     open.truncate(40);
-    sc.wait_metric("oddscache_connections", |v| v <= 40.0).await;
+    sc.wait_metric("oddscache_connections", |v| v <= 40.0, PATIENCE)
+        .await;
     let r = Client::new().get(&sc.url(VICTIM)).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(up.hits(), 1);
@@ -637,7 +587,7 @@ async fn connections_past_the_limit_are_closed_and_counted() {
 #[tokio::test]
 async fn absolute_form_is_keyed_and_forwarded_by_path_only() {
     let up = echo_upstream().await;
-    let sc = Sidecar::start("", &up).await;
+    let sc = start("", &up).await;
     let answer = raw_exchange(
         sc.addr,
         format!("GET http://evil.example{VICTIM} HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
@@ -686,7 +636,7 @@ async fn host_is_keyed_as_forwarded_when_the_upstream_varies_on_it() {
             .header("vary", "Host")
     })
     .await;
-    let sc = Sidecar::start("", &up).await;
+    let sc = start("", &up).await;
     // The attacker: absolute-form, no Host.
     let answer = raw_exchange(
         sc.addr,
@@ -714,8 +664,8 @@ async fn host_is_keyed_as_forwarded_when_the_upstream_varies_on_it() {
 #[tokio::test]
 async fn connect_is_refused_and_never_tunnelled() {
     let up = echo_upstream().await;
-    let sc = Sidecar::start("", &up).await;
-    let clean = sc.fill_victim().await;
+    let sc = start("", &up).await;
+    let clean = fill_victim(&sc).await;
     let hits = up.hits();
     for target in ["evil.example:443", &up.url()[7..]] {
         let answer = raw_exchange(
@@ -732,7 +682,7 @@ async fn connect_is_refused_and_never_tunnelled() {
         assert_eq!(responses(&answer), 1, "{}", text(&answer));
     }
     assert_eq!(up.hits(), hits, "CONNECT reached the upstream");
-    sc.assert_victim_clean(&clean).await;
+    assert_victim_clean(&sc, &clean).await;
 }
 
 // --- path tricks -------------------------------------------------------------
@@ -743,7 +693,7 @@ async fn connect_is_refused_and_never_tunnelled() {
 #[tokio::test]
 async fn path_tricks_are_keyed_as_forwarded_and_poison_nothing() {
     let up = echo_upstream().await;
-    let sc = Sidecar::start("", &up).await;
+    let sc = start("", &up).await;
     let c = Client::new();
     let cases = [
         ("/api/v1/games/../sports", "/api/v1/sports"),
@@ -787,8 +737,8 @@ async fn path_tricks_are_keyed_as_forwarded_and_poison_nothing() {
 #[tokio::test]
 async fn raw_nul_and_control_bytes_in_the_target_are_a_400() {
     let up = echo_upstream().await;
-    let sc = Sidecar::start("", &up).await;
-    let clean = sc.fill_victim().await;
+    let sc = start("", &up).await;
+    let clean = fill_victim(&sc).await;
     let hits = up.hits();
     for target in [
         &b"/api/v1/sports\0"[..],
@@ -808,7 +758,7 @@ async fn raw_nul_and_control_bytes_in_the_target_are_a_400() {
         );
     }
     assert_eq!(up.hits(), hits);
-    sc.assert_victim_clean(&clean).await;
+    assert_victim_clean(&sc, &clean).await;
 
     // A fragment is the client's own business: it is dropped, and what is
     // left is the victim's URI, whose entry answers.
@@ -824,7 +774,7 @@ async fn raw_nul_and_control_bytes_in_the_target_are_a_400() {
         text(&answer)
     );
     assert_eq!(up.hits(), hits);
-    sc.assert_victim_clean(&clean).await;
+    assert_victim_clean(&sc, &clean).await;
 }
 
 // --- unkeyed-header poisoning --------------------------------------------------
@@ -835,7 +785,7 @@ async fn raw_nul_and_control_bytes_in_the_target_are_a_400() {
 #[tokio::test]
 async fn unkeyed_override_headers_cannot_poison_the_cache() {
     let up = echo_upstream().await;
-    let sc = Sidecar::start("", &up).await;
+    let sc = start("", &up).await;
     let c = Client::new();
     let attacks: [(&str, &str, &str); 6] = [
         ("/api/v1/games/p1/odds", "x-forwarded-host", "evil.example"),

@@ -4,10 +4,11 @@
 //!
 //! Run with `cargo test --test l2`.
 
-#[path = "common/redis.rs"]
-mod redis_server;
-#[path = "common/sidecar.rs"]
-mod sidecar;
+mod common;
+
+use common::client::Client;
+use common::sim::{odds_path, SimUpstream};
+use common::{redis_server, sidecar};
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use oddscache::Config;
 use redis::AsyncCommands;
 
 use redis_server::RedisServer;
-use sidecar::{config, Http, Sidecar, Upstream};
+use sidecar::{config, put_status, Sidecar};
 
 /// How long a peer may take to see an invalidation on loopback.
 const PROPAGATION: Duration = Duration::from_secs(2);
@@ -23,7 +24,7 @@ const PROPAGATION: Duration = Duration::from_secs(2);
 const SETUP: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
 
-fn l2_config(up: &Upstream, redis: &RedisServer, replica: &str) -> Config {
+fn l2_config(up: &SimUpstream, redis: &RedisServer, replica: &str) -> Config {
     let mut cfg = config(&up.url(), Some(&redis.url()), replica);
     cfg.redis
         .as_mut()
@@ -36,16 +37,16 @@ fn l2_config(up: &Upstream, redis: &RedisServer, replica: &str) -> Config {
 /// connection and a client for the test.
 struct Pair {
     redis: RedisServer,
-    up: Upstream,
+    up: SimUpstream,
     r1: Sidecar,
     r2: Sidecar,
     c: redis::aio::MultiplexedConnection,
-    http: Http,
+    http: Client,
 }
 
 async fn pair() -> Pair {
     let redis = RedisServer::start();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let r1 = Sidecar::start(l2_config(&up, &redis, "r1")).await;
     let r2 = Sidecar::start(l2_config(&up, &redis, "r2")).await;
     redis.wait_fleet_connected(2).await;
@@ -56,12 +57,8 @@ async fn pair() -> Pair {
         r1,
         r2,
         c,
-        http: Http::new(),
+        http: Client::new(),
     }
-}
-
-fn odds_path(id: &str) -> String {
-    format!("/api/v1/games/{id}/odds")
 }
 
 fn resp_key(path: &str) -> String {
@@ -99,33 +96,28 @@ async fn a_peer_answers_from_the_l2_until_an_invalidation_removes_it() {
 
     let filled = http.get(&r1.url(&odds)).await;
     assert_eq!(filled.status, 200);
-    assert_eq!(filled.x_cache, "MISS");
+    assert_eq!(filled.x_cache(), "MISS");
     assert_eq!(filled.game_status(), "pre_game");
     assert_eq!(up.sim.requests_served(), 1);
     wait_stored(&mut c, &resp_key(&odds)).await;
 
     let from_l2 = http.get(&r2.url(&odds)).await;
     assert_eq!(from_l2.status, 200);
-    assert_eq!(from_l2.x_cache, "HIT");
-    assert_eq!(from_l2.cache_status, "oddscache; hit; detail=l2");
+    assert_eq!(from_l2.x_cache(), "HIT");
+    assert_eq!(from_l2.cache_status(), "oddscache; hit; detail=l2");
     assert_eq!(from_l2.body, filled.body);
     assert_eq!(up.sim.requests_served(), 1, "no upstream request for r2");
     // Now in r2's L1.
     let again = http.get(&r2.url(&odds)).await;
     assert_eq!(
-        (again.x_cache.as_str(), again.cache_status.as_str()),
+        (again.x_cache(), again.cache_status()),
         ("HIT", "oddscache; hit")
     );
     assert_eq!(up.sim.requests_served(), 1);
 
     // The change, seen only by r1: a watched write. Its invalidation has
     // deleted the L2 copy by the time the write is answered.
-    let w = http
-        .put(
-            &r1.url(&format!("/api/v1/games/{id}")),
-            r#"{"status":"in_progress"}"#,
-        )
-        .await;
+    let w = put_status(&http, &r1, &id, "in_progress").await;
     assert_eq!(w.status, 200);
     assert_eq!(w.game_status(), "in_progress");
     assert!(
@@ -139,11 +131,11 @@ async fn a_peer_answers_from_the_l2_until_an_invalidation_removes_it() {
         let r = http.get(&r2.url(&odds)).await;
         assert_eq!(r.status, 200);
         if r.game_status() == "in_progress" {
-            assert_eq!(r.x_cache, "MISS", "the new status is a fresh fill");
+            assert_eq!(r.x_cache(), "MISS", "the new status is a fresh fill");
             break;
         }
         assert_eq!(
-            (r.x_cache.as_str(), r.cache_status.as_str()),
+            (r.x_cache(), r.cache_status()),
             ("HIT", "oddscache; hit"),
             "the old status came from somewhere other than r2's L1"
         );
@@ -159,7 +151,7 @@ async fn a_peer_answers_from_the_l2_until_an_invalidation_removes_it() {
     wait_stored(&mut c, &resp_key(&odds)).await;
     let r = http.get(&r1.url(&odds)).await;
     assert_eq!(r.game_status(), "in_progress");
-    assert_eq!(r.cache_status, "oddscache; hit; detail=l2");
+    assert_eq!(r.cache_status(), "oddscache; hit; detail=l2");
     assert_eq!(up.sim.requests_served(), served);
     r1.stop().await;
     r2.stop().await;
@@ -179,11 +171,11 @@ async fn a_copy_that_predates_an_unsafe_method_is_refused_from_the_l2() {
         http,
     } = pair().await;
     let odds = odds_path(&up.sim.game_ids()[0]);
-    assert_eq!(http.get(&r1.url(&odds)).await.x_cache, "MISS");
+    assert_eq!(http.get(&r1.url(&odds)).await.x_cache(), "MISS");
     wait_stored(&mut c, &resp_key(&odds)).await;
     let old: Vec<u8> = c.get(resp_key(&odds)).await.expect("GET the copy");
     assert_eq!(
-        http.get(&r2.url(&odds)).await.cache_status,
+        http.get(&r2.url(&odds)).await.cache_status(),
         "oddscache; hit; detail=l2"
     );
 
@@ -196,11 +188,12 @@ async fn a_copy_that_predates_an_unsafe_method_is_refused_from_the_l2() {
     let deadline = Instant::now() + PROPAGATION;
     loop {
         let r = http.get(&r2.url(&odds)).await;
-        if r.cache_status != "oddscache; hit" {
+        if r.cache_status() != "oddscache; hit" {
             assert_eq!(
-                r.x_cache, "MISS",
+                r.x_cache(),
+                "MISS",
                 "r2 served a copy from before the PUT ({})",
-                r.cache_status
+                r.cache_status()
             );
             break;
         }
@@ -229,7 +222,7 @@ async fn unsafe_methods_and_junk_do_not_serve_from_the_l2() {
     let ids = up.sim.game_ids();
     let odds = odds_path(&ids[0]);
 
-    assert_eq!(http.get(&r1.url(&odds)).await.x_cache, "MISS");
+    assert_eq!(http.get(&r1.url(&odds)).await.x_cache(), "MISS");
     wait_stored(&mut c, &resp_key(&odds)).await;
     // A write to the URI itself that changes nothing the watcher acts on.
     let w = http.put(&r1.url(&odds), "{}").await;
@@ -240,7 +233,7 @@ async fn unsafe_methods_and_junk_do_not_serve_from_the_l2() {
     );
     let served = up.sim.requests_served();
     let r = http.get(&r2.url(&odds)).await;
-    assert_eq!(r.x_cache, "MISS");
+    assert_eq!(r.x_cache(), "MISS");
     assert_eq!(up.sim.requests_served(), served + 1);
 
     // Junk under a key: refused, and the fill goes upstream.
@@ -251,7 +244,7 @@ async fn unsafe_methods_and_junk_do_not_serve_from_the_l2() {
         .unwrap();
     let r = http.get(&r2.url(&junk_path)).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.x_cache, "MISS");
+    assert_eq!(r.x_cache(), "MISS");
     assert!(!r.game_status().is_empty());
     assert_eq!(up.sim.requests_served(), served + 2);
     r1.stop().await;

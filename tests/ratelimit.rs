@@ -7,7 +7,10 @@ mod common;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use common::{Client, Sidecar, Upstream, PATIENCE};
+use common::client::Client;
+use common::sidecar::Sidecar;
+use common::upstream::Upstream;
+use common::PATIENCE;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -34,7 +37,9 @@ ttl = "10m"
         upstream.url()
     );
     let config = Config::from_toml(&text, &Overrides::default()).expect("valid test config");
-    Sidecar::with_handle(config).await
+    let sidecar = Sidecar::start(config).await;
+    let (handle, admin) = (sidecar.handle().clone(), sidecar.admin);
+    (sidecar, handle, admin)
 }
 
 #[tokio::test]

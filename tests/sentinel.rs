@@ -6,27 +6,22 @@
 //!
 //! Run with `cargo test --test sentinel`; needs `redis-server` on PATH.
 
-#[path = "common/redis_cluster.rs"]
-mod redis_cluster;
-#[path = "common/redis.rs"]
-mod redis_server;
-#[path = "common/sidecar.rs"]
-mod sidecar;
+mod common;
+
+use common::client::Client;
+use common::sim::{odds_path, SimUpstream};
+use common::{redis_cluster, redis_server, sidecar};
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oddscache::config::{Config, RedisConfig, RedisMode};
-use oddscache::invalidate::wire;
 
-use redis_cluster::{Node, Sentinels, MASTER_NAME};
-use redis_server::readers_in;
-use sidecar::{config, Http, Sidecar, Upstream};
+use redis_cluster::{Sentinels, MASTER_NAME};
+use redis_server::{readers_in, RedisServer};
+use sidecar::{config, put_status, until_serves, Reader, Sidecar};
 
 /// The event log's key (`{key_prefix}events`).
-const EVENTS: &str = "oddscache:events";
 const PROPAGATION: Duration = Duration::from_secs(2);
 const SETUP: Duration = Duration::from_secs(10);
 /// Sentinel's down-after is 1 s; the election and promotion take a few more.
@@ -47,7 +42,7 @@ fn sentinel_config(upstream: &str, sentinels: Vec<String>, replica: &str) -> Con
 
 /// Waits until `n` sidecars read the log (a client blocked in `XREAD`)
 /// and hold their command connection on `node`.
-async fn wait_on(node: &Node, n: usize, deadline: Duration) {
+async fn wait_on(node: &RedisServer, n: usize, deadline: Duration) {
     let until = Instant::now() + deadline;
     loop {
         let list = node
@@ -64,45 +59,10 @@ async fn wait_on(node: &Node, n: usize, deadline: Duration) {
         assert!(
             Instant::now() < until,
             "the sidecars did not connect to port {}: {readers} log readers, {clients} clients",
-            node.port
+            node.port()
         );
         tokio::time::sleep(POLL).await;
     }
-}
-
-fn odds_path(id: &str) -> String {
-    format!("/api/v1/games/{id}/odds")
-}
-
-fn game_path(id: &str) -> String {
-    format!("/api/v1/games/{id}")
-}
-
-/// The games of the invalidations `replica` appended to the log as `node`
-/// holds it (markers, which carry no message, left out).
-fn logged_games(node: &Node, replica: &str) -> HashSet<String> {
-    let reply: redis::Value = node
-        .cmd(redis::cmd("XRANGE").arg(EVENTS).arg("-").arg("+"))
-        .unwrap_or_else(|e| panic!("XRANGE {EVENTS} on port {}: {e}", node.port));
-    redis_server::log_messages(reply)
-        .into_iter()
-        .filter(|m| m.kind == wire::Kind::Invalidate && m.event.replica == replica)
-        .filter_map(|m| m.event.game_id)
-        .collect()
-}
-
-/// Waits until `sidecar` serves `id` with upstream status `status`; it may
-/// serve the old one for at most `within`.
-async fn wait_serves(
-    http: &Http,
-    sidecar: &Sidecar,
-    name: &str,
-    id: &str,
-    status: &str,
-    within: Duration,
-) {
-    let _ = name;
-    sidecar::until_status(http, &sidecar.url(&odds_path(id)), status, within).await;
 }
 
 /// The primary dies with two sidecars caching two games: they keep
@@ -114,11 +74,11 @@ async fn wait_serves(
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sidecars_follow_a_sentinel_failover_without_errors_or_stale_odds() {
     let mut set = Sentinels::start();
-    let up = Upstream::start().await;
+    let up = SimUpstream::start().await;
     let r1 = Sidecar::start(sentinel_config(&up.url(), set.urls(), "r1")).await;
     let r2 = Sidecar::start(sentinel_config(&up.url(), set.urls(), "r2")).await;
     wait_on(&set.primary, 2, SETUP).await;
-    let http = Http::new();
+    let http = Client::new();
     // Read throughout; `during` changes while there is no primary.
     let (id, during) = {
         let ids = up.sim.game_ids();
@@ -127,42 +87,21 @@ async fn the_sidecars_follow_a_sentinel_failover_without_errors_or_stale_odds() 
     for g in [&id, &during] {
         assert!(up.sim.set_status(g, "pre_game"));
         for s in [&r1, &r2] {
-            assert_eq!(http.get(&s.url(&odds_path(g))).await.x_cache, "MISS");
-            assert_eq!(http.get(&s.url(&odds_path(g))).await.x_cache, "HIT");
+            assert_eq!(http.get(&s.url(&odds_path(g))).await.x_cache(), "MISS");
+            assert_eq!(http.get(&s.url(&odds_path(g))).await.x_cache(), "HIT");
         }
     }
 
     // A client keeps reading from both sidecars through the failover.
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicUsize::new(0));
-    let reads = Arc::new(AtomicUsize::new(0));
-    let reader = {
-        let (stop, errors, reads) = (stop.clone(), errors.clone(), reads.clone());
-        let urls = [r1.url(&odds_path(&id)), r2.url(&odds_path(&id))];
-        tokio::spawn(async move {
-            let http = Http::new();
-            while !stop.load(Ordering::Relaxed) {
-                for u in &urls {
-                    let r = http.get(u).await;
-                    reads.fetch_add(1, Ordering::Relaxed);
-                    if r.status != 200 || r.game_status() != "pre_game" {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("during failover: {} {}", r.status, r.game_status());
-                    }
-                }
-                tokio::time::sleep(POLL).await;
-            }
-        })
-    };
+    let urls = vec![r1.url(&odds_path(&id)), r2.url(&odds_path(&id))];
+    let reader = Reader::start(urls, "pre_game", POLL);
 
-    let old = set.primary.port;
+    let old = set.primary.port();
     set.primary.kill();
-    let w = http
-        .put(&r1.url(&game_path(&during)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &r1, &during, "in_progress").await;
     assert_eq!(w.status, 200, "a write while the primary is down");
     let deadline = Instant::now() + FAILOVER;
-    while set.primary_port() != Some(set.replica.port) {
+    while set.primary_port() != Some(set.replica.port()) {
         assert!(
             Instant::now() < deadline,
             "the sentinels never promoted the replica (still {:?}, was {old})",
@@ -176,27 +115,22 @@ async fn the_sidecars_follow_a_sentinel_failover_without_errors_or_stale_odds() 
         "sidecars on the new primary {:?} after the sentinels named it",
         promoted.elapsed()
     );
-    wait_serves(&http, &r2, "r2", &during, "in_progress", PROPAGATION).await;
-    stop.store(true, Ordering::Relaxed);
-    reader.await.unwrap();
+    until_serves(&http, &r2, &during, "in_progress", PROPAGATION).await;
+    let (reads, errors) = reader.stop().await;
     assert_eq!(
-        errors.load(Ordering::Relaxed),
-        0,
-        "clients saw errors or wrong odds during the failover ({} reads)",
-        reads.load(Ordering::Relaxed)
+        errors, 0,
+        "clients saw errors or wrong odds during the failover ({reads} reads)"
     );
 
     // A change after the switch goes through the new primary's log to the
     // peer.
-    let w = http
-        .put(&r1.url(&game_path(&id)), r#"{"status":"in_progress"}"#)
-        .await;
+    let w = put_status(&http, &r1, &id, "in_progress").await;
     assert_eq!(w.status, 200);
-    for (name, s) in [("r1", &r1), ("r2", &r2)] {
-        wait_serves(&http, s, name, &id, "in_progress", PROPAGATION).await;
+    for s in [&r1, &r2] {
+        until_serves(&http, s, &id, "in_progress", PROPAGATION).await;
     }
     assert_eq!(
-        logged_games(&set.replica, "r1"),
+        set.replica.logged_games("r1"),
         HashSet::from([id.clone(), during.clone()]),
         "the games of r1's entries in the new primary's log"
     );

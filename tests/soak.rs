@@ -19,18 +19,18 @@
 //! Asserts: no failed or non-200 response, nothing stale, and (for runs of
 //! 10 minutes or more) RSS at the end within 15% + 16 MiB of RSS at 5 min.
 
-#[path = "common/chaos.rs"]
-mod chaos;
 mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
+
+use common::client::Client;
+use common::sim::SimUpstream;
+use common::{chaos, redis_server};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chaos::{admin_get, config, rss_kib, Http, Replica, Sample, SimUpstream, Truth, Verdict};
+use chaos::{admin_get, rss_kib, Replica, Sample, Truth, Verdict};
 use redis_server::RedisServer;
 use tokio::time::MissedTickBehavior;
 
@@ -160,18 +160,11 @@ async fn soak() {
 
     let redis = RedisServer::start();
     let up = SimUpstream::start().await;
-    let r1 = Replica::start("r1", config(&up.url(), Some(&redis.url()), "r1", &[])).await;
-    let r2 = Replica::start("r2", config(&up.url(), Some(&redis.url()), "r2", &[])).await;
-    for r in [&r1, &r2] {
-        r.wait_metric("oddscache_redis_up", 1.0).await;
-    }
+    let (r1, r2) = chaos::pair(&up.url(), &redis.url(), &[]).await;
     let replicas = Arc::new([r1, r2]);
 
     let truth = Arc::new(Truth::default());
-    let games: Vec<String> = up.sim.game_ids()[..TRACKED].to_vec();
-    for g in &games {
-        truth.init(&up.sim, g, CYCLE[0]);
-    }
+    let games = truth.track(&up.sim, TRACKED, CYCLE[0]);
     let mut sidebars = Vec::new();
     for g in &games {
         let (_, body) = admin_get(up.addr, &format!("/api/v1/games/{g}/odds")).await;
@@ -214,7 +207,7 @@ async fn soak() {
                 Arc::clone(&replicas),
             );
             tokio::spawn(async move {
-                let http = Http::new();
+                let http = Client::new();
                 let mut tick = tokio::time::interval(period);
                 tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 while !stop.load(Ordering::Relaxed) {
@@ -245,7 +238,7 @@ async fn soak() {
             Arc::clone(&writes),
         );
         tokio::spawn(async move {
-            let http = Http::new();
+            let http = Client::new();
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / changes as f64));
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             let mut step = vec![0usize; games.len()];
@@ -263,7 +256,7 @@ async fn soak() {
                     let factor = if up_moves[g] { 1.15 } else { 1.0 / 1.15 };
                     up_moves[g] = !up_moves[g];
                     if sim.scale_line(&games[g], "/moneyline/home", factor) {
-                        http.put(&via.url(&format!("/api/v1/games/{}", games[g])), "{}")
+                        http.put_ok(&via.url(&format!("/api/v1/games/{}", games[g])), "{}")
                             .await;
                     }
                 }

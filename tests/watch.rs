@@ -4,31 +4,11 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use common::{Client, Sidecar};
+use common::client::Client;
+use common::sidecar::Sidecar;
+use common::sim::{odds_path, SimUpstream};
 use http::Method;
-use oddscache::demo::{self, SimConfig, Simulator};
-use oddscache::shutdown;
-use tokio::net::TcpListener;
-
-/// The simulator on a free port, with its ticker off so the test drives it.
-async fn simulator() -> (Arc<Simulator>, String, shutdown::Trigger) {
-    let sim = Simulator::new(SimConfig {
-        tick: Duration::ZERO,
-        ..SimConfig::default()
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (trigger, signal) = shutdown::channel();
-    tokio::spawn(demo::serve(Arc::clone(&sim), listener, signal));
-    (sim, url, trigger)
-}
-
-fn odds(id: &str) -> String {
-    format!("/api/v1/games/{id}/odds")
-}
+use oddscache::demo::Simulator;
 
 /// A game that is still scheduled, so setting it live is a change.
 fn scheduled_game(sim: &Simulator) -> String {
@@ -39,20 +19,27 @@ fn scheduled_game(sim: &Simulator) -> String {
 
 #[tokio::test]
 async fn a_status_change_seen_in_a_list_evicts_the_game_and_the_list_is_stored() {
-    let (sim, upstream, _stop) = simulator().await;
-    let sidecar = Sidecar::shipped(&upstream).await;
+    let up = SimUpstream::start().await;
+    let sim = &up.sim;
+    let sidecar = Sidecar::shipped(&up.url()).await;
     let client = Client::new();
-    let id = scheduled_game(&sim);
+    let id = scheduled_game(sim);
 
-    assert_eq!(client.get(&sidecar.url(&odds(&id))).await.x_cache(), "MISS");
-    assert_eq!(client.get(&sidecar.url(&odds(&id))).await.x_cache(), "HIT");
+    assert_eq!(
+        client.get(&sidecar.url(&odds_path(&id))).await.x_cache(),
+        "MISS"
+    );
+    assert_eq!(
+        client.get(&sidecar.url(&odds_path(&id))).await.x_cache(),
+        "HIT"
+    );
 
     // The change reaches the sidecar through another URL's body.
     sim.set_status(&id, "in_progress");
     let list = client.get(&sidecar.url("/api/v1/games")).await;
     assert_eq!(list.x_cache(), "MISS", "{}", list.cache_status());
 
-    let after = client.get(&sidecar.url(&odds(&id))).await;
+    let after = client.get(&sidecar.url(&odds_path(&id))).await;
     assert_eq!(after.x_cache(), "MISS", "the game's entry was invalidated");
     assert_eq!(after.json()["status"], "in_progress");
     // The list that revealed the change was stored after its invalidation.
@@ -62,12 +49,16 @@ async fn a_status_change_seen_in_a_list_evicts_the_game_and_the_list_is_stored()
 
 #[tokio::test]
 async fn a_write_answered_with_a_game_is_watched() {
-    let (sim, upstream, _stop) = simulator().await;
-    let sidecar = Sidecar::shipped(&upstream).await;
+    let up = SimUpstream::start().await;
+    let sim = &up.sim;
+    let sidecar = Sidecar::shipped(&up.url()).await;
     let client = Client::new();
-    let id = scheduled_game(&sim);
-    client.get(&sidecar.url(&odds(&id))).await;
-    assert_eq!(client.get(&sidecar.url(&odds(&id))).await.x_cache(), "HIT");
+    let id = scheduled_game(sim);
+    client.get(&sidecar.url(&odds_path(&id))).await;
+    assert_eq!(
+        client.get(&sidecar.url(&odds_path(&id))).await.x_cache(),
+        "HIT"
+    );
 
     let put = client
         .send(
@@ -78,41 +69,52 @@ async fn a_write_answered_with_a_game_is_watched() {
         )
         .await;
     assert_eq!(put.status, 200);
-    let after = client.get(&sidecar.url(&odds(&id))).await;
+    let after = client.get(&sidecar.url(&odds_path(&id))).await;
     assert_eq!(after.x_cache(), "MISS");
     assert_eq!(after.json()["status"], "cancelled");
 }
 
 #[tokio::test]
 async fn small_odds_moves_keep_the_entry_and_large_ones_evict_it() {
-    let (sim, upstream, _stop) = simulator().await;
-    let sidecar = Sidecar::shipped(&upstream).await;
+    let up = SimUpstream::start().await;
+    let sim = &up.sim;
+    let sidecar = Sidecar::shipped(&up.url()).await;
     let client = Client::new();
-    let id = scheduled_game(&sim);
+    let id = scheduled_game(sim);
     let list = format!("/api/v1/games?league_id={}", {
-        let game = client.get(&sidecar.url(&odds(&id))).await.json();
+        let game = client.get(&sidecar.url(&odds_path(&id))).await.json();
         game["league_id"].as_str().unwrap().to_string()
     });
-    assert_eq!(client.get(&sidecar.url(&odds(&id))).await.x_cache(), "HIT");
+    assert_eq!(
+        client.get(&sidecar.url(&odds_path(&id))).await.x_cache(),
+        "HIT"
+    );
 
     // 9%: noticed through a fresh list fetch, but below the threshold.
     assert!(sim.scale_line(&id, "/moneyline/home", 1.09));
     client.get(&sidecar.url(&format!("{list}&n=1"))).await;
-    assert_eq!(client.get(&sidecar.url(&odds(&id))).await.x_cache(), "HIT");
+    assert_eq!(
+        client.get(&sidecar.url(&odds_path(&id))).await.x_cache(),
+        "HIT"
+    );
 
     // Another 4% makes 13.4% from the baseline: the drift fires.
     assert!(sim.scale_line(&id, "/moneyline/home", 1.04));
     client.get(&sidecar.url(&format!("{list}&n=2"))).await;
-    assert_eq!(client.get(&sidecar.url(&odds(&id))).await.x_cache(), "MISS");
+    assert_eq!(
+        client.get(&sidecar.url(&odds_path(&id))).await.x_cache(),
+        "MISS"
+    );
 }
 
 #[tokio::test]
 async fn a_sidebar_status_change_evicts_that_leagues_sidebar_only() {
-    let (sim, upstream, _stop) = simulator().await;
-    let sidecar = Sidecar::shipped(&upstream).await;
+    let up = SimUpstream::start().await;
+    let sim = &up.sim;
+    let sidecar = Sidecar::shipped(&up.url()).await;
     let client = Client::new();
-    let id = scheduled_game(&sim);
-    let game = client.get(&sidecar.url(&odds(&id))).await.json();
+    let id = scheduled_game(sim);
+    let game = client.get(&sidecar.url(&odds_path(&id))).await.json();
     let (sport, league) = (
         game["sport_id"].as_str().unwrap(),
         game["league_id"].as_str().unwrap(),

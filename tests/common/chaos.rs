@@ -5,8 +5,6 @@
 //! A scenario breaks something under load, then judges what the clients
 //! saw: failures, 5xx, stale statuses (shown after the change plus
 //! [`BOUND`]), and leaks (open connections, live tasks).
-#![allow(dead_code)] // each chaos binary uses a different part
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,18 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
-use oddscache::config::{Config, Overrides, SHIPPED};
-use oddscache::demo::{SimConfig, Simulator};
-use oddscache::shutdown;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use http::Method;
+use oddscache::config::{Config, Overrides};
+use oddscache::demo::Simulator;
 use tokio::task::JoinHandle;
 
-use crate::common::Sidecar;
+use super::client::{one_shot, Client};
+use super::sidecar::{shipped_config, Sidecar};
 
 /// The propagation bound: a change must be visible on every replica this
 /// long after the write that made it returned. A correctness bound, not a
@@ -49,14 +42,15 @@ pub fn config(
     replica: &str,
     edits: &[(&str, &str)],
 ) -> Config {
-    let mut text = SHIPPED.to_string();
-    for (from, to) in edits {
-        assert!(text.contains(from), "config.toml has no {from:?}");
-        text = text.replacen(from, to, 1);
-    }
-    Config::from_toml(
-        &text,
-        &Overrides {
+    shipped_config(
+        |mut text| {
+            for (from, to) in edits {
+                assert!(text.contains(from), "config.toml has no {from:?}");
+                text = text.replacen(from, to, 1);
+            }
+            text
+        },
+        Overrides {
             upstream: Some(upstream.to_string()),
             redis_url: redis.map(str::to_string),
             replica_id: Some(replica.to_string()),
@@ -64,7 +58,6 @@ pub fn config(
             ..Overrides::default()
         },
     )
-    .unwrap_or_else(|e| panic!("chaos config is invalid: {e}"))
 }
 
 /// One sidecar with its admin port.
@@ -76,11 +69,11 @@ pub struct Replica {
 
 impl Replica {
     pub async fn start(name: &str, config: Config) -> Replica {
-        let (sidecar, _handle, admin) = Sidecar::with_handle(config).await;
+        let sidecar = Sidecar::start(config).await;
         Replica {
             name: name.to_string(),
+            admin: sidecar.admin,
             sidecar,
-            admin,
         }
     }
 
@@ -88,21 +81,8 @@ impl Replica {
         self.sidecar.url(path)
     }
 
-    /// One sample of a metric (the first series whose name and labels
-    /// start with `series`), from `/metrics`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let (status, body) = admin_get(self.admin, "/metrics").await;
-        assert_eq!(status, 200, "/metrics");
-        let text = String::from_utf8_lossy(&body);
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                (name == series || name.starts_with(&format!("{series}{{")))
-                    .then(|| value.parse().ok())
-                    .flatten()
-            })
-            .unwrap_or_else(|| panic!("no {series} in /metrics"))
+        self.sidecar.metric(series).await
     }
 
     pub async fn admin_json(&self, path: &str) -> (u16, serde_json::Value) {
@@ -115,31 +95,35 @@ impl Replica {
 
     /// Waits until `metric` reads `want`; answers when it did.
     pub async fn wait_metric(&self, series: &str, want: f64) -> Instant {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let got = self.metric(series).await;
-            if got == want {
-                return Instant::now();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: {series} stayed {got}, never {want}",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.sidecar
+            .wait_metric(series, |got| got == want, WAIT)
+            .await;
+        Instant::now()
     }
+}
+
+/// Two replicas, `r1` and `r2`, in front of `upstream` and sharing
+/// `redis`, with `edits` to the shipped config; answers once both say Redis
+/// is up. (Entries filled before a replica first subscribes are dropped when
+/// it does: it may have missed invalidations.)
+pub async fn pair(upstream: &str, redis: &str, edits: &[(&str, &str)]) -> (Replica, Replica) {
+    let r1 = Replica::start("r1", config(upstream, Some(redis), "r1", edits)).await;
+    let r2 = Replica::start("r2", config(upstream, Some(redis), "r2", edits)).await;
+    for r in [&r1, &r2] {
+        r.wait_metric("oddscache_redis_up", 1.0).await;
+    }
+    (r1, r2)
 }
 
 /// A GET on a fresh connection closed after the answer, so probes hold no
 /// pooled connection or task that a leak check would count.
 pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
-    raw_request(addr, "GET", path, &[], "").await
+    one_shot(addr, "GET", path, &[], "").await
 }
 
 pub async fn admin_post(addr: SocketAddr, path: &str, body: &str) -> (u16, Vec<u8>) {
     let auth = format!("Bearer {TOKEN}");
-    raw_request(
+    one_shot(
         addr,
         "POST",
         path,
@@ -150,123 +134,6 @@ pub async fn admin_post(addr: SocketAddr, path: &str, body: &str) -> (u16, Vec<u
         body,
     )
     .await
-}
-
-async fn raw_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, Vec<u8>) {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await.expect("connect to admin");
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: chaos\r\nconnection: close\r\ncontent-length: {}\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes()).await.expect("write");
-        s.write_all(body.as_bytes()).await.expect("write");
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out).await;
-        out
-    };
-    let out = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .unwrap_or_else(|_| panic!("{method} {path} on {addr} hung"));
-    let text = String::from_utf8_lossy(&out);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not HTTP: {text:?}"));
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(out.len(), |i| i + 4);
-    let mut body = out[split..].to_vec();
-    if text
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    (status, body)
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&raw[..eol])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
-            .unwrap_or(0);
-        if size == 0 || raw.len() < eol + 2 + size {
-            break;
-        }
-        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
-        raw = &raw[(eol + 4 + size).min(raw.len())..];
-    }
-    out
-}
-
-/// The demo API without its ticker, killable and restartable on its port.
-pub struct SimUpstream {
-    pub sim: Arc<Simulator>,
-    pub addr: SocketAddr,
-    running: Option<(shutdown::Trigger, JoinHandle<()>)>,
-}
-
-impl SimUpstream {
-    pub async fn start() -> SimUpstream {
-        let sim = Simulator::new(SimConfig {
-            tick: Duration::ZERO,
-            ..SimConfig::default()
-        });
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let mut up = SimUpstream {
-            sim,
-            addr,
-            running: None,
-        };
-        up.serve(listener);
-        up
-    }
-
-    fn serve(&mut self, listener: TcpListener) {
-        let (trigger, signal) = shutdown::channel();
-        let task = tokio::spawn(oddscache::demo::serve(
-            Arc::clone(&self.sim),
-            listener,
-            signal,
-        ));
-        self.running = Some((trigger, task));
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Stops listening and closes its connections: the port refuses.
-    pub async fn kill(&mut self) {
-        if let Some((trigger, task)) = self.running.take() {
-            trigger.fire();
-            let _ = task.await;
-        }
-    }
-
-    /// Listens on the same port again.
-    pub async fn restart(&mut self) {
-        let listener = TcpListener::bind(self.addr)
-            .await
-            .expect("rebind the upstream's port");
-        self.serve(listener);
-    }
 }
 
 /// A game as one response showed it.
@@ -312,50 +179,20 @@ fn games_in(body: &[u8]) -> Vec<Shown> {
     }
 }
 
-/// A pooled HTTP/1.1 client that reports failures instead of panicking.
-#[derive(Clone)]
-pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Default for Http {
-    fn default() -> Self {
-        Http::new()
-    }
-}
-
-impl Http {
-    pub fn new() -> Http {
-        Http {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
-    }
-
+/// The chaos scenarios' use of the harness's client: a sample reports a
+/// failure instead of panicking, and every exchange has [`REQUEST_TIMEOUT`].
+impl Client {
     pub async fn sample(&self, replica: usize, base: &str, path: &str) -> Sample {
         let start = Instant::now();
-        let req = Request::get(format!("{base}{path}"))
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-        let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status().as_u16();
-            let x_cache = resp
-                .headers()
-                .get("x-cache")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok::<_, String>((status, x_cache, body))
-        };
-        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_TIMEOUT:?}")));
+        let outcome = self
+            .try_send(
+                Method::GET,
+                &format!("{base}{path}"),
+                &[],
+                Bytes::new(),
+                REQUEST_TIMEOUT,
+            )
+            .await;
         let took = start.elapsed();
         let mut s = Sample {
             replica,
@@ -368,11 +205,11 @@ impl Http {
             error: None,
         };
         match outcome {
-            Ok((status, x_cache, body)) => {
-                s.status = status;
-                s.x_cache = x_cache;
-                if status == 200 {
-                    s.games = games_in(&body);
+            Ok(r) => {
+                s.status = r.status.as_u16();
+                s.x_cache = r.maybe("x-cache").unwrap_or("").to_string();
+                if s.status == 200 {
+                    s.games = games_in(&r.body);
                 }
             }
             Err(e) => s.error = Some(e),
@@ -381,20 +218,18 @@ impl Http {
     }
 
     /// A write through a replica; panics unless it answers 200.
-    pub async fn put(&self, url: &str, body: &str) {
-        let req = Request::builder()
-            .method(Method::PUT)
-            .uri(url)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("request");
-        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req))
+    pub async fn put_ok(&self, url: &str, body: &str) {
+        let resp = self
+            .try_send(
+                Method::PUT,
+                url,
+                &[("content-type", "application/json")],
+                body.to_string(),
+                REQUEST_TIMEOUT,
+            )
             .await
-            .unwrap_or_else(|_| panic!("PUT {url} hung"))
             .unwrap_or_else(|e| panic!("PUT {url} failed: {e}"));
-        let status = resp.status();
-        let _ = resp.into_body().collect().await;
-        assert_eq!(status, 200, "PUT {url}");
+        assert_eq!(resp.status, 200, "PUT {url}");
     }
 }
 
@@ -425,7 +260,7 @@ impl Load {
                     Arc::clone(&targets),
                 );
                 tokio::spawn(async move {
-                    let http = Http::new();
+                    let http = Client::new();
                     let mut samples = Vec::new();
                     let mut i = w;
                     while !stop.load(Ordering::Relaxed) {
@@ -506,10 +341,19 @@ impl Truth {
             .insert(game.to_string(), (held, Vec::new()));
     }
 
+    /// Tracks the simulator's first `n` games, each set to `status` first.
+    pub fn track(&self, sim: &Simulator, n: usize, status: &str) -> Vec<String> {
+        let games = sim.game_ids()[..n].to_vec();
+        for g in &games {
+            self.init(sim, g, status);
+        }
+        games
+    }
+
     /// Changes a game's status with a watched write through `replica`.
-    pub async fn change(&self, http: &Http, replica: &Replica, game: &str, status: &str) {
+    pub async fn change(&self, http: &Client, replica: &Replica, game: &str, status: &str) {
         let begin = Instant::now();
-        http.put(
+        http.put_ok(
             &replica.url(&format!("/api/v1/games/{game}")),
             &format!(r#"{{"status":"{status}"}}"#),
         )

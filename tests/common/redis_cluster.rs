@@ -1,13 +1,14 @@
 //! A throwaway 3-primary Redis Cluster on loopback, and a Sentinel set
-//! (primary, replica, 3 sentinels), killed on drop.
+//! (primary, replica, 3 sentinels), killed on drop: sets of
+//! [`RedisServer`] processes.
 //!
 //! A missing `redis-server` or `redis-cli` is a loud failure, never a skip.
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use super::redis_server::{self, server_args, RedisServer};
 
 /// How long a fresh cluster or sentinel set may take to settle.
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -15,10 +16,7 @@ const READY_WITHIN: Duration = Duration::from_secs(30);
 /// A loopback port that is free, and whose cluster-bus port (+10000) is too.
 fn free_port() -> u16 {
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("cannot find a free loopback port")
-            .port();
+        let port = redis_server::free_port();
         if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
             return port;
         }
@@ -35,91 +33,10 @@ fn scratch_dir(what: &str) -> PathBuf {
     dir
 }
 
-/// One `redis-server` (or sentinel) process, killed on drop.
-pub struct Node {
-    child: Option<Child>,
-    pub port: u16,
-}
-
-impl Node {
-    fn spawn(port: u16, args: &[String]) -> Node {
-        let child = Command::new("redis-server")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): these tests need it on PATH \
-                     (apt-get install redis-server); they are not skipped"
-                )
-            });
-        Node {
-            child: Some(child),
-            port,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("valid redis url")
-    }
-
-    /// Blocking, for set-up: one command on this node alone.
-    pub fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-        let mut c = self
-            .client()
-            .get_connection_with_timeout(Duration::from_millis(500))?;
-        cmd.query(&mut c)
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn wait_ping(&mut self) {
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().expect("cannot poll redis-server"))
-            {
-                panic!(
-                    "redis-server on port {} exited at start: {status}",
-                    self.port
-                );
-            }
-            let pong = self.cmd::<String>(&redis::cmd("PING"));
-            if matches!(pong.as_deref(), Ok("PONG")) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "port {} did not answer PING: {pong:?}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Three primaries, with `replicas` replicas each, all 16384 slots
 /// assigned; a node missing for a second counts as failed.
 pub struct Cluster {
-    pub nodes: Vec<Node>,
+    pub nodes: Vec<RedisServer>,
     dir: PathBuf,
 }
 
@@ -130,43 +47,37 @@ impl Cluster {
 
     pub fn start_with(replicas: usize) -> Cluster {
         let dir = scratch_dir("cluster");
-        let mut nodes: Vec<Node> = (0..3 * (1 + replicas))
+        let mut nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 let port = free_port();
-                let args: Vec<String> = [
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-node-timeout",
-                    "1000",
-                    // A replica may always take over: the test kills
-                    // primaries a few seconds after start.
-                    "--cluster-replica-validity-factor",
-                    "0",
-                    "--cluster-config-file",
-                    &dir.join(format!("nodes-{port}.conf")).to_string_lossy(),
-                    "--dir",
-                    &dir.to_string_lossy(),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-                Node::spawn(port, &args)
+                let mut args = server_args(port);
+                args.extend(
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-node-timeout",
+                        "1000",
+                        // A replica may always take over: the test kills
+                        // primaries a few seconds after start.
+                        "--cluster-replica-validity-factor",
+                        "0",
+                        "--cluster-config-file",
+                        &dir.join(format!("nodes-{port}.conf")).to_string_lossy(),
+                        "--dir",
+                        &dir.to_string_lossy(),
+                    ]
+                    .iter()
+                    .map(|s| s.to_string()),
+                );
+                RedisServer::spawn(port, &args)
             })
             .collect();
         for n in &mut nodes {
-            n.wait_ping();
+            n.wait_ready(READY_WITHIN);
         }
         let addrs: Vec<String> = nodes
             .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
+            .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -188,7 +99,7 @@ impl Cluster {
     /// Every live node says `cluster_state:ok`.
     pub fn wait_ok(&self) {
         let deadline = Instant::now() + READY_WITHIN;
-        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+        for n in self.nodes.iter().filter(|n| n.is_running()) {
             loop {
                 let info = n
                     .cmd::<String>(redis::cmd("CLUSTER").arg("INFO"))
@@ -199,7 +110,7 @@ impl Cluster {
                 assert!(
                     Instant::now() < deadline,
                     "node {} never reached cluster_state:ok: {info}",
-                    n.port
+                    n.port()
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -207,14 +118,14 @@ impl Cluster {
     }
 
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(Node::url).collect()
+        self.nodes.iter().map(RedisServer::url).collect()
     }
 
     /// Indexes of the nodes that are primaries now.
     pub fn primaries(&self) -> Vec<usize> {
         (0..self.nodes.len())
             .filter(|&i| {
-                self.nodes[i].child.is_some()
+                self.nodes[i].is_running()
                     && self.nodes[i]
                         .cmd::<String>(redis::cmd("INFO").arg("replication"))
                         .is_ok_and(|info| info.contains("role:master"))
@@ -224,9 +135,9 @@ impl Cluster {
 
     /// Index of a live replica of the primary at `primary`.
     pub fn replica_of(&self, primary: usize) -> Option<usize> {
-        let port = format!("master_port:{}", self.nodes[primary].port);
+        let port = format!("master_port:{}", self.nodes[primary].port());
         (0..self.nodes.len()).find(|&i| {
-            self.nodes[i].child.is_some()
+            self.nodes[i].is_running()
                 && self.nodes[i]
                     .cmd::<String>(redis::cmd("INFO").arg("replication"))
                     .is_ok_and(|info| {
@@ -249,7 +160,7 @@ impl Cluster {
         let live = self
             .nodes
             .iter()
-            .find(|n| n.child.is_some())
+            .find(|n| n.is_running())
             .expect("a live node");
         let slot: i64 = live
             .cmd(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
@@ -257,14 +168,14 @@ impl Cluster {
         self.nodes
             .iter()
             .position(|n| {
-                if n.child.is_none() {
+                if !n.is_running() {
                     return false;
                 }
                 let ranges: Vec<(i64, i64)> = n
                     .cmd::<Vec<Vec<redis::Value>>>(redis::cmd("CLUSTER").arg("SLOTS"))
                     .expect("CLUSTER SLOTS")
                     .into_iter()
-                    .filter(|r| owner_port(r) == Some(i64::from(n.port)))
+                    .filter(|r| owner_port(r) == Some(i64::from(n.port())))
                     .filter_map(|r| match (&r[0], &r[1]) {
                         (redis::Value::Int(a), redis::Value::Int(b)) => Some((*a, *b)),
                         _ => None,
@@ -301,41 +212,30 @@ pub const MASTER_NAME: &str = "odds";
 /// A primary, one replica and three sentinels (quorum 2) watching it with a
 /// 1 s down-after, so a killed primary is replaced within a few seconds.
 pub struct Sentinels {
-    pub primary: Node,
-    pub replica: Node,
-    pub sentinels: Vec<Node>,
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    pub sentinels: Vec<RedisServer>,
     dir: PathBuf,
 }
 
-fn server_args(port: u16, dir: &std::path::Path) -> Vec<String> {
-    [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        &dir.to_string_lossy(),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+/// A plain server's arguments, its files (none) in `dir`.
+fn server_in(port: u16, dir: &std::path::Path) -> Vec<String> {
+    let mut args = server_args(port);
+    args.extend(["--dir".into(), dir.to_string_lossy().into_owned()]);
+    args
 }
 
 impl Sentinels {
     pub fn start() -> Sentinels {
         let dir = scratch_dir("sentinel");
         let p = free_port();
-        let mut primary = Node::spawn(p, &server_args(p, &dir));
-        primary.wait_ping();
+        let mut primary = RedisServer::spawn(p, &server_in(p, &dir));
+        primary.wait_ready(READY_WITHIN);
         let r = free_port();
-        let mut args = server_args(r, &dir);
+        let mut args = server_in(r, &dir);
         args.extend(["--replicaof".into(), "127.0.0.1".into(), p.to_string()]);
-        let mut replica = Node::spawn(r, &args);
-        replica.wait_ping();
+        let mut replica = RedisServer::spawn(r, &args);
+        replica.wait_ready(READY_WITHIN);
         let sentinels = (0..3)
             .map(|_| {
                 let port = free_port();
@@ -352,11 +252,11 @@ impl Sentinels {
                     ),
                 )
                 .expect("cannot write a sentinel config");
-                let mut n = Node::spawn(
+                let mut n = RedisServer::spawn(
                     port,
                     &[conf.to_string_lossy().into_owned(), "--sentinel".into()],
                 );
-                n.wait_ping();
+                n.wait_ready(READY_WITHIN);
                 n
             })
             .collect();
@@ -400,7 +300,7 @@ impl Sentinels {
     }
 
     pub fn urls(&self) -> Vec<String> {
-        self.sentinels.iter().map(Node::url).collect()
+        self.sentinels.iter().map(RedisServer::url).collect()
     }
 
     /// The primary's port as the first sentinel answering names it.

@@ -2,8 +2,6 @@
 //! blackholed: the sockets stay open and bytes are read but never
 //! forwarded, so the client sees silence, not an RST, as a rescheduled
 //! Redis pod's old address behaves.
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
