@@ -14,7 +14,9 @@
 //! sidecar from `target/release/oddscache` (or `$ODDSCACHE`); both stop
 //! when it ends. Needs `ulimit -n` above `CLIENTS` + a few hundred.
 
-#[path = "../tests/common/redis.rs"]
+// The tests' Redis process type; this example uses part of it.
+#[allow(dead_code)]
+#[path = "../tests/common/redis_server.rs"]
 mod redis_server;
 
 use std::net::SocketAddr;

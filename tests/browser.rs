@@ -10,19 +10,19 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Method;
-use oddscache::config::{Config, Overrides, SHIPPED};
-use oddscache::demo::{SimConfig, Simulator};
+use oddscache::config::{Config, Overrides};
 use oddscache::shutdown;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use common::{Client, Sidecar};
+use common::client::Client;
+use common::sidecar::{shipped_config, Sidecar};
+use common::sim::SimUpstream;
 
 /// Page loads, scripts and a few polls of the admin page fit in this.
 const WITHIN: Duration = Duration::from_secs(20);
@@ -227,29 +227,15 @@ impl Cdp {
 
 use futures_util::{SinkExt, StreamExt};
 
-/// The demo API without its ticker: games change only when a test says so.
-async fn sim() -> (Arc<Simulator>, String, shutdown::Trigger) {
-    let sim = Simulator::new(SimConfig {
-        tick: Duration::ZERO,
-        ..SimConfig::default()
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (trigger, signal) = shutdown::channel();
-    tokio::spawn(oddscache::demo::serve(Arc::clone(&sim), listener, signal));
-    (sim, url, trigger)
-}
-
 fn config(upstream: &str, page_origin: Option<&str>) -> Config {
-    let mut c = Config::from_toml(
-        SHIPPED,
-        &Overrides {
+    let mut c = shipped_config(
+        |text| text,
+        Overrides {
             upstream: Some(upstream.into()),
             admin_token: Some(TOKEN.into()),
             ..Overrides::default()
         },
-    )
-    .expect("the shipped config is valid");
+    );
     if let Some(origin) = page_origin {
         c.push.as_mut().unwrap().allow_origins = vec![origin.into()];
     }
@@ -271,11 +257,11 @@ fn changed(old: &str) -> &'static str {
 /// refetches the game and shows its new status.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_example_page_refetches_a_game_when_its_hint_arrives() {
-    let (sim, upstream, _stop_sim) = sim().await;
+    let up = SimUpstream::start().await;
+    let (sim, upstream) = (&up.sim, up.url());
     let page_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let page_origin = format!("http://{}", page_listener.local_addr().unwrap());
-    let (sidecar, _handle, _admin) =
-        Sidecar::with_handle(config(&upstream, Some(&page_origin))).await;
+    let sidecar = Sidecar::start(config(&upstream, Some(&page_origin))).await;
     let base = format!("http://{}", sidecar.addr);
     let (_stop_page, page_signal) = shutdown::channel();
     tokio::spawn(oddscache::demo::page::serve(
@@ -352,8 +338,9 @@ async fn the_example_page_refetches_a_game_when_its_hint_arrives() {
 /// the live stream, and draws its chart of invalidations per minute.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_page_shows_events_live_and_draws_its_chart() {
-    let (_sim, upstream, _stop_sim) = sim().await;
-    let (sidecar, _handle, admin) = Sidecar::with_handle(config(&upstream, None)).await;
+    let up = SimUpstream::start().await;
+    let sidecar = Sidecar::start(config(&up.url(), None)).await;
+    let admin = sidecar.admin;
     let http = Client::new();
     let invalidate = |game: String| {
         let http = &http;

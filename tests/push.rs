@@ -7,8 +7,6 @@
 //! from the admin port's POST.
 
 mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,57 +18,39 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use oddscache::config::{Config, Overrides, SHIPPED};
-use oddscache::demo::{SimConfig, Simulator};
+use oddscache::config::{Config, Overrides};
 use oddscache::shutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{Client, Sidecar, PATIENCE};
-use redis_server::RedisServer;
+use common::client::Client;
+use common::redis_server::RedisServer;
+use common::sidecar::{shipped_config, Sidecar};
+use common::sim::{odds_path as odds, SimUpstream};
+use common::PATIENCE;
 
 const PATH: &str = "/_oddscache/changes";
 const TOKEN: &str = "push-test-token";
 
-/// The demo API without its ticker: games change only when a test says so.
-struct Sim {
-    sim: Arc<Simulator>,
-    url: String,
-    _stop: shutdown::Trigger,
-}
-
-async fn sim() -> Sim {
-    let sim = Simulator::new(SimConfig {
-        tick: Duration::ZERO,
-        ..SimConfig::default()
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (trigger, signal) = shutdown::channel();
-    tokio::spawn(oddscache::demo::serve(Arc::clone(&sim), listener, signal));
-    Sim {
-        sim,
-        url,
-        _stop: trigger,
-    }
+async fn sim() -> SimUpstream {
+    SimUpstream::start().await
 }
 
 /// The shipped config in front of `upstream`, with a token for the admin
 /// POST and no mutation quota to speak of.
 fn config(upstream: &str, redis: Option<&str>, replica: &str) -> Config {
-    let mut c = Config::from_toml(
-        SHIPPED,
-        &Overrides {
+    let mut c = shipped_config(
+        |text| text,
+        Overrides {
             upstream: Some(upstream.into()),
             redis_url: redis.map(Into::into),
             replica_id: Some(replica.into()),
             admin_token: Some(TOKEN.into()),
             ..Overrides::default()
         },
-    )
-    .expect("the shipped config is valid");
+    );
     c.admin.mutations_per_second = 1_000_000;
     c
 }
@@ -83,10 +63,10 @@ struct Replica {
 
 impl Replica {
     async fn start(config: Config) -> Replica {
-        let (sidecar, _handle, admin) = Sidecar::with_handle(config).await;
+        let sidecar = Sidecar::start(config).await;
         Replica {
+            admin: sidecar.admin,
             sidecar,
-            admin,
             http: Client::new(),
         }
     }
@@ -110,20 +90,9 @@ impl Replica {
         r.json()["id"].as_str().expect("event id").to_string()
     }
 
-    async fn metrics(&self) -> String {
-        self.http
-            .get(&format!("http://{}/metrics", self.admin))
-            .await
-            .text()
-            .to_string()
-    }
-
-    /// The value of one sample line of `/metrics`.
-    async fn metric(&self, line_start: &str) -> f64 {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+    /// One sample of `/metrics`.
+    async fn metric(&self, series: &str) -> f64 {
+        self.sidecar.metric(series).await
     }
 }
 
@@ -266,17 +235,13 @@ fn changed(old: &str) -> &'static str {
     }
 }
 
-fn odds(game: &str) -> String {
-    format!("/api/v1/games/{game}/odds")
-}
-
 /// A game's status change revealed by a body through the proxy reaches a
 /// stream filtered on that game, with the new status, after the replica
 /// dropped the old copy: the refetch the hint prompts gets the new body.
 #[tokio::test]
 async fn a_status_change_reaches_the_stream_and_the_refetch_is_fresh() {
     let up = sim().await;
-    let r = Replica::start(config(&up.url, None, "r1")).await;
+    let r = Replica::start(config(&up.url(), None, "r1")).await;
     let game = up.sim.game_ids()[0].clone();
     let before = r.http.get(&r.sidecar.url(&odds(&game))).await;
     assert_eq!(before.x_cache(), "MISS");
@@ -329,7 +294,7 @@ async fn a_status_change_reaches_the_stream_and_the_refetch_is_fresh() {
 #[tokio::test]
 async fn filters_pick_the_hints_a_stream_hears() {
     let up = sim().await;
-    let r = Replica::start(config(&up.url, None, "r1")).await;
+    let r = Replica::start(config(&up.url(), None, "r1")).await;
     let mut by_game = Sse::open(r.addr(), &format!("{PATH}?game_id=g-1001"), &[]).await;
     let mut by_sport = Sse::open(r.addr(), &format!("{PATH}?sport_id=soccer"), &[]).await;
     let mut by_league = Sse::open(r.addr(), &format!("{PATH}?league_id=nba"), &[]).await;
@@ -397,7 +362,7 @@ async fn filters_pick_the_hints_a_stream_hears() {
 #[tokio::test]
 async fn last_event_id_replays_what_was_missed() {
     let up = sim().await;
-    let r = Replica::start(config(&up.url, None, "r1")).await;
+    let r = Replica::start(config(&up.url(), None, "r1")).await;
     let e1 = r.invalidate(r#"{"game_id": "g-1001"}"#).await;
     let e2 = r.invalidate(r#"{"game_id": "g-1002"}"#).await;
     let e3 = r.invalidate(r#"{"game_id": "g-1001"}"#).await;
@@ -439,7 +404,7 @@ async fn last_event_id_replays_what_was_missed() {
 #[tokio::test]
 async fn max_clients_then_503_and_a_closed_stream_frees_its_place() {
     let up = sim().await;
-    let mut c = config(&up.url, None, "r1");
+    let mut c = config(&up.url(), None, "r1");
     let push = c.push.as_mut().expect("the shipped config has [push]");
     push.max_clients = 2;
     push.heartbeat = oddscache::config::Dur::millis(100);
@@ -450,9 +415,9 @@ async fn max_clients_then_503_and_a_closed_stream_frees_its_place() {
     let refused = Sse::open(r.addr(), PATH, &[]).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.header("retry-after"), Some("5"));
-    assert_eq!(r.metric("oddscache_push_clients ").await, 2.0);
+    assert_eq!(r.metric("oddscache_push_clients").await, 2.0);
     assert_eq!(
-        r.metric("oddscache_push_dropped_total{why=\"max_clients\"} ")
+        r.metric("oddscache_push_dropped_total{why=\"max_clients\"}")
             .await,
         1.0
     );
@@ -480,7 +445,7 @@ async fn max_clients_then_503_and_a_closed_stream_frees_its_place() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_reader_is_dropped_and_counted() {
     let up = sim().await;
-    let r = Arc::new(Replica::start(config(&up.url, None, "r1")).await);
+    let r = Arc::new(Replica::start(config(&up.url(), None, "r1")).await);
     // A small receive window, and nothing read: the sidecar's writes stop
     // once its socket's send buffer is full.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -491,7 +456,7 @@ async fn a_slow_reader_is_dropped_and_counted() {
         .unwrap();
     let mut healthy = Sse::open(r.addr(), PATH, &[]).await;
     let deadline = Instant::now() + PATIENCE;
-    while r.metric("oddscache_push_clients ").await < 2.0 {
+    while r.metric("oddscache_push_clients").await < 2.0 {
         assert!(Instant::now() < deadline, "the slow stream never opened");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -559,8 +524,7 @@ async fn a_slow_reader_is_dropped_and_counted() {
     let delivered = text.matches("\nevent: MANUAL\n").count();
     assert!(delivered < n, "the slow reader was sent all {n} hints");
     assert_eq!(
-        r.metric("oddscache_push_dropped_total{why=\"slow\"} ")
-            .await,
+        r.metric("oddscache_push_dropped_total{why=\"slow\"}").await,
         1.0
     );
     // The healthy stream still hears.
@@ -574,7 +538,7 @@ async fn a_slow_reader_is_dropped_and_counted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_reader_is_closed_after_the_send_timeout() {
     let up = sim().await;
-    let mut c = config(&up.url, None, "r1");
+    let mut c = config(&up.url(), None, "r1");
     c.proxy.send_timeout = oddscache::config::Dur::secs(2);
     let push = c.push.as_mut().unwrap();
     push.max_clients = 2;
@@ -590,7 +554,7 @@ async fn a_stalled_reader_is_closed_after_the_send_timeout() {
         .unwrap();
     let mut healthy = Sse::open(r.addr(), PATH, &[]).await;
     let deadline = Instant::now() + PATIENCE;
-    while r.metric("oddscache_push_clients ").await < 2.0 {
+    while r.metric("oddscache_push_clients").await < 2.0 {
         assert!(Instant::now() < deadline, "the stalled stream never opened");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -616,7 +580,7 @@ async fn a_stalled_reader_is_closed_after_the_send_timeout() {
     }
     let _healthy = reader.await.unwrap();
     let began = Instant::now();
-    while r.metric("oddscache_push_clients ").await > 1.0 {
+    while r.metric("oddscache_push_clients").await > 1.0 {
         assert!(
             began.elapsed() < PATIENCE,
             "the stalled stream kept its place"
@@ -648,7 +612,7 @@ async fn an_eviction_that_no_event_records_still_reaches_the_stream() {
     use oddscache::invalidate::known::Known;
     use oddscache::watch::{GameId, GameState, Status};
     let up = sim().await;
-    let config = config(&up.url, None, "r1");
+    let config = config(&up.url(), None, "r1");
     let (_trigger, signal) = shutdown::channel();
     let core = oddscache::Core::start(&config, signal.clone()).unwrap();
     let push = oddscache::push::Push::start(
@@ -707,7 +671,7 @@ async fn an_eviction_that_no_event_records_still_reaches_the_stream() {
 #[tokio::test]
 async fn cors_admits_listed_origins_only() {
     let up = sim().await;
-    let mut c = config(&up.url, None, "r1");
+    let mut c = config(&up.url(), None, "r1");
     c.push.as_mut().unwrap().allow_origins = vec!["http://page.example:8081".into()];
     let r = Replica::start(c).await;
     let listed = Sse::open(r.addr(), PATH, &[("origin", "http://page.example:8081")]).await;
@@ -750,7 +714,7 @@ async fn cors_admits_listed_origins_only() {
 #[tokio::test]
 async fn bad_requests_are_refused_and_never_reach_the_upstream() {
     let up = sim().await;
-    let r = Replica::start(config(&up.url, None, "r1")).await;
+    let r = Replica::start(config(&up.url(), None, "r1")).await;
     let served = up.sim.requests_served();
     let many: Vec<String> = (0..101).map(|i| format!("game_id=g-{i}")).collect();
     for (query, says) in [
@@ -792,7 +756,7 @@ async fn bad_requests_are_refused_and_never_reach_the_upstream() {
 #[tokio::test]
 async fn a_websocket_carries_the_same_hints() {
     let up = sim().await;
-    let r = Replica::start(config(&up.url, None, "r1")).await;
+    let r = Replica::start(config(&up.url(), None, "r1")).await;
     let e1 = r.invalidate(r#"{"game_id": "g-1001"}"#).await;
     let e2 = r.invalidate(r#"{"game_id": "g-1001"}"#).await;
     let url = format!("ws://{}{PATH}?game_id=g-1001&last_event_id={e1}", r.addr());
@@ -860,8 +824,8 @@ async fn next_text(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> se
 async fn a_change_seen_on_one_replica_reaches_a_client_of_another() {
     let redis = RedisServer::start();
     let up = sim().await;
-    let a = Replica::start(config(&up.url, Some(&redis.url()), "a")).await;
-    let b = Replica::start(config(&up.url, Some(&redis.url()), "b")).await;
+    let a = Replica::start(config(&up.url(), Some(&redis.url()), "a")).await;
+    let b = Replica::start(config(&up.url(), Some(&redis.url()), "b")).await;
     redis.wait_fleet_connected(2).await;
     let game = up.sim.game_ids()[0].clone();
     // Both know the game; B holds a copy of its odds.
