@@ -14,8 +14,9 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AGE, CONTENT_LENGTH};
 use http::{HeaderMap, StatusCode};
 
-pub use super::intern::{age_value, CACHE_STATUS, NOT_MODIFIED_FIELDS, X_CACHE};
+pub use super::intern::{age_value, NOT_MODIFIED_FIELDS};
 use super::intern::{Fields, Value, EMPTY};
+use super::outcome::{CACHE_STATUS, X_CACHE};
 
 #[derive(Debug)]
 pub struct Entry {

@@ -15,11 +15,12 @@ use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
-use super::respond::{self, XCache};
+use super::respond;
 use super::upstream::{UpstreamBody, UpstreamError};
 use super::Proxy;
 use crate::cache::entry::NewEntry;
-use crate::cache::policy::{self, CacheStatus, FreshnessRules, Fwd};
+use crate::cache::outcome::{CacheStatus, Fwd, XCache};
+use crate::cache::policy::{self, FreshnessRules};
 use crate::cache::store::{uri_tag, FetchTicket, FillGuard, FillState};
 use crate::cache::{key, Entry};
 use crate::invalidate::detect::Detector;

@@ -9,9 +9,10 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
 
 use super::body::ProxyBody;
-use super::respond::{self, XCache};
+use super::respond;
 use super::Proxy;
-use crate::cache::policy::{self, CacheStatus};
+use crate::cache::outcome::{CacheStatus, XCache};
+use crate::cache::policy;
 use crate::cache::store::{uri_tag, FillGuard, FillState};
 use crate::cache::{key, l2};
 use crate::invalidate::events::unix_ms;

@@ -29,7 +29,7 @@ use tracing::debug;
 
 use crate::cache::entry::Standing;
 use crate::cache::key;
-use crate::cache::policy::{CacheStatus, Fwd};
+use crate::cache::outcome::{CacheStatus, Fwd, XCache};
 use crate::cache::store::{wait_fill, Fill, FillState, Lookup, Store};
 use crate::config::{Config, Routes};
 use crate::invalidate::detect::Detector;
@@ -37,7 +37,6 @@ use crate::invalidate::redis::RedisTier;
 use crate::metrics::Metrics;
 use admit::Admission;
 use body::ProxyBody;
-use respond::XCache;
 use upstream::Upstream;
 
 /// What [`Proxy::call`] gives hyper: a hit, ready at once, or the boxed

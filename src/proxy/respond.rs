@@ -9,33 +9,10 @@ use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::body::ProxyBody;
 use super::upstream::{append_via, UpstreamError};
-use crate::cache::entry::{age_value, CACHE_STATUS, X_CACHE};
-use crate::cache::policy::{cache_status_hit, not_modified, strip_hop_by_hop, CacheStatus, Fwd};
+use crate::cache::entry::age_value;
+use crate::cache::outcome::{cache_status_hit, CacheStatus, Fwd, XCache, CACHE_STATUS, X_CACHE};
+use crate::cache::policy::{not_modified, strip_hop_by_hop};
 use crate::cache::Entry;
-
-/// The `X-Cache` value of an answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XCache {
-    Hit,
-    Miss,
-    Stale,
-    Bypass,
-}
-
-impl XCache {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            XCache::Hit => "HIT",
-            XCache::Miss => "MISS",
-            XCache::Stale => "STALE",
-            XCache::Bypass => "BYPASS",
-        }
-    }
-
-    fn value(self) -> HeaderValue {
-        HeaderValue::from_static(self.as_str())
-    }
-}
 
 /// A fresh hit: prebuilt headers, one `Age` and a `Bytes` clone. Answers
 /// 304 when the client's validators match.

@@ -10,11 +10,11 @@ use hyper::body::Incoming;
 
 use super::body::ProxyBody;
 use super::fill::{declared_length, read_limited, Read};
-use super::respond::{self, XCache};
+use super::respond;
 use super::upstream::UpstreamError;
 use super::Proxy;
 use crate::cache::key;
-use crate::cache::policy::{CacheStatus, Fwd};
+use crate::cache::outcome::{CacheStatus, Fwd, XCache};
 use crate::invalidate;
 use crate::watch::Reason;
 

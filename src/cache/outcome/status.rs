@@ -1,5 +1,6 @@
-//! The `Cache-Status` field this cache adds to responses (RFC 9211): its
-//! member for this cache and the `fwd` reason a request went upstream.
+//! The `Cache-Status` member this cache adds to responses (RFC 9211),
+//! written from its parameters, and the `fwd` reason a request went
+//! upstream.
 
 use std::fmt;
 
