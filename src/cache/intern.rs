@@ -18,7 +18,7 @@ use http::header::{
 };
 use http::HeaderMap;
 
-use super::outcome::{CACHE_STATUS, X_CACHE};
+use super::outcome::{Outcome, CACHE_STATUS, X_CACHE};
 
 /// RFC 9110 §15.4.5: the fields a 200 would have that a 304 carries too,
 /// as they help the client update its copy.
@@ -118,11 +118,8 @@ impl Fields {
                 };
                 h.append(static_name(name), value);
             }
-            h.insert(X_CACHE.clone(), HeaderValue::from_static("HIT"));
-            h.insert(
-                CACHE_STATUS.clone(),
-                HeaderValue::from_static("oddscache; hit"),
-            );
+            // In `labels` order, which the filter below checks.
+            Outcome::Hit.write(&mut h);
             h.insert(AGE, HeaderValue::from_static("0"));
             h
         });
