@@ -19,7 +19,7 @@ use super::respond;
 use super::upstream::{UpstreamBody, UpstreamError};
 use super::Proxy;
 use crate::cache::entry::NewEntry;
-use crate::cache::outcome::{Fwd, Outcome};
+use crate::cache::outcome::{Fwd, Outcome, Unstored};
 use crate::cache::policy::{self, FreshnessRules};
 use crate::cache::store::{uri_tag, FetchTicket, FillGuard, FillState};
 use crate::cache::{key, Entry};
@@ -282,7 +282,7 @@ impl Proxy {
                 let outcome = Outcome::NotStored {
                     fwd: Fwd::Stale,
                     fwd_status: 304,
-                    why: why.as_str(),
+                    why: Unstored::Refused(why),
                 };
                 respond::label(&self.metrics, resp.headers_mut(), outcome);
                 resp
@@ -307,7 +307,7 @@ impl Proxy {
         let (mut rparts, rbody) = resp.into_parts();
         respond::clean_upstream_headers(&mut rparts.headers);
         let upstream_status = rparts.status.as_u16();
-        let passthrough = |headers: &mut HeaderMap, why: &'static str| {
+        let passthrough = |headers: &mut HeaderMap, why: Unstored| {
             let outcome = Outcome::NotStored {
                 fwd,
                 fwd_status: upstream_status,
@@ -320,7 +320,7 @@ impl Proxy {
             if let Some(g) = guard {
                 g.finish(FillState::NotStored);
             }
-            passthrough(&mut rparts.headers, "too-large");
+            passthrough(&mut rparts.headers, Unstored::TooLarge);
             return Response::from_parts(rparts, ProxyBody::stream(None, rbody));
         }
         let read = tokio::time::timeout(self.upstream_timeout(), read_limited(rbody, limit)).await;
@@ -330,7 +330,7 @@ impl Proxy {
                 if let Some(g) = guard {
                     g.finish(FillState::NotStored);
                 }
-                passthrough(&mut rparts.headers, "too-large");
+                passthrough(&mut rparts.headers, Unstored::TooLarge);
                 return Response::from_parts(rparts, ProxyBody::stream(Some(prefix), rest));
             }
             // Nothing half-received is stored or sent on.
@@ -379,7 +379,7 @@ impl Proxy {
                 let mut resp = Response::new(ProxyBody::full(body));
                 *resp.status_mut() = rparts.status;
                 *resp.headers_mut() = headers;
-                passthrough(resp.headers_mut(), why.as_str());
+                passthrough(resp.headers_mut(), Unstored::Refused(why));
                 resp
             }
         }

@@ -10,6 +10,7 @@
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
+use super::policy::NotStorable;
 use crate::metrics::CacheOutcome;
 
 mod status;
@@ -48,13 +49,11 @@ pub enum Outcome {
         fwd_status: u16,
         stored: bool,
     },
-    /// Went upstream; what came back may not be stored, for `why` (a
-    /// [`NotStorable`](crate::cache::policy::NotStorable) reason, or
-    /// `too-large`).
+    /// Went upstream; what came back is answered but not stored.
     NotStored {
         fwd: Fwd,
         fwd_status: u16,
-        why: &'static str,
+        why: Unstored,
     },
     /// Went upstream, got no answer, and no stale copy could stand in;
     /// `error` is the failure's label (`error`, `timeout`).
@@ -65,6 +64,26 @@ pub enum Outcome {
     BypassFailed { error: &'static str },
     /// Refused by the rate limit before any lookup.
     RateLimited,
+}
+
+/// Why an answer from the upstream was not stored: its `Cache-Status`
+/// `detail`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unstored {
+    /// Its body is over `max_object_bytes` (declared or as read), so it
+    /// streams through.
+    TooLarge,
+    /// The caching rules refuse it.
+    Refused(NotStorable),
+}
+
+impl Unstored {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unstored::TooLarge => "too-large",
+            Unstored::Refused(why) => why.as_str(),
+        }
+    }
 }
 
 impl Outcome {
@@ -140,7 +159,7 @@ impl Outcome {
             } => CacheStatus {
                 fwd: Some(fwd),
                 fwd_status: Some(fwd_status),
-                detail: Some(why),
+                detail: Some(why.as_str()),
                 ..none
             },
             Outcome::Failed { fwd, error } => CacheStatus {
@@ -235,10 +254,19 @@ mod tests {
                 Outcome::NotStored {
                     fwd: UriMiss,
                     fwd_status: 200,
-                    why: "too-large",
+                    why: Unstored::TooLarge,
                 },
                 "MISS",
                 "oddscache; fwd=uri-miss; fwd-status=200; detail=too-large",
+            ),
+            (
+                Outcome::NotStored {
+                    fwd: Stale,
+                    fwd_status: 304,
+                    why: Unstored::Refused(NotStorable::NoStore),
+                },
+                "MISS",
+                "oddscache; fwd=stale; fwd-status=304; detail=no-store",
             ),
             (
                 Outcome::Failed {
