@@ -1,6 +1,6 @@
 //! The hit path's response build (`proxy::respond::hit`) on a 1.5 kB
-//! entry: prebuilt headers, one `Age`, a `Bytes` clone; and the 304 a
-//! matching `If-None-Match` gets.
+//! entry: prebuilt headers, one `Age`, a `Bytes` clone, the hit counted;
+//! and the 304 a matching `If-None-Match` gets.
 //!
 //! `cargo bench --bench hit -- --warm-up-time 1 --measurement-time 3`
 
@@ -10,6 +10,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use oddscache::cache::{Entry, NewEntry};
+use oddscache::metrics::Metrics;
 use oddscache::proxy::respond;
 use std::hint::black_box;
 
@@ -61,12 +62,29 @@ fn hit(c: &mut Criterion) {
     let plain = HeaderMap::new();
     let mut conditional = HeaderMap::new();
     conditional.insert("if-none-match", HeaderValue::from_static("\"g-1001-42\""));
+    let metrics = Metrics::new();
     let mut g = c.benchmark_group("respond/hit");
     g.bench_function("200 1.5kB", |b| {
-        b.iter(|| respond::hit(&Method::GET, black_box(&plain), black_box(&e), now))
+        b.iter(|| {
+            respond::hit(
+                &metrics,
+                &Method::GET,
+                black_box(&plain),
+                black_box(&e),
+                now,
+            )
+        })
     });
     g.bench_function("304 if-none-match", |b| {
-        b.iter(|| respond::hit(&Method::GET, black_box(&conditional), black_box(&e), now))
+        b.iter(|| {
+            respond::hit(
+                &metrics,
+                &Method::GET,
+                black_box(&conditional),
+                black_box(&e),
+                now,
+            )
+        })
     });
     g.finish();
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use oddscache::cache::{Entry, Lookup, NewEntry, Store};
+use oddscache::metrics::Metrics;
 use oddscache::proxy::respond;
 
 fn rss_bytes() -> u64 {
@@ -42,6 +43,7 @@ fn headers(i: usize) -> HeaderMap {
 }
 
 fn main() {
+    let metrics = Metrics::new();
     let store = Store::new(4 << 30);
     let base = rss_bytes();
     let body_template = vec![b'x'; 1500];
@@ -76,7 +78,7 @@ fn main() {
             let Lookup::Found(hit) = store.lookup(&key, &no_headers).0 else {
                 panic!("{key} was just stored");
             };
-            let answer = respond::hit(&Method::GET, &no_headers, &hit, Instant::now());
+            let answer = respond::hit(&metrics, &Method::GET, &no_headers, &hit, Instant::now());
             assert_eq!(answer.status(), StatusCode::OK);
             filled += 1;
         }

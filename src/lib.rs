@@ -23,7 +23,9 @@
 //! - [`cache`]: the L1 (`store.rs`, its tag index `tags.rs`, its fill lock
 //!   `lock.rs`), entries (`entry.rs`, sharing `intern.rs`), the freshness
 //!   rule every serving path obeys (`freshness.rs`), keys (`key.rs`), the
-//!   L2 encoding (`l2.rs`) and the HTTP caching rules (`policy/`).
+//!   L2 encoding (`l2.rs`), what an answer says about the cache
+//!   (`outcome/`: one `Outcome` yields `X-Cache`, `Cache-Status` and the
+//!   metric label) and the HTTP caching rules (`policy/`).
 //! - [`watch`]: pure extraction of games from JSON bodies and diffing.
 //! - [`config`]: the TOML contract, CLI/env overrides and validation.
 //! - [`metrics`], [`shutdown`]: shared by all.

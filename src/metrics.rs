@@ -15,7 +15,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// The cache outcome of one request, as in `X-Cache`.
+use crate::cache::outcome::Outcome;
+
+/// The `cache` label of `oddscache_requests_total`: the class of a
+/// request's [`Outcome`], as in `X-Cache`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum CacheOutcome {
@@ -123,6 +126,28 @@ impl PushMetrics {
 }
 
 impl Metrics {
+    /// Counts one answered request by its outcome: its class in
+    /// `oddscache_requests_total`, and the counters that single out some
+    /// outcomes (`coalesced`, `l2_hits`, `rate_limited`). A hit is one
+    /// atomic add.
+    #[inline]
+    pub fn count(&self, outcome: Outcome) {
+        let class = match outcome.label() {
+            CacheOutcome::hit => &self.hits,
+            CacheOutcome::miss => &self.misses,
+            CacheOutcome::stale => &self.stale,
+            CacheOutcome::bypass => &self.bypass,
+        };
+        class.inc();
+        let also = match outcome {
+            Outcome::Coalesced => &self.coalesced,
+            Outcome::L2 => &self.l2_hits,
+            Outcome::RateLimited => &self.rate_limited,
+            _ => return,
+        };
+        also.inc();
+    }
+
     pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("oddscache");
         let requests = Family::<CacheLabel, Counter>::default();

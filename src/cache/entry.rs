@@ -14,8 +14,9 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AGE, CONTENT_LENGTH};
 use http::{HeaderMap, StatusCode};
 
-pub use super::intern::{age_value, CACHE_STATUS, NOT_MODIFIED_FIELDS, X_CACHE};
+pub use super::intern::{age_value, NOT_MODIFIED_FIELDS};
 use super::intern::{Fields, Value, EMPTY};
+use super::outcome::Outcome;
 
 #[derive(Debug)]
 pub struct Entry {
@@ -347,17 +348,11 @@ impl Entry {
         self.headers_with_room(0)
     }
 
-    /// The headers of an answer from this entry, labelled: one allocation
-    /// and a reference-count bump per value.
-    pub fn labelled_headers(
-        &self,
-        x_cache: HeaderValue,
-        cache_status: HeaderValue,
-        age: Duration,
-    ) -> HeaderMap {
+    /// The headers of an answer from this entry, labelled with `outcome`:
+    /// one allocation and a reference-count bump per value.
+    pub fn labelled_headers(&self, outcome: Outcome, age: Duration) -> HeaderMap {
         let mut h = self.headers_with_room(3);
-        h.insert(X_CACHE.clone(), x_cache);
-        h.insert(CACHE_STATUS.clone(), cache_status);
+        outcome.write(&mut h);
         h.insert(AGE, age_value(age));
         h
     }
@@ -366,11 +361,7 @@ impl Entry {
     /// field names, with its values and `Age` written in place.
     pub fn hit_headers(&self, age: Duration) -> HeaderMap {
         let Some(template) = &self.fields.hit else {
-            return self.labelled_headers(
-                HeaderValue::from_static("HIT"),
-                HeaderValue::from_static("oddscache; hit"),
-                age,
-            );
+            return self.labelled_headers(Outcome::Hit, age);
         };
         let mut h = template.clone();
         let mut slots = h.values_mut();

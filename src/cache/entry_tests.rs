@@ -1,6 +1,7 @@
 //! Tests of the entry layout: windows, hit headers, shared fields and sizes.
 
 use super::*;
+use crate::cache::outcome::{CACHE_STATUS, X_CACHE};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG};
 
 fn entry(fresh_for: u64, swr: u64, sie: u64) -> Entry {
@@ -68,11 +69,7 @@ fn freshness_windows() {
 #[test]
 fn labelled_headers_and_age() {
     let e = entry(10, 0, 0);
-    let h = e.labelled_headers(
-        HeaderValue::from_static("HIT"),
-        HeaderValue::from_static("oddscache; hit"),
-        Duration::from_secs(7),
-    );
+    let h = e.labelled_headers(Outcome::Hit, Duration::from_secs(7));
     assert_eq!(h[&X_CACHE], "HIT");
     assert_eq!(h[&CACHE_STATUS], "oddscache; hit");
     assert_eq!(h[AGE], "7");
@@ -96,11 +93,7 @@ fn fields(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
 #[test]
 fn a_hit_map_is_the_labelled_map() {
     let hit = |e: &Entry, age| {
-        let labelled = e.labelled_headers(
-            HeaderValue::from_static("HIT"),
-            HeaderValue::from_static("oddscache; hit"),
-            Duration::from_secs(age),
-        );
+        let labelled = e.labelled_headers(Outcome::Hit, Duration::from_secs(age));
         let got = e.hit_headers(Duration::from_secs(age));
         assert_eq!(got, labelled);
         // In the same order too, values of one name included.

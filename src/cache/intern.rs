@@ -1,7 +1,8 @@
 //! What entries share instead of each holding a copy, interned once per
 //! process: field names and their layouts ([`Fields`]), the values that
 //! name a kind of response (`Content-Type`, ...), the prebuilt `Age`
-//! values, and the names of the fields this cache writes itself.
+//! values. The fields this cache writes itself are
+//! [`outcome`](super::outcome)'s.
 //!
 //! Everything here lives in static memory or is shared by `Arc`, so a hit
 //! that clones it touches no reference count other cores share.
@@ -17,8 +18,7 @@ use http::header::{
 };
 use http::HeaderMap;
 
-pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
-pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+use super::outcome::{Outcome, CACHE_STATUS, X_CACHE};
 
 /// RFC 9110 §15.4.5: the fields a 200 would have that a 304 carries too,
 /// as they help the client update its copy.
@@ -118,11 +118,8 @@ impl Fields {
                 };
                 h.append(static_name(name), value);
             }
-            h.insert(X_CACHE.clone(), HeaderValue::from_static("HIT"));
-            h.insert(
-                CACHE_STATUS.clone(),
-                HeaderValue::from_static("oddscache; hit"),
-            );
+            // In `labels` order, which the filter below checks.
+            Outcome::Hit.write(&mut h);
             h.insert(AGE, HeaderValue::from_static("0"));
             h
         });

@@ -10,6 +10,7 @@ mod intern;
 pub mod key;
 pub mod l2;
 pub mod lock;
+pub mod outcome;
 pub mod policy;
 pub mod store;
 mod tags;

@@ -15,11 +15,12 @@ use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
-use super::respond::{self, XCache};
+use super::respond;
 use super::upstream::{UpstreamBody, UpstreamError};
 use super::Proxy;
 use crate::cache::entry::NewEntry;
-use crate::cache::policy::{self, CacheStatus, FreshnessRules, Fwd};
+use crate::cache::outcome::{Fwd, Outcome, Unstored};
+use crate::cache::policy::{self, FreshnessRules};
 use crate::cache::store::{uri_tag, FetchTicket, FillGuard, FillState};
 use crate::cache::{key, Entry};
 use crate::invalidate::detect::Detector;
@@ -197,8 +198,11 @@ impl Proxy {
         match stale.filter(|s| self.store.ledger().usable_on_error(s, Instant::now())) {
             Some(s) => self.serve_stale(method, client_headers, &s, err.status().as_u16()),
             None => {
-                self.metrics.misses.inc();
-                respond::upstream_error(self.upstream.url(), &err, XCache::Miss, fwd)
+                let outcome = Outcome::Failed {
+                    fwd,
+                    error: err.label(),
+                };
+                respond::upstream_error(&self.metrics, self.upstream.url(), &err, outcome)
             }
         }
     }
@@ -210,16 +214,12 @@ impl Proxy {
         e: &Entry,
         fwd_status: u16,
     ) -> Response<ProxyBody> {
-        self.metrics.stale.inc();
         let now = Instant::now();
-        let status = CacheStatus {
-            fwd: Some(Fwd::Stale),
-            fwd_status: Some(fwd_status),
-            ttl: Some(e.ttl_secs(now)),
-            detail: Some("stale-if-error"),
-            ..CacheStatus::default()
+        let outcome = Outcome::StaleIfError {
+            fwd_status,
+            ttl: e.ttl_secs(now),
         };
-        respond::from_entry(method, client_headers, e, now, XCache::Stale, status)
+        respond::from_entry(&self.metrics, method, client_headers, e, now, outcome)
     }
 
     /// A 304 to our conditional request: the stored body is still good;
@@ -262,17 +262,15 @@ impl Proxy {
             ticket,
             guard,
         );
-        self.metrics.misses.inc();
         let now = Instant::now();
         match stored {
             Stored::Cacheable(entry, stored) => {
-                let status = CacheStatus {
-                    fwd: Some(Fwd::Stale),
-                    fwd_status: Some(304),
+                let outcome = Outcome::Miss {
+                    fwd: Fwd::Stale,
+                    fwd_status: 304,
                     stored,
-                    ..CacheStatus::default()
                 };
-                respond::from_entry(method, client_headers, &entry, now, XCache::Miss, status)
+                respond::from_entry(&self.metrics, method, client_headers, &entry, now, outcome)
             }
             // The refreshed headers forbid storing (e.g. now `no-store`):
             // the stale copy goes, and this answer still uses its body.
@@ -281,13 +279,12 @@ impl Proxy {
                 let mut resp = Response::new(ProxyBody::full(body));
                 *resp.status_mut() = stale.status;
                 *resp.headers_mut() = headers;
-                let status = CacheStatus {
-                    fwd: Some(Fwd::Stale),
-                    fwd_status: Some(304),
-                    detail: Some(why.as_str()),
-                    ..CacheStatus::default()
+                let outcome = Outcome::NotStored {
+                    fwd: Fwd::Stale,
+                    fwd_status: 304,
+                    why: Unstored::Refused(why),
                 };
-                respond::label(resp.headers_mut(), XCache::Miss, status);
+                respond::label(&self.metrics, resp.headers_mut(), outcome);
                 resp
             }
         }
@@ -302,7 +299,6 @@ impl Proxy {
         ticket: &mut FetchTicket,
         guard: Option<FillGuard>,
     ) -> Response<ProxyBody> {
-        self.metrics.misses.inc();
         let fwd = if target.stale.is_some() {
             Fwd::Stale
         } else {
@@ -311,21 +307,20 @@ impl Proxy {
         let (mut rparts, rbody) = resp.into_parts();
         respond::clean_upstream_headers(&mut rparts.headers);
         let upstream_status = rparts.status.as_u16();
-        let passthrough = |headers: &mut HeaderMap, detail: Option<&'static str>| {
-            let status = CacheStatus {
-                fwd: Some(fwd),
-                fwd_status: Some(upstream_status),
-                detail,
-                ..CacheStatus::default()
+        let passthrough = |headers: &mut HeaderMap, why: Unstored| {
+            let outcome = Outcome::NotStored {
+                fwd,
+                fwd_status: upstream_status,
+                why,
             };
-            respond::label(headers, XCache::Miss, status);
+            respond::label(&self.metrics, headers, outcome);
         };
         let limit = self.settings.max_object_bytes;
         if declared_length(&rparts.headers).is_some_and(|n| n > limit as u64) {
             if let Some(g) = guard {
                 g.finish(FillState::NotStored);
             }
-            passthrough(&mut rparts.headers, Some("too-large"));
+            passthrough(&mut rparts.headers, Unstored::TooLarge);
             return Response::from_parts(rparts, ProxyBody::stream(None, rbody));
         }
         let read = tokio::time::timeout(self.upstream_timeout(), read_limited(rbody, limit)).await;
@@ -335,7 +330,7 @@ impl Proxy {
                 if let Some(g) = guard {
                     g.finish(FillState::NotStored);
                 }
-                passthrough(&mut rparts.headers, Some("too-large"));
+                passthrough(&mut rparts.headers, Unstored::TooLarge);
                 return Response::from_parts(rparts, ProxyBody::stream(Some(prefix), rest));
             }
             // Nothing half-received is stored or sent on.
@@ -366,26 +361,25 @@ impl Proxy {
             guard,
         ) {
             Stored::Cacheable(entry, stored) => {
-                let status = CacheStatus {
-                    fwd: Some(fwd),
-                    fwd_status: Some(upstream_status),
+                let outcome = Outcome::Miss {
+                    fwd,
+                    fwd_status: upstream_status,
                     stored,
-                    ..CacheStatus::default()
                 };
                 respond::from_entry(
+                    &self.metrics,
                     method,
                     client_headers,
                     &entry,
                     Instant::now(),
-                    XCache::Miss,
-                    status,
+                    outcome,
                 )
             }
             Stored::Refused(headers, body, why) => {
                 let mut resp = Response::new(ProxyBody::full(body));
                 *resp.status_mut() = rparts.status;
                 *resp.headers_mut() = headers;
-                passthrough(resp.headers_mut(), Some(why.as_str()));
+                passthrough(resp.headers_mut(), Unstored::Refused(why));
                 resp
             }
         }

@@ -9,9 +9,10 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
 
 use super::body::ProxyBody;
-use super::respond::{self, XCache};
+use super::respond;
 use super::Proxy;
-use crate::cache::policy::{self, CacheStatus};
+use crate::cache::outcome::Outcome;
+use crate::cache::policy;
 use crate::cache::store::{uri_tag, FillGuard, FillState};
 use crate::cache::{key, l2};
 use crate::invalidate::events::unix_ms;
@@ -92,20 +93,13 @@ impl Proxy {
             return Err(guard);
         }
         guard.finish(FillState::Filled(Arc::clone(&entry)));
-        self.metrics.hits.inc();
-        self.metrics.l2_hits.inc();
-        let status = CacheStatus {
-            hit: true,
-            detail: Some("l2"),
-            ..CacheStatus::default()
-        };
         Ok(respond::from_entry(
+            &self.metrics,
             method,
             client_headers,
             &entry,
             now,
-            XCache::Hit,
-            status,
+            Outcome::L2,
         ))
     }
 }

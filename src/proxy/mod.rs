@@ -29,7 +29,7 @@ use tracing::debug;
 
 use crate::cache::entry::Standing;
 use crate::cache::key;
-use crate::cache::policy::{CacheStatus, Fwd};
+use crate::cache::outcome::{Fwd, Outcome, X_CACHE};
 use crate::cache::store::{wait_fill, Fill, FillState, Lookup, Store};
 use crate::config::{Config, Routes};
 use crate::invalidate::detect::Detector;
@@ -38,7 +38,6 @@ use crate::metrics::Metrics;
 use crate::push::Push;
 use admit::Admission;
 use body::ProxyBody;
-use respond::XCache;
 use upstream::Upstream;
 
 /// What [`Proxy::call`] gives hyper: a hit, ready at once, or the boxed
@@ -183,7 +182,7 @@ impl Proxy {
             %method,
             path = %path,
             status = resp.status().as_u16(),
-            cache = resp.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or(""),
+            cache = resp.headers().get(&X_CACHE).and_then(|v| v.to_str().ok()).unwrap_or(""),
             micros = started.elapsed().as_micros() as u64,
             "request"
         );
@@ -221,8 +220,13 @@ impl Proxy {
         if !matches!(self.store.freshness(&e, now), Standing::Fresh) {
             return None;
         }
-        self.metrics.hits.inc();
-        Some(respond::hit(req.method(), req.headers(), &e, now))
+        Some(respond::hit(
+            &self.metrics,
+            req.method(),
+            req.headers(),
+            &e,
+            now,
+        ))
     }
 
     /// An admitted request that is not a fresh hit.
@@ -252,25 +256,26 @@ impl Proxy {
                 let stale = match found {
                     Lookup::Found(e) => match self.store.freshness(&e, now) {
                         Standing::Fresh => {
-                            self.metrics.hits.inc();
-                            return respond::hit(req.method(), req.headers(), &e, now);
-                        }
-                        Standing::StaleRevalidate => {
-                            self.metrics.stale.inc();
-                            self.refresh_in_background(&req, key.as_str(), &primary);
-                            let status = CacheStatus {
-                                hit: true,
-                                ttl: Some(e.ttl_secs(now)),
-                                detail: Some("stale-while-revalidate"),
-                                ..CacheStatus::default()
-                            };
-                            return respond::from_entry(
+                            return respond::hit(
+                                &self.metrics,
                                 req.method(),
                                 req.headers(),
                                 &e,
                                 now,
-                                XCache::Stale,
-                                status,
+                            );
+                        }
+                        Standing::StaleRevalidate => {
+                            self.refresh_in_background(&req, key.as_str(), &primary);
+                            let outcome = Outcome::StaleWhileRevalidate {
+                                ttl: e.ttl_secs(now),
+                            };
+                            return respond::from_entry(
+                                &self.metrics,
+                                req.method(),
+                                req.headers(),
+                                &e,
+                                now,
+                                outcome,
                             );
                         }
                         Standing::Stale => Some(e),
@@ -284,7 +289,7 @@ impl Proxy {
                 )
             };
             if req.method() == Method::HEAD || req.headers().contains_key(RANGE) {
-                return self.pass(req, peer, XCache::Miss, Fwd::UriMiss).await;
+                return self.pass(req, peer).await;
             }
             match self.store.fill(&key) {
                 Fill::Lead(guard) => {
@@ -312,21 +317,13 @@ impl Proxy {
                     Some(FillState::Filled(e))
                         if e.key() == &*key && crate::cache::freshness::servable(&e) =>
                     {
-                        self.metrics.coalesced.inc();
-                        self.metrics.hits.inc();
-                        let now = Instant::now();
-                        let status = CacheStatus {
-                            hit: true,
-                            detail: Some("coalesced"),
-                            ..CacheStatus::default()
-                        };
                         return respond::from_entry(
+                            &self.metrics,
                             req.method(),
                             req.headers(),
                             &e,
-                            now,
-                            XCache::Hit,
-                            status,
+                            Instant::now(),
+                            Outcome::Coalesced,
                         );
                     }
                     // Filled under another Vary variant, or the leader went
@@ -375,62 +372,45 @@ impl Proxy {
         });
     }
 
-    /// Forwards a request that this cache does not answer, unchanged.
-    async fn pass(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        x_cache: XCache,
-        fwd: Fwd,
-    ) -> Response<ProxyBody> {
+    /// Forwards a GET or HEAD that this cache does not fill (a HEAD, a
+    /// Range request), unchanged: a MISS, whatever comes back.
+    async fn pass(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let fwd = Fwd::UriMiss;
         let (mut parts, body) = req.into_parts();
         self.upstream.prepare(&mut parts, peer);
         let req = Request::from_parts(parts, http_body_util::Either::Left(body));
         match self.upstream.send(req, &self.metrics).await {
             Ok(resp) => {
-                self.count(x_cache);
-                let status = CacheStatus {
-                    fwd: Some(fwd),
-                    fwd_status: Some(resp.status().as_u16()),
-                    ..CacheStatus::default()
+                let outcome = Outcome::Miss {
+                    fwd,
+                    fwd_status: resp.status().as_u16(),
+                    stored: false,
                 };
                 let (mut rparts, rbody) = resp.into_parts();
                 respond::clean_upstream_headers(&mut rparts.headers);
-                respond::label(&mut rparts.headers, x_cache, status);
+                respond::label(&self.metrics, &mut rparts.headers, outcome);
                 Response::from_parts(rparts, ProxyBody::stream(None, rbody))
             }
             Err(e) => {
-                self.count(x_cache);
-                respond::upstream_error(self.upstream.url(), &e, x_cache, fwd)
+                let outcome = Outcome::Failed {
+                    fwd,
+                    error: e.label(),
+                };
+                respond::upstream_error(&self.metrics, self.upstream.url(), &e, outcome)
             }
         }
     }
 
     /// 429 past the client's quota; counted as a bypass too, as labelled.
     fn rate_limited(&self, wait: Duration) -> Response<ProxyBody> {
-        self.metrics.rate_limited.inc();
-        self.count(XCache::Bypass);
         let mut resp = json_error(StatusCode::TOO_MANY_REQUESTS, "rate limited");
-        let status = CacheStatus {
-            detail: Some("rate-limited"),
-            ..CacheStatus::default()
-        };
         let h = resp.headers_mut();
         h.insert(
             RETRY_AFTER,
             HeaderValue::from(admit::retry_after_secs(wait)),
         );
-        respond::label(h, XCache::Bypass, status);
+        respond::label(&self.metrics, h, Outcome::RateLimited);
         resp
-    }
-
-    fn count(&self, x: XCache) {
-        match x {
-            XCache::Hit => self.metrics.hits.inc(),
-            XCache::Miss => self.metrics.misses.inc(),
-            XCache::Stale => self.metrics.stale.inc(),
-            XCache::Bypass => self.metrics.bypass.inc(),
-        };
     }
 }
 

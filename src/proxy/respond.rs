@@ -1,6 +1,10 @@
 //! Building client responses: hits from prebuilt entries, 304s, STALE
 //! copies, MISS/BYPASS answers from the upstream's head, and the JSON
 //! error answer when the upstream fails.
+//!
+//! Every answer is labelled here from its [`Outcome`], and counted in the
+//! same step: the headers and `oddscache_requests_total` cannot disagree,
+//! and no path can label an answer without counting it.
 
 use std::time::Instant;
 
@@ -9,68 +13,50 @@ use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::body::ProxyBody;
 use super::upstream::{append_via, UpstreamError};
-use crate::cache::entry::{age_value, CACHE_STATUS, X_CACHE};
-use crate::cache::policy::{cache_status_hit, not_modified, strip_hop_by_hop, CacheStatus, Fwd};
+use crate::cache::entry::age_value;
+use crate::cache::outcome::Outcome;
+use crate::cache::policy::{not_modified, strip_hop_by_hop};
 use crate::cache::Entry;
-
-/// The `X-Cache` value of an answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XCache {
-    Hit,
-    Miss,
-    Stale,
-    Bypass,
-}
-
-impl XCache {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            XCache::Hit => "HIT",
-            XCache::Miss => "MISS",
-            XCache::Stale => "STALE",
-            XCache::Bypass => "BYPASS",
-        }
-    }
-
-    fn value(self) -> HeaderValue {
-        HeaderValue::from_static(self.as_str())
-    }
-}
+use crate::metrics::Metrics;
 
 /// A fresh hit: prebuilt headers, one `Age` and a `Bytes` clone. Answers
 /// 304 when the client's validators match.
 pub fn hit(
+    metrics: &Metrics,
     method: &Method,
     req_headers: &HeaderMap,
     entry: &Entry,
     now: Instant,
 ) -> Response<ProxyBody> {
+    metrics.count(Outcome::Hit);
     if has_conditionals(req_headers) && {
         let (etag, last_modified) = entry.validators();
         not_modified(req_headers, etag, last_modified)
     } {
-        return not_modified_response(entry, now, XCache::Hit, None);
+        return not_modified_response(entry, now, Outcome::Hit);
     }
     with_body(method, entry, entry.hit_headers(entry.age(now)))
 }
 
-/// An entry served with a non-HIT status line (STALE, or a MISS that just
-/// filled it), honouring the client's validators too.
+/// An entry served for any other outcome (a STALE copy, a MISS that just
+/// filled it, a coalesced or L2 hit), honouring the client's validators
+/// too.
 pub fn from_entry(
+    metrics: &Metrics,
     method: &Method,
     req_headers: &HeaderMap,
     entry: &Entry,
     now: Instant,
-    x_cache: XCache,
-    status: CacheStatus,
+    outcome: Outcome,
 ) -> Response<ProxyBody> {
+    metrics.count(outcome);
     if has_conditionals(req_headers) && {
         let (etag, last_modified) = entry.validators();
         not_modified(req_headers, etag, last_modified)
     } {
-        return not_modified_response(entry, now, x_cache, Some(status));
+        return not_modified_response(entry, now, outcome);
     }
-    let headers = entry.labelled_headers(x_cache.value(), status.to_header_value(), entry.age(now));
+    let headers = entry.labelled_headers(outcome, entry.age(now));
     with_body(method, entry, headers)
 }
 
@@ -103,20 +89,13 @@ fn has_conditionals(h: &HeaderMap) -> bool {
 /// the client update its copy
 /// ([`NOT_MODIFIED_FIELDS`](crate::cache::entry::NOT_MODIFIED_FIELDS)), and
 /// no body.
-fn not_modified_response(
-    entry: &Entry,
-    now: Instant,
-    x_cache: XCache,
-    status: Option<CacheStatus>,
-) -> Response<ProxyBody> {
+fn not_modified_response(entry: &Entry, now: Instant, outcome: Outcome) -> Response<ProxyBody> {
     let mut headers = HeaderMap::with_capacity(10);
     for (name, v) in entry.not_modified_fields() {
         headers.append(name.clone(), v.clone());
     }
     headers.insert(AGE, age_value(entry.age(now)));
-    headers.insert(X_CACHE.clone(), x_cache.value());
-    let cs = status.map_or_else(cache_status_hit, |s| s.to_header_value());
-    headers.insert(CACHE_STATUS.clone(), cs);
+    outcome.write(&mut headers);
     let mut resp = Response::new(ProxyBody::empty());
     *resp.status_mut() = StatusCode::NOT_MODIFIED;
     *resp.headers_mut() = headers;
@@ -130,30 +109,27 @@ pub fn clean_upstream_headers(headers: &mut HeaderMap) {
     append_via(headers);
 }
 
-/// Labels an answer that came straight from the upstream.
-pub fn label(headers: &mut HeaderMap, x_cache: XCache, status: CacheStatus) {
-    headers.insert(X_CACHE.clone(), x_cache.value());
-    headers.insert(CACHE_STATUS.clone(), status.to_header_value());
+/// Labels and counts an answer that did not come from an entry: the
+/// upstream's, or one of this cache's refusals.
+pub fn label(metrics: &Metrics, headers: &mut HeaderMap, outcome: Outcome) {
+    metrics.count(outcome);
+    outcome.write(headers);
 }
 
 /// The JSON answer for a failed upstream with no stale copy to serve,
-/// labelled like every other answer.
+/// labelled like every other answer: `outcome` is
+/// [`Outcome::Failed`] or [`Outcome::BypassFailed`], with `err`'s label.
 pub fn upstream_error(
+    metrics: &Metrics,
     upstream: &str,
     err: &UpstreamError,
-    x_cache: XCache,
-    fwd: Fwd,
+    outcome: Outcome,
 ) -> Response<ProxyBody> {
     let body = serde_json::json!({ "error": err.to_string(), "upstream": upstream });
     let mut resp = Response::new(ProxyBody::full(body.to_string()));
     *resp.status_mut() = err.status();
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let status = CacheStatus {
-        fwd: Some(fwd),
-        detail: Some(err.label()),
-        ..CacheStatus::default()
-    };
-    label(resp.headers_mut(), x_cache, status);
+    label(metrics, resp.headers_mut(), outcome);
     resp
 }

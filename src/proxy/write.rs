@@ -10,11 +10,11 @@ use hyper::body::Incoming;
 
 use super::body::ProxyBody;
 use super::fill::{declared_length, read_limited, Read};
-use super::respond::{self, XCache};
+use super::respond;
 use super::upstream::UpstreamError;
 use super::Proxy;
 use crate::cache::key;
-use crate::cache::policy::{CacheStatus, Fwd};
+use crate::cache::outcome::Outcome;
 use crate::invalidate;
 use crate::watch::Reason;
 
@@ -55,16 +55,10 @@ impl Proxy {
         {
             Ok(resp) => resp,
             Err(e) => {
-                self.metrics.bypass.inc();
-                return respond::upstream_error(
-                    self.upstream.url(),
-                    &e,
-                    XCache::Bypass,
-                    Fwd::Bypass,
-                );
+                let outcome = Outcome::BypassFailed { error: e.label() };
+                return respond::upstream_error(&self.metrics, self.upstream.url(), &e, outcome);
             }
         };
-        self.metrics.bypass.inc();
         let status = resp.status();
         // OPTIONS and TRACE are safe (RFC 9110 §9.2.1): a CORS preflight
         // drops nothing.
@@ -73,33 +67,33 @@ impl Proxy {
         }
         let (mut rparts, rbody) = resp.into_parts();
         respond::clean_upstream_headers(&mut rparts.headers);
-        let cs = CacheStatus {
-            fwd: Some(Fwd::Bypass),
-            fwd_status: Some(status.as_u16()),
-            ..CacheStatus::default()
+        // Labelled (and counted) once its body is known to come whole.
+        let outcome = Outcome::Bypass {
+            fwd_status: status.as_u16(),
         };
-        respond::label(&mut rparts.headers, XCache::Bypass, cs);
         // A write answered with a game object is watched like any other.
         let limit = self.settings.max_object_bytes;
         if declared_length(&rparts.headers).is_some_and(|n| n > limit as u64) {
+            respond::label(&self.metrics, &mut rparts.headers, outcome);
             return Response::from_parts(rparts, ProxyBody::stream(None, rbody));
         }
         match read_limited(rbody, limit).await {
             Ok(Read::Whole(body)) => {
+                respond::label(&self.metrics, &mut rparts.headers, outcome);
                 if status.is_success() {
                     self.watch(&rparts.headers, &body, None).await;
                 }
                 Response::from_parts(rparts, ProxyBody::full(body))
             }
             Ok(Read::Partial(prefix, rest)) => {
+                respond::label(&self.metrics, &mut rparts.headers, outcome);
                 Response::from_parts(rparts, ProxyBody::stream(Some(prefix), rest))
             }
-            Err(e) => respond::upstream_error(
-                self.upstream.url(),
-                &UpstreamError::Body(e.to_string()),
-                XCache::Bypass,
-                Fwd::Bypass,
-            ),
+            Err(e) => {
+                let err = UpstreamError::Body(e.to_string());
+                let outcome = Outcome::BypassFailed { error: err.label() };
+                respond::upstream_error(&self.metrics, self.upstream.url(), &err, outcome)
+            }
         }
     }
 }

@@ -4,8 +4,8 @@
 //! RFC 9213, RFC 5861), deciding whether a response may be stored and for how
 //! long it is fresh (RFC 9111 §3, §4.2, SPEC §4), the age a response arrives
 //! with, `Vary` names, answering conditional requests from a stored entry
-//! (RFC 9110 §13), `Cache-Status` values (RFC 9211) and hop-by-hop stripping
-//! (RFC 9110 §7.6.1).
+//! (RFC 9110 §13) and hop-by-hop stripping (RFC 9110 §7.6.1). What an answer
+//! says about itself (`X-Cache`, `Cache-Status`) is [`super::outcome`]'s.
 //!
 //! Nothing here does I/O or reads a clock: the caller passes `now`, so every
 //! rule is unit-tested beside its code. It runs on every miss, so parsing
@@ -26,7 +26,6 @@
 //! - `storability`: whether a response is stored, its freshness lifetime and
 //!   stale windows, and the age it arrives with.
 //! - `conditional`: `Vary` names and answering conditional requests.
-//! - `status`: `Cache-Status` values.
 //! - `hop_by_hop`: stripping hop-by-hop fields.
 //! - `structured`: Structured Field Dictionaries, for the targeted fields.
 //! - `syntax`: the field-value syntax the others share.
@@ -34,7 +33,6 @@
 mod cache_control;
 mod conditional;
 mod hop_by_hop;
-mod status;
 mod storability;
 mod structured;
 mod syntax;
@@ -47,7 +45,6 @@ pub use cache_control::{
 };
 pub use conditional::{has_vary_star, not_modified, validator_date, vary_names, VaryStar};
 pub use hop_by_hop::strip_hop_by_hop;
-pub use status::{cache_status_hit, CacheStatus, Fwd, CACHE_NAME};
 pub use storability::{
     heuristically_cacheable, initial_age, storability, Freshness, FreshnessRules, FreshnessSource,
     NotStorable,

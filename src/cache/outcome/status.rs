@@ -1,5 +1,6 @@
-//! The `Cache-Status` field this cache adds to responses (RFC 9211): its
-//! member for this cache and the `fwd` reason a request went upstream.
+//! The `Cache-Status` member this cache adds to responses (RFC 9211),
+//! written from its parameters, and the `fwd` reason a request went
+//! upstream.
 
 use std::fmt;
 
@@ -33,11 +34,6 @@ impl Fwd {
             Fwd::Bypass => "bypass",
         }
     }
-}
-
-/// `Cache-Status: oddscache; hit`.
-pub fn cache_status_hit() -> HeaderValue {
-    HeaderValue::from_static("oddscache; hit")
 }
 
 /// One `Cache-Status` member (RFC 9211) for this cache.
@@ -114,12 +110,11 @@ mod tests {
 
     #[test]
     fn cache_status_values() {
-        assert_eq!(cache_status_hit(), "oddscache; hit");
         let hit = CacheStatus {
             hit: true,
             ..CacheStatus::default()
         };
-        assert_eq!(hit.to_header_value(), cache_status_hit());
+        assert_eq!(hit.to_header_value(), "oddscache; hit");
         let stored = CacheStatus {
             fwd: Some(Fwd::UriMiss),
             stored: true,
