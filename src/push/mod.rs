@@ -10,8 +10,9 @@
 //! ([`filter`]) and writes the same bytes. Heartbeats go through the same
 //! broadcast, so 10,000 idle streams cost no timers.
 //!
-//! - this file: the door (method, origin, limits), the relay, and the
-//!   replay of `Last-Event-ID` from the journal.
+//! - this file: the door (method, limits), the relay, and the replay of
+//!   `Last-Event-ID` from the journal.
+//! - `cors`: which origins may connect, and the preflight.
 //! - `filter`: the query and which hints a stream hears.
 //! - `hint`: one hint's SSE frame and WebSocket text.
 //! - `sse`, `ws`: the two transports.
@@ -21,6 +22,7 @@
 //! stream [`CLIENT_BUFFER`] hints behind is dropped and counted. Nothing of
 //! a stream reaches the upstream or the cache.
 
+mod cors;
 pub mod filter;
 pub mod hint;
 mod sse;
@@ -33,9 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{
-    HeaderMap, HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, VARY,
-};
+use http::header::{HeaderMap, HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, VARY};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -49,6 +49,7 @@ use crate::invalidate::events::Since;
 use crate::invalidate::{Event, Invalidator};
 use crate::metrics::PushMetrics;
 use crate::shutdown;
+use cors::Origins;
 use filter::Filter;
 use hint::{Hint, Resync, Scope};
 
@@ -81,13 +82,6 @@ const REPLAY_MARGIN_MS: u64 = 10_000;
 /// only the game (a manual invalidation, a local eviction). Forgotten
 /// whole past this many games.
 const SCOPES: usize = 100_000;
-
-/// Which origins may connect (`push.allow_origins`).
-#[derive(Debug)]
-enum Origins {
-    Any,
-    List(Vec<String>),
-}
 
 pub struct Push {
     path: String,
@@ -122,11 +116,7 @@ impl Push {
         metrics: PushMetrics,
         shutdown: shutdown::Signal,
     ) -> Arc<Push> {
-        let origins = if config.allow_origins.iter().any(|o| o == "*") {
-            Origins::Any
-        } else {
-            Origins::List(config.allow_origins.clone())
-        };
+        let origins = Origins::new(&config.allow_origins);
         let push = Arc::new(Push {
             path: config.path.clone(),
             origins,
@@ -151,7 +141,7 @@ impl Push {
 
     /// One request on `push.path`.
     pub fn serve(&self, req: Request<Incoming>) -> Response<Body> {
-        let Ok(origin) = self.allowed_origin(req.headers()) else {
+        let Ok(origin) = self.origins.allowed(req.headers()) else {
             return error(
                 StatusCode::FORBIDDEN,
                 "this origin may not open change streams (push.allow_origins)",
@@ -159,7 +149,7 @@ impl Push {
         };
         let mut resp = match *req.method() {
             Method::GET => self.open(req),
-            Method::OPTIONS => preflight(),
+            Method::OPTIONS => cors::preflight(),
             _ => {
                 let mut resp = error(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -278,30 +268,7 @@ impl Push {
             Hint::unrecorded(event, scope)
         }
     }
-
-    /// `Ok(Some(origin))` to echo in `Access-Control-Allow-Origin`,
-    /// `Ok(None)` without an `Origin` (not a browser's cross-origin
-    /// request), or `Err` for a 403.
-    fn allowed_origin(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, Forbidden> {
-        let Some(origin) = headers.get(ORIGIN) else {
-            return Ok(None);
-        };
-        let text = origin.to_str().unwrap_or("");
-        let listed = match &self.origins {
-            Origins::Any => true,
-            // Browsers serialize origins in lowercase; a config may not.
-            Origins::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(text)),
-        };
-        if listed || same_origin(text, headers) {
-            Ok(Some(origin.clone()))
-        } else {
-            Err(Forbidden)
-        }
-    }
 }
-
-/// An `Origin` that `push.allow_origins` does not list.
-struct Forbidden;
 
 /// What a reconnecting client gets before the live hints.
 enum Replay {
@@ -442,32 +409,6 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<String>, &'static str> {
     }
 }
 
-/// Whether `origin` (`scheme://host[:port]`) names the host the request
-/// was sent to. The scheme is not compared: TLS may end before the sidecar.
-fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
-    let authority = origin.split_once("://").map_or("", |(_, a)| a);
-    headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .is_some_and(|host| !host.is_empty() && host.eq_ignore_ascii_case(authority))
-}
-
-fn preflight() -> Response<Body> {
-    let mut resp = Response::new(empty());
-    *resp.status_mut() = StatusCode::NO_CONTENT;
-    let h = resp.headers_mut();
-    h.insert(
-        "access-control-allow-methods",
-        HeaderValue::from_static("GET"),
-    );
-    h.insert(
-        "access-control-allow-headers",
-        HeaderValue::from_static("last-event-id, cache-control"),
-    );
-    h.insert("access-control-max-age", HeaderValue::from_static("600"));
-    resp
-}
-
 fn empty() -> Body {
     Full::new(Bytes::new()).boxed_unsync()
 }
@@ -497,16 +438,6 @@ mod tests {
                 )
             })
             .collect()
-    }
-
-    #[test]
-    fn same_origin_compares_the_host_not_the_scheme() {
-        let h = headers(&[("host", "odds.example:8080")]);
-        assert!(same_origin("http://odds.example:8080", &h));
-        assert!(same_origin("https://ODDS.example:8080", &h));
-        assert!(!same_origin("http://odds.example", &h));
-        assert!(!same_origin("http://evil.example:8080", &h));
-        assert!(!same_origin("http://odds.example:8080", &HeaderMap::new()));
     }
 
     #[test]
