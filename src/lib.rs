@@ -13,9 +13,15 @@
 //!   rate-limits; `fill.rs` fetches, revalidates, stores and forwards
 //!   unsafe methods; `respond.rs` builds every answer; `upstream.rs` is the
 //!   client; `body.rs` the response body.
+//! - [`push`]: change hints to browsers on the proxy port (SPEC §8): the
+//!   door, relay and replay (`mod.rs`), origins (`cors.rs`), filters
+//!   (`filter.rs`), one hint encoded once (`hint.rs`), and the SSE and
+//!   WebSocket transports (`sse.rs`, `ws.rs`). It reads the journal; only
+//!   the proxy's router calls it.
 //! - [`admin`]: the admin port: stats, events and their SSE stream, manual
-//!   invalidation, metrics, probes.
-//! - [`invalidate`]: the door (`mod.rs`), change detection (`detect.rs`),
+//!   invalidation, metrics, probes, and the live page (`page.html`).
+//! - [`invalidate`]: the door (`mod.rs`), what it names (`target.rs`),
+//!   change detection (`detect.rs`),
 //!   known game state (`known.rs`), the event journal (`events.rs`), the
 //!   wire format (`wire.rs`) and the Redis tier (`redis.rs`, with
 //!   `redis/conn.rs`, `registry.rs`, `state.rs`, `fleet.rs` and the event
@@ -28,8 +34,9 @@
 //!   metric label) and the HTTP caching rules (`policy/`).
 //! - [`watch`]: pure extraction of games from JSON bodies and diffing.
 //! - [`config`]: the TOML contract, CLI/env overrides and validation.
-//! - [`metrics`], [`shutdown`]: shared by all.
-//! - [`demo`]: the built-in reference odds API simulator.
+//! - [`metrics`], [`shutdown`], [`query`]: shared by all.
+//! - [`demo`]: the built-in reference odds API simulator, its browsing load
+//!   and its example page.
 #![forbid(unsafe_code)]
 
 pub mod admin;
