@@ -119,6 +119,8 @@ pub struct Journal {
     /// the fleet's event records the change (a compare-and-set loser):
     /// its browsers still hear of it.
     evictions: broadcast::Sender<std::sync::Arc<Event>>,
+    /// This process's nonce in [`Position`]s.
+    boot: u64,
 }
 
 /// What a reconnecting client missed (see [`Journal::since`]).
@@ -140,6 +142,44 @@ struct Inner {
     alerting: bool,
     /// `total` at the last resync: positions before it are gone.
     resynced_at: u64,
+    /// Resyncs so far, part of every [`Position`].
+    resyncs: u64,
+    /// `total` when this replica last dropped a game's entries without
+    /// recording an event: a replay from before it cannot say so, and is
+    /// answered with a resync.
+    evicted_at: Option<u64>,
+}
+
+/// A place in this process's journal, as a reconnecting client names it
+/// (`~at-{boot}.{resyncs}.{total}`): only the process that issued it, and
+/// only before its next resync, can replay from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    boot: u64,
+    resyncs: u64,
+    total: u64,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "~at-{:x}.{}.{}", self.boot, self.resyncs, self.total)
+    }
+}
+
+impl Position {
+    /// The position an id names, if it is one; event ids start with a
+    /// replica id, never with `~`.
+    pub fn parse(id: &str) -> Option<Position> {
+        let mut parts = id.strip_prefix("~at-")?.split('.');
+        let boot = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let resyncs = parts.next()?.parse().ok()?;
+        let total = parts.next()?.parse().ok()?;
+        parts.next().is_none().then_some(Position {
+            boot,
+            resyncs,
+            total,
+        })
+    }
 }
 
 impl Journal {
@@ -158,11 +198,14 @@ impl Journal {
                 window: Window::new(),
                 alerting: false,
                 resynced_at: 0,
+                resyncs: 0,
+                evicted_at: None,
             }),
             // Lagging subscribers lose events rather than grow this buffer.
             live: broadcast::channel(256).0,
             resyncs: tokio::sync::watch::Sender::new(0),
             evictions: broadcast::channel(256).0,
+            boot: rand::random(),
         }
     }
 
@@ -249,19 +292,28 @@ impl Journal {
         {
             let mut inner = self.lock();
             inner.resynced_at = inner.total;
+            inner.resyncs += 1;
         }
         self.resyncs.send_modify(|n| *n += 1);
     }
 
-    /// How many events were recorded so far: a position in the ring that
-    /// [`Self::since_position`] replays from.
-    pub fn position(&self) -> u64 {
-        self.lock().total
+    /// Now, as a place [`Self::since_position`] replays from.
+    pub fn position(&self) -> Position {
+        let inner = self.lock();
+        Position {
+            boot: self.boot,
+            resyncs: inner.resyncs,
+            total: inner.total,
+        }
     }
 
     /// Tells change-hint streams that this replica dropped a game's
     /// entries without recording an event (see `evictions`).
     pub fn evicted(&self, event: Event) {
+        {
+            let mut inner = self.lock();
+            inner.evicted_at = Some(inner.total);
+        }
         let _ = self.evictions.send(std::sync::Arc::new(event));
     }
 
@@ -279,7 +331,8 @@ impl Journal {
             return Since::Gone;
         };
         // ring[i] is the (total - 1 - i)th event recorded.
-        if inner.total - 1 - (n as u64) < inner.resynced_at {
+        let seq = inner.total - 1 - (n as u64);
+        if seq < inner.resynced_at || inner.evicted_at.is_some_and(|t| t > seq) {
             return Since::Gone;
         }
         let at = inner.ring[n].at_ms;
@@ -298,11 +351,17 @@ impl Journal {
         Since::Missed(out)
     }
 
-    /// The events recorded since position `pos` ([`Self::position`]).
-    pub fn since_position(&self, pos: u64) -> Since {
+    /// The events recorded since `at` ([`Self::position`]).
+    pub fn since_position(&self, at: &Position) -> Since {
         let inner = self.lock();
         let oldest = inner.total - inner.ring.len() as u64;
-        if pos < inner.resynced_at || pos < oldest || pos > inner.total {
+        let pos = at.total;
+        if at.boot != self.boot
+            || at.resyncs != inner.resyncs
+            || pos < oldest
+            || pos > inner.total
+            || inner.evicted_at.is_some_and(|t| t >= pos)
+        {
             return Since::Gone;
         }
         let n = (inner.total - pos) as usize;
@@ -454,14 +513,44 @@ mod tests {
         assert_eq!(got(j.since(&ids[3], 1_000)), ["g2", "g4"]);
         assert_eq!(got(j.since("r0-1-1", 1_000)), ["gone"]);
         let pos = j.position();
-        assert_eq!(got(j.since_position(pos)), Vec::<String>::new());
-        assert_eq!(got(j.since_position(pos - 2)), ["g3", "g4"]);
+        let back = |p: Position, n: u64| Position {
+            total: p.total - n,
+            ..p
+        };
+        assert_eq!(Position::parse(&pos.to_string()), Some(pos));
+        assert_eq!(Position::parse(&ids[0]), None);
+        assert_eq!(got(j.since_position(&pos)), Vec::<String>::new());
+        assert_eq!(got(j.since_position(&back(pos, 2))), ["g3", "g4"]);
+        // Another process's position, with the same numbers: gone.
+        let other = Journal::new("r1", 10, 1000);
+        assert_eq!(got(other.since_position(&pos)), ["gone"]);
         j.resynced();
         assert_eq!(got(j.since(&ids[3], 1_000)), ["gone"]);
-        assert_eq!(got(j.since_position(pos - 2)), ["gone"]);
-        assert_eq!(got(j.since_position(pos)), Vec::<String>::new());
+        assert_eq!(got(j.since_position(&back(pos, 2))), ["gone"]);
+        // Issued before the resync, even with nothing recorded since: gone.
+        assert_eq!(got(j.since_position(&pos)), ["gone"]);
+        let after = j.position();
+        j.resynced();
+        assert_eq!(got(j.since_position(&after)), ["gone"], "a second resync");
+        let after = j.position();
         j.record(event(&j, Reason::Manual, "g5"));
-        assert_eq!(got(j.since_position(pos)), ["g5"]);
+        assert_eq!(got(j.since_position(&after)), ["g5"]);
+        let g5 = j.recent(1, None, None)[0].id.clone();
+        // An eviction no event records: a replay from before it is gone.
+        j.evicted(event(&j, Reason::StatusChange, "g6"));
+        assert_eq!(got(j.since_position(&after)), ["gone"]);
+        assert_eq!(got(j.since(&g5, 0)), ["gone"]);
+        let now = j.position();
+        j.record(event(&j, Reason::Manual, "g7"));
+        assert_eq!(
+            got(j.since_position(&now)),
+            ["gone"],
+            "issued at the eviction"
+        );
+        let g7 = j.recent(1, None, None)[0].id.clone();
+        // Recorded after the eviction: replayable (g5, of the same
+        // millisecond, may come along in the margin).
+        assert!(!got(j.since(&g7, 0)).contains(&"gone".to_string()));
     }
 
     #[test]

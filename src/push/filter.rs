@@ -49,6 +49,9 @@ impl Filter {
             // A game whose sport and league are not known may be in any:
             // a refetch too many is cheap, a hint too few is stale odds.
             || (unscoped && hint.game_id.is_some() && scoped)
+            // Nor is a league when only the sport is named (a sport's
+            // sidebar): it may be any of that sport's.
+            || (!self.leagues.is_empty() && hint.league_id.is_none() && hint.sport_id.is_some())
             // Neither game nor scope (tags, an unsafe method's URI): it
             // may concern anything.
             || (unscoped && hint.game_id.is_none() && !hint.all_sidebars)
@@ -138,6 +141,10 @@ mod tests {
         assert!(f.matches(&hint(Some("g-9"), None, None)));
         assert!(!games_only.matches(&hint(Some("g-9"), None, None)));
         assert!(games_only.matches(&hint(None, None, None)));
+        // A sport's sidebar may hold any of its leagues.
+        let league = parse(Some("league_id=epl")).unwrap().filter;
+        assert!(league.matches(&hint(None, Some("soccer"), None)));
+        assert!(!league.matches(&hint(None, Some("soccer"), Some("laliga"))));
     }
 
     #[test]

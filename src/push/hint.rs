@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::invalidate::events::Position;
 use crate::invalidate::Event;
 
 /// What a client hears about one invalidation.
@@ -36,6 +37,7 @@ struct Data<'a> {
 
 #[derive(Serialize)]
 struct WsMessage<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
     event: &'a str,
     data: &'a Data<'a>,
@@ -46,28 +48,16 @@ pub type Scope = (Option<String>, Option<String>);
 
 /// Sent to a client whose missed hints cannot be replayed, and to every
 /// client when this replica dropped its whole cache: refetch everything.
-/// Its id is a position in the journal, `~at-{n}`, that a reconnect
-/// replays from.
+/// Its id is a [`Position`] in the journal that a reconnect replays from.
 #[derive(Debug)]
 pub struct Resync {
     pub sse: Bytes,
     pub ws: Utf8Bytes,
 }
 
-/// The id of journal position `n`; never an event id, which starts with a
-/// replica id.
-pub fn position_id(n: u64) -> String {
-    format!("~at-{n}")
-}
-
-/// The position an id names, if it is one.
-pub fn parse_position(id: &str) -> Option<u64> {
-    id.strip_prefix("~at-")?.parse().ok()
-}
-
 impl Resync {
-    pub fn at(position: u64) -> Resync {
-        let id = position_id(position);
+    pub fn at(position: Position) -> Resync {
+        let id = position.to_string();
         Resync {
             sse: Bytes::from(format!("id: {id}\nevent: resync\ndata: {{}}\n\n")),
             ws: Utf8Bytes::from(format!(r#"{{"id":"{id}","event":"resync","data":{{}}}}"#)),
@@ -239,12 +229,14 @@ mod tests {
         assert!(text.starts_with("event: STATUS_CHANGE\ndata: {"), "{text}");
         assert!(h.id.is_empty());
         let ws: serde_json::Value = serde_json::from_str(h.ws.as_str()).unwrap();
-        assert!(ws["id"].is_null());
-        assert_eq!(parse_position(&position_id(42)), Some(42));
-        assert_eq!(parse_position(&e.id), None);
-        assert!(std::str::from_utf8(&Resync::at(7).sse)
-            .unwrap()
-            .starts_with("id: ~at-7\nevent: resync\n"));
+        assert!(ws.get("id").is_none(), "{ws}");
+        let at = Journal::new("r1", 4, 100).position();
+        let resync = Resync::at(at);
+        let text = std::str::from_utf8(&resync.sse).unwrap();
+        assert!(
+            text.starts_with(&format!("id: {at}\nevent: resync\n")),
+            "{text}"
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::PushConfig;
-use crate::invalidate::events::Since;
+use crate::invalidate::events::{Position, Since};
 use crate::invalidate::{Event, Invalidator};
 use crate::metrics::PushMetrics;
 use crate::shutdown;
@@ -182,12 +182,6 @@ impl Push {
         if let Err(e) = wants_ws.then(|| ws::check(req.headers())).transpose() {
             return error(StatusCode::BAD_REQUEST, e);
         }
-        if self.closed.load(Ordering::Acquire) {
-            let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            return resp;
-        }
         let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
             self.metrics.dropped("max_clients");
             let mut resp = error(
@@ -206,6 +200,14 @@ impl Push {
         // Subscribe before reading the journal: an event recorded in
         // between is in both, and the stream skips the second copy.
         let rx = self.tx.subscribe();
+        // After subscribing: a stream that subscribed before the relay
+        // ended hears its `Closing`; one after it sees the flag.
+        if self.closed.load(Ordering::Acquire) {
+            let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
+        }
         let backlog = last_event_id.map(|id| self.replay(&id, &query.filter));
         let stream = Stream {
             rx,
@@ -225,17 +227,25 @@ impl Push {
     /// or when this replica dropped its cache since.
     fn replay(&self, last: &str, filter: &Filter) -> Replay {
         let journal = self.invalidator.journal();
-        let since = match hint::parse_position(last) {
-            Some(pos) => journal.since_position(pos),
+        let since = match Position::parse(last) {
+            Some(at) => journal.since_position(&at),
             None => journal.since(last, REPLAY_MARGIN_MS),
         };
         match since {
             Since::Missed(events) => {
-                let scopes = self.scopes();
+                // Copied out, so the relay never waits on a replay.
+                let scopes: Vec<Option<Scope>> = {
+                    let scopes = self.scopes();
+                    events
+                        .iter()
+                        .map(|e| scope_of(&scopes, e).cloned())
+                        .collect()
+                };
                 Replay::Missed(
                     events
                         .iter()
-                        .map(|e| Arc::new(Hint::new(e, scope_of(&scopes, e))))
+                        .zip(&scopes)
+                        .map(|(e, scope)| Arc::new(Hint::new(e, scope.as_ref())))
                         .filter(|h| filter.matches(h))
                         .collect(),
                 )
@@ -252,7 +262,10 @@ impl Push {
     /// game's sport and league.
     fn hint(&self, event: &Event, recorded: bool) -> Hint {
         let mut scopes = self.scopes();
-        if let (Some(game), Some(_)) = (&event.game_id, &event.sport_id) {
+        // Only a whole scope is learned: a partial one would stop the
+        // game's later hints from reaching streams of its league.
+        if let (Some(game), Some(_), Some(_)) = (&event.game_id, &event.sport_id, &event.league_id)
+        {
             if scopes.len() >= SCOPES && !scopes.contains_key(game) {
                 scopes.clear();
             }
