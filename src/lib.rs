@@ -34,7 +34,7 @@
 //!   metric label) and the HTTP caching rules (`policy/`).
 //! - [`watch`]: pure extraction of games from JSON bodies and diffing.
 //! - [`config`]: the TOML contract, CLI/env overrides and validation.
-//! - [`metrics`], [`shutdown`], [`query`]: shared by all.
+//! - [`metrics`], [`shutdown`], [`query`], [`event_stream`]: shared by all.
 //! - [`demo`]: the built-in reference odds API simulator, its browsing load
 //!   and its example page.
 #![forbid(unsafe_code)]
@@ -43,6 +43,7 @@ pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod event_stream;
 pub mod invalidate;
 pub mod metrics;
 pub mod proxy;

@@ -8,23 +8,16 @@
 //! client reconnects and can catch up from the events endpoint. Streams end
 //! at shutdown so draining does not wait on them.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::Response;
-use http_body::Frame;
-use http_body_util::{BodyExt, StreamBody};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::{Admin, AdminBody};
 use crate::invalidate::Event;
 use crate::shutdown;
-
-const KEEP_ALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
 
 /// One SSE frame for an event.
 pub fn frame(event: &Event) -> Bytes {
@@ -53,15 +46,7 @@ pub fn stream(admin: &Admin) -> Response<AdminBody> {
         shutdown: admin.shutdown.clone(),
         done: false,
     };
-    let frames = futures_util::stream::unfold(state, next_frame)
-        .map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
-    let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // nginx would otherwise buffer the stream.
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    resp
+    crate::event_stream::response(futures_util::stream::unfold(state, next_frame))
 }
 
 async fn next_frame(mut st: State) -> Option<(Bytes, State)> {
@@ -78,7 +63,7 @@ async fn next_frame(mut st: State) -> Option<(Bytes, State)> {
             }
             Err(RecvError::Closed) => None,
         },
-        _ = st.keep_alive.tick() => Some((Bytes::from_static(KEEP_ALIVE_COMMENT), st)),
+        _ = st.keep_alive.tick() => Some((Bytes::from_static(crate::event_stream::KEEP_ALIVE), st)),
         _ = st.shutdown.recv() => None,
     }
 }

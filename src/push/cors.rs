@@ -75,18 +75,7 @@ pub(super) fn preflight() -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| {
-                (
-                    http::HeaderName::from_static(k),
-                    HeaderValue::from_static(v),
-                )
-            })
-            .collect()
-    }
+    use crate::push::headers;
 
     #[test]
     fn same_origin_compares_the_host_not_the_scheme() {

@@ -437,21 +437,23 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
     resp
 }
 
+/// A header map from `(name, value)` pairs, for this module's tests.
+#[cfg(test)]
+pub(super) fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            (
+                http::HeaderName::from_static(k),
+                HeaderValue::from_str(v).unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| {
-                (
-                    http::HeaderName::from_static(k),
-                    HeaderValue::from_str(v).unwrap(),
-                )
-            })
-            .collect()
-    }
 
     #[test]
     fn last_event_id_is_one_short_line() {

@@ -3,20 +3,13 @@
 //! behind gets a last comment and ends; the browser's EventSource
 //! reconnects with `Last-Event-ID` and is replayed what it missed.
 
-use std::convert::Infallible;
-
 use bytes::Bytes;
-use futures_util::StreamExt;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::Response;
-use http_body::Frame;
-use http_body_util::{BodyExt, StreamBody};
 
 use super::{Body, Next, Replay, Stream};
 
 /// How long a browser waits before it reconnects.
 const OPENING: &[u8] = b"retry: 2000\n\n";
-const HEARTBEAT: &[u8] = b": keep-alive\n\n";
 
 struct State {
     stream: Stream,
@@ -40,15 +33,7 @@ pub(super) fn respond(stream: Stream, backlog: Option<Replay>) -> Response<Body>
         queued: queued.into_iter(),
         done: false,
     };
-    let frames = futures_util::stream::unfold(state, next_frame)
-        .map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
-    let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // nginx would otherwise buffer the stream.
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    resp
+    crate::event_stream::response(futures_util::stream::unfold(state, next_frame))
 }
 
 async fn next_frame(mut st: State) -> Option<(Bytes, State)> {
@@ -60,7 +45,7 @@ async fn next_frame(mut st: State) -> Option<(Bytes, State)> {
     }
     let frame = match st.stream.next().await {
         Next::Hint(h) => h.sse.clone(),
-        Next::Heartbeat => Bytes::from_static(HEARTBEAT),
+        Next::Heartbeat => Bytes::from_static(crate::event_stream::KEEP_ALIVE),
         Next::Resync(resync) => resync.sse.clone(),
         Next::Lagged(missed) => {
             st.done = true;

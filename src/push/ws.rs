@@ -176,18 +176,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn handshake(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| {
-                (
-                    http::HeaderName::from_static(k),
-                    HeaderValue::from_static(v),
-                )
-            })
-            .collect()
-    }
+    use crate::push::headers;
 
     #[test]
     fn a_handshake_needs_its_fields() {
@@ -197,8 +186,8 @@ mod tests {
             ("sec-websocket-version", "13"),
             ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
         ];
-        assert!(is_upgrade(&handshake(&good)));
-        assert_eq!(check(&handshake(&good)), Ok(()));
+        assert!(is_upgrade(&headers(&good)));
+        assert_eq!(check(&headers(&good)), Ok(()));
         for (i, says) in [
             (1, "Connection"),
             (2, "version 13"),
@@ -206,9 +195,9 @@ mod tests {
         ] {
             let mut fields = good.to_vec();
             fields.remove(i);
-            assert!(check(&handshake(&fields)).unwrap_err().contains(says));
+            assert!(check(&headers(&fields)).unwrap_err().contains(says));
         }
-        assert!(!is_upgrade(&handshake(&[("upgrade", "h2c")])));
+        assert!(!is_upgrade(&headers(&[("upgrade", "h2c")])));
         // RFC 6455 §1.3's example.
         assert_eq!(
             derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
