@@ -22,7 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use common::client::Client;
 use common::sidecar::{shipped_config, Sidecar};
-use common::sim::SimUpstream;
+use common::sim::{other_status as changed, SimUpstream};
 
 /// Page loads, scripts and a few polls of the admin page fit in this.
 const WITHIN: Duration = Duration::from_secs(20);
@@ -241,15 +241,6 @@ fn config(upstream: &str, page_origin: Option<&str>) -> Config {
     }
     c.admin.mutations_per_second = 1000;
     c
-}
-
-/// A raw status other than `old`.
-fn changed(old: &str) -> &'static str {
-    if old == "halftime" {
-        "final"
-    } else {
-        "halftime"
-    }
 }
 
 /// The demo's example page subscribes to change hints; a status change

@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::Message;
 use common::client::Client;
 use common::redis_server::RedisServer;
 use common::sidecar::{shipped_config, Sidecar};
-use common::sim::{odds_path as odds, SimUpstream};
+use common::sim::{odds_path as odds, other_status as changed, SimUpstream};
 use common::PATIENCE;
 
 const PATH: &str = "/_oddscache/changes";
@@ -226,13 +226,18 @@ fn parse_block(text: &str) -> Block {
     b
 }
 
-/// A raw status other than `old`.
-fn changed(old: &str) -> &'static str {
-    if old == "halftime" {
-        "final"
-    } else {
-        "halftime"
-    }
+/// A stream whose reader never reads: a small receive window, its
+/// request sent, nothing read, so the sidecar's writes stop once its
+/// socket's send buffer is full.
+async fn unread_stream(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {PATH} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    stream
 }
 
 /// A game's status change revealed by a body through the proxy reaches a
@@ -446,20 +451,11 @@ async fn max_clients_then_503_and_a_closed_stream_frees_its_place() {
 async fn a_slow_reader_is_dropped_and_counted() {
     let up = sim().await;
     let r = Arc::new(Replica::start(config(&up.url(), None, "r1")).await);
-    // A small receive window, and nothing read: the sidecar's writes stop
-    // once its socket's send buffer is full.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut slow = socket.connect(r.addr()).await.unwrap();
-    slow.write_all(format!("GET {PATH} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let mut slow = unread_stream(r.addr()).await;
     let mut healthy = Sse::open(r.addr(), PATH, &[]).await;
-    let deadline = Instant::now() + PATIENCE;
-    while r.metric("oddscache_push_clients").await < 2.0 {
-        assert!(Instant::now() < deadline, "the slow stream never opened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    r.sidecar
+        .wait_metric("oddscache_push_clients", |n| n >= 2.0, PATIENCE)
+        .await;
     // Enough hints (about 150 bytes each) to fill the largest send buffer
     // the kernel may grow, then a whole client buffer more.
     let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
@@ -545,19 +541,11 @@ async fn a_stalled_reader_is_closed_after_the_send_timeout() {
     // Heartbeats queue up behind a stalled reader: it goes with them unsent.
     push.heartbeat = oddscache::config::Dur::millis(200);
     let r = Arc::new(Replica::start(c).await);
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(r.addr()).await.unwrap();
-    stalled
-        .write_all(format!("GET {PATH} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let mut stalled = unread_stream(r.addr()).await;
     let mut healthy = Sse::open(r.addr(), PATH, &[]).await;
-    let deadline = Instant::now() + PATIENCE;
-    while r.metric("oddscache_push_clients").await < 2.0 {
-        assert!(Instant::now() < deadline, "the stalled stream never opened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    r.sidecar
+        .wait_metric("oddscache_push_clients", |n| n >= 2.0, PATIENCE)
+        .await;
     assert_eq!(
         Sse::open(r.addr(), PATH, &[]).await.status,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -579,14 +567,10 @@ async fn a_stalled_reader_is_closed_after_the_send_timeout() {
             .await;
     }
     let _healthy = reader.await.unwrap();
-    let began = Instant::now();
-    while r.metric("oddscache_push_clients").await > 1.0 {
-        assert!(
-            began.elapsed() < PATIENCE,
-            "the stalled stream kept its place"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The stalled stream gives its place back.
+    r.sidecar
+        .wait_metric("oddscache_push_clients", |n| n <= 1.0, PATIENCE)
+        .await;
     assert_eq!(Sse::open(r.addr(), PATH, &[]).await.status, StatusCode::OK);
     // Its connection was reset: reading now ends in an error or EOF
     // after what the kernel had delivered.

@@ -65,6 +65,15 @@ impl SimUpstream {
     }
 }
 
+/// A raw status other than `old`, for a test that changes a game.
+pub fn other_status(old: &str) -> &'static str {
+    if old == "halftime" {
+        "final"
+    } else {
+        "halftime"
+    }
+}
+
 /// The demo API's odds of game `id`.
 pub fn odds_path(id: &str) -> String {
     format!("/api/v1/games/{id}/odds")
